@@ -1,0 +1,1 @@
+"""Core math: feature scale, linearised column norms, the shared solver."""

@@ -1,0 +1,356 @@
+"""Shared pieces of the baseline explainers: result type, validation, targets.
+
+Every explainer in :mod:`jax_infodiscard.baselines` has the calling shape::
+
+    explain(model, images, key, *, target=None, **options) -> Explanation
+
+where ``images`` is ``float32 (B, H, W, C)`` in ``[0, 1]``, ``key`` a
+``jax.random.key`` (ignored by deterministic methods; a single key or a batch
+of ``B`` keys, one per image, so that an image's result can be made
+independent of its batch mates) and ``target`` a ``(B,)`` integer array of
+class indices or ``None`` (the arg-max class of the unperturbed image).
+
+This module never imports Flax: models are plain callables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from jax_infodiscard.types import Array, PRNGKey
+
+__all__ = [
+    "Explanation",
+    "as_layer_model",
+    "as_model_fn",
+    "check_images",
+    "check_positive_int",
+    "check_target",
+    "chunked_sum",
+    "flat_bernoulli",
+    "flat_normal",
+    "image_keys",
+    "layer_num_classes",
+    "num_classes",
+    "reduce_abs_max",
+    "reduce_sum",
+    "resolve_target",
+    "select_logit",
+    "target_gradient",
+    "upsample",
+]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """The result of one explainer on a batch of images.
+
+    Attributes:
+        maps: ``float32 (B, H, W)`` — one attribution map per image, channels
+            reduced as documented by the method (signed sum over ``C`` for
+            attributions that add up to a logit difference, ``max_c |.|`` for
+            gradient-magnitude saliency, ReLU-ed class maps for CAM methods).
+            Maps are never normalised, so that they can be compared across
+            images and layers.
+        extras: method-specific arrays, all with leading axis ``B``. Every
+            method stores ``"target"`` (``int32 (B,)``, the explained classes
+            after resolving ``None``).
+        model_calls: number of model evaluations per image (static ``int``);
+            a forward pass or a forward+backward pass counts as one.
+        method: registry name of the method that produced it (static).
+    """
+
+    maps: Array
+    extras: Mapping[str, Array]
+    model_calls: int = dataclasses.field(metadata={"static": True})
+    method: str = dataclasses.field(metadata={"static": True})
+
+
+def as_model_fn(model_fn: Callable[[Array], Array]) -> Partial:
+    """Returns ``model_fn`` as a :class:`jax.tree_util.Partial`.
+
+    A ``Partial`` is a pytree: its bound arguments (typically parameters) are
+    traced arguments of the compiled programs rather than constants. A plain
+    function is wrapped as ``Partial(fn)``; compilation is then cached on the
+    function object, so pass the same object on repeated calls.
+
+    Raises:
+        ValueError: if ``model_fn`` is not callable.
+    """
+    if isinstance(model_fn, Partial):
+        return model_fn
+    if not callable(model_fn):
+        raise ValueError(f"model_fn must be callable, got {type(model_fn).__name__}.")
+    return Partial(model_fn)
+
+
+def check_images(images: Any) -> Array:
+    """Validates a batch of images and returns it as ``float32 (B, H, W, C)``.
+
+    Raises:
+        ValueError: if the array is not rank 4, has an empty axis, or is not of
+            a floating dtype.
+    """
+    images = jnp.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(
+            "images must have shape (B, H, W, C) (rank 4, NHWC), got shape "
+            f"{images.shape}."
+        )
+    if min(images.shape) < 1:
+        raise ValueError(f"images must not have an empty axis, got {images.shape}.")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point in [0, 1], got dtype {images.dtype}."
+        )
+    return images.astype(jnp.float32)
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Checks that ``value`` is an integer ``>= minimum`` and returns it.
+
+    Raises:
+        ValueError: naming ``name`` when the check fails.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+_FORWARD = jax.jit(lambda model_fn, images: model_fn(images))
+
+
+def num_classes(model_fn: Partial, images: Array) -> int:
+    """Number of classes ``K`` of ``model_fn`` on ``images`` (shape only).
+
+    Raises:
+        ValueError: if the model does not return logits of shape ``(B, K)``.
+    """
+    out = _FORWARD.eval_shape(model_fn, images)
+    if not hasattr(out, "shape") or len(out.shape) != 2:
+        raise ValueError(
+            "model_fn must return logits of shape (B, num_classes), got "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+    if out.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"model_fn returned {out.shape[0]} rows of logits for a batch of "
+            f"{images.shape[0]} images."
+        )
+    return int(out.shape[1])
+
+
+def check_target(target: Any, batch: int, classes: int) -> Array | None:
+    """Validates class indices on the host.
+
+    Args:
+        target: ``None`` or integers of shape ``(B,)`` (a Python list works).
+        batch: the batch size ``B``.
+        classes: the number of classes ``K``.
+
+    Returns:
+        ``None`` or ``int32 (B,)``.
+
+    Raises:
+        ValueError: if ``target`` has the wrong shape, is not integral or names
+            a class outside ``[0, K)`` (the offending values are listed).
+    """
+    if target is None:
+        return None
+    arr = np.asarray(target)
+    if arr.shape != (batch,):
+        raise ValueError(
+            f"target must have shape (B,) = ({batch},), got shape {arr.shape}."
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"target must hold integer class indices, got {arr.dtype}.")
+    bad = np.unique(arr[(arr < 0) | (arr >= classes)])
+    if bad.size:
+        raise ValueError(
+            f"target class(es) {bad.tolist()} out of range: the model has "
+            f"{classes} classes (valid indices 0..{classes - 1})."
+        )
+    return jnp.asarray(arr, dtype=jnp.int32)
+
+
+def resolve_target(target: Array | None, logits: Array) -> Array:
+    """``target`` or, when ``None``, the arg-max class of ``logits (B, K)``."""
+    if target is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return target
+
+
+def select_logit(logits: Array, target: Array) -> Array:
+    """``logits[b, target[b]]`` for each ``b``: ``(B, K), (B,) -> (B,)``."""
+    return jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
+
+
+def image_keys(key: PRNGKey, batch: int) -> PRNGKey:
+    """One key per image from a single key or a ``(B,)`` batch of keys.
+
+    Passing a batch of keys makes an image's randomness independent of the
+    other images in its batch.
+
+    Raises:
+        ValueError: if ``key`` is neither a scalar key nor has shape ``(B,)``.
+    """
+    if key is None:
+        raise ValueError("this method is random: pass key=jax.random.key(seed).")
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape == ():
+        return jax.random.split(key, batch)
+    if key.shape != (batch,):
+        raise ValueError(
+            f"key must be a single key or a batch of {batch} keys, got key shape "
+            f"{key.shape}."
+        )
+    return key
+
+
+def reduce_sum(attributions: Array) -> Array:
+    """Signed sum over channels: ``(B, H, W, C) -> (B, H, W)``."""
+    return jnp.sum(attributions, axis=-1)
+
+
+def reduce_abs_max(gradients: Array) -> Array:
+    """Largest magnitude over channels (Simonyan et al., 2014): ``-> (B, H, W)``."""
+    return jnp.max(jnp.abs(gradients), axis=-1)
+
+
+def target_gradient(
+    model_fn: Callable[[Array], Array], images: Array, target: Array | None
+) -> tuple[Array, Array, Array]:
+    """One forward+backward pass: the gradient of the target logit.
+
+    Because logits of different images do not interact, the gradient of
+    ``sum_b logits[b, target[b]]`` is each image's own gradient.
+
+    Args:
+        model_fn: ``(N, H, W, C) -> (N, K)``.
+        images: ``float32 (N, H, W, C)``.
+        target: ``int32 (N,)`` or ``None`` (arg-max of these very logits, so the
+            single pass also picks the class).
+
+    Returns:
+        ``(logits (N, K), target int32 (N,), gradients (N, H, W, C))``.
+    """
+    logits, vjp = jax.vjp(model_fn, images)
+    target = resolve_target(target, logits)
+    cotangent = jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+    (gradients,) = vjp(cotangent)
+    return logits, target, gradients
+
+
+def chunked_sum(fn: Callable[[Any], Any], xs: Any, chunk_size: int) -> Any:
+    """``sum_i fn(xs[i])`` over the leading axis, ``chunk_size`` at a time.
+
+    Full chunks are evaluated with ``vmap`` inside a ``lax.scan`` that carries
+    the running sum (memory is bounded by one chunk); the remainder, if any,
+    is one more ``vmap``. No padding is added, so ``fn`` runs exactly ``n``
+    times — model-call counts stay exact.
+
+    Args:
+        fn: maps one slice of ``xs`` to a pytree of arrays.
+        xs: pytree of arrays with a common leading axis ``n >= 1``.
+        chunk_size: slices evaluated together (``>= 1``).
+
+    Returns:
+        The pytree sum, shaped like ``fn``'s output.
+    """
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    chunk = min(chunk_size, n)
+    full = n // chunk
+    batched = jax.vmap(fn)
+
+    def chunk_sum(chunk_xs):
+        return jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), batched(chunk_xs))
+
+    total = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(fn, jax.tree_util.tree_map(lambda a: a[0], xs)),
+    )
+    if full:
+        head = jax.tree_util.tree_map(
+            lambda a: a[: full * chunk].reshape(full, chunk, *a.shape[1:]), xs
+        )
+
+        def body(carry, chunk_xs):
+            return jax.tree_util.tree_map(jnp.add, carry, chunk_sum(chunk_xs)), None
+
+        total, _ = jax.lax.scan(body, total, head)
+    if full * chunk < n:
+        tail = jax.tree_util.tree_map(lambda a: a[full * chunk :], xs)
+        total = jax.tree_util.tree_map(jnp.add, total, chunk_sum(tail))
+    return total
+
+
+def as_layer_model(model: Any) -> tuple[Partial, Partial]:
+    """Validates a layer-split model ``(body_fn, head_fn)``.
+
+    ``body_fn(images (B, H, W, C)) -> activations (B, h, w, k)`` at the chosen
+    layer and ``head_fn(activations) -> logits (B, K)``, with
+    ``head_fn(body_fn(x)) == model_fn(x)``.
+
+    Raises:
+        ValueError: if ``model`` is not a pair of callables.
+    """
+    if not (isinstance(model, tuple | list) and len(model) == 2):
+        raise ValueError(
+            "layer-based methods take the model as a pair (body_fn, head_fn), got "
+            f"{type(model).__name__}."
+        )
+    return as_model_fn(model[0]), as_model_fn(model[1])
+
+
+def layer_num_classes(body_fn: Partial, head_fn: Partial, images: Array) -> int:
+    """``K`` of ``head_fn(body_fn(images))``, checking the activations' rank.
+
+    Raises:
+        ValueError: if the activations are not ``(B, h, w, k)`` or the logits
+            are not ``(B, K)``.
+    """
+    acts = _FORWARD.eval_shape(body_fn, images)
+    if not hasattr(acts, "shape") or len(acts.shape) != 4:
+        raise ValueError(
+            "body_fn must return activations of shape (B, h, w, k), got "
+            f"{getattr(acts, 'shape', type(acts).__name__)}."
+        )
+    if acts.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"body_fn returned {acts.shape[0]} rows for {images.shape[0]} images."
+        )
+    return num_classes(head_fn, jax.ShapeDtypeStruct(acts.shape, acts.dtype))
+
+
+def upsample(maps: Array, size: tuple[int, int], method: str) -> Array:
+    """Resizes ``(B, h, w)`` maps to ``(B, *size)`` with :func:`jax.image.resize`."""
+    return jax.image.resize(maps, (maps.shape[0], *size), method=method)
+
+
+def flat_normal(key: PRNGKey, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Standard normal draws of ``shape``, generated flat and reshaped.
+
+    Equivalent in distribution to ``jax.random.normal(key, shape)``; drawing a
+    1-D vector compiles several times faster on CPU with the (default)
+    partitionable threefry implementation than a multi-dimensional draw.
+    """
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def flat_bernoulli(key: PRNGKey, p: float, shape: tuple[int, ...]) -> Array:
+    """Boolean Bernoulli(``p``) draws of ``shape``, generated flat (see
+    :func:`flat_normal`)."""
+    return jax.random.bernoulli(key, p, (math.prod(shape),)).reshape(shape)

@@ -10,6 +10,7 @@ from jax_infodiscard.config import CIDConfig, RUConfig
 from jax_infodiscard.core.cid import cid, feature_scale
 from jax_infodiscard.core.concentration import box_to_mask, concentration
 from jax_infodiscard.core.results import CIDResult, RUResult
+from jax_infodiscard.core.ru import ru
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "cid",
     "concentration",
     "feature_scale",
+    "ru",
 ]

@@ -16,7 +16,7 @@ Method = Literal["optimize", "linearized", "hybrid"]
 FeatureScaleMethod = Literal["jvp", "limit"]
 LayerStrategy = Literal["auto", "vmap", "per_layer"]
 
-_OPTIMIZERS = ("adam", "sgd", "rmsprop", "adabelief", "lion")
+_OPTIMIZERS = ("auto", "adam", "sgd", "rmsprop", "adabelief", "lion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +33,14 @@ class CIDConfig:
         start refined by optimisation).
       steps: optax steps per bisection iteration (``optimize``/``hybrid``).
       num_samples: Monte-Carlo noise draws per optax step (``S``).
-      learning_rate: peak learning rate of the optimiser on ``log sigma``.
-      optimizer: an ``optax.GradientTransformation`` or one of ``"adam"``,
-        ``"sgd"``, ``"rmsprop"``, ``"adabelief"``, ``"lion"``; the learning
-        rate follows a cosine decay from ``learning_rate`` over ``steps``.
+      optimizer: an ``optax.GradientTransformation`` or one of ``"auto"``,
+        ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adabelief"``, ``"lion"``; the
+        learning rate follows a cosine decay from ``learning_rate`` over
+        ``steps``. ``"auto"`` is clipped SGD for ``hybrid`` (the scaled
+        objective is well conditioned near the linearised optimum, and Adam's
+        normalisation would turn its near-zero gradients into full steps) and
+        Adam for ``optimize`` (far from the optimum at the start).
+      learning_rate: peak learning rate (``None``: 0.25 for SGD, 0.05 else).
       bisection_steps: maximum number of lambda updates (bracketed secant /
         bisection on ``log lambda``).
       budget_tol: convergence tolerance ``|log(r / beta)| < budget_tol``.
@@ -68,8 +72,8 @@ class CIDConfig:
     method: Method = "hybrid"
     steps: int = 8
     num_samples: int = 4
-    learning_rate: float = 0.1
-    optimizer: Any = "adam"
+    learning_rate: float | None = None
+    optimizer: Any = "auto"
     bisection_steps: int = 6
     budget_tol: float = 0.05
     budget_samples: int = 16
@@ -128,7 +132,7 @@ def _validate(cfg: CIDConfig) -> None:
         "linear_probes",
     ):
         positive_int(name)
-    if not cfg.learning_rate > 0:
+    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {cfg.learning_rate!r}")
     if isinstance(cfg.optimizer, str):
         if cfg.optimizer not in _OPTIMIZERS:
@@ -167,11 +171,17 @@ def make_optimizer(cfg: CIDConfig) -> optax.GradientTransformation:
     """The optax transformation of ``cfg`` with a cosine-decayed learning rate."""
     if isinstance(cfg.optimizer, optax.GradientTransformation):
         return cfg.optimizer
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.steps, 1), 0.1)
+    name = cfg.optimizer
+    if name == "auto":
+        name = "adam" if cfg.method == "optimize" else "sgd"
+    lr = cfg.learning_rate
+    if lr is None:
+        lr = 0.25 if name == "sgd" else 0.05
+    schedule = optax.cosine_decay_schedule(lr, max(cfg.steps, 1), 0.1)
     return {
         "adam": lambda: optax.adam(schedule),
-        "sgd": lambda: optax.sgd(schedule, momentum=0.5),
+        "sgd": lambda: optax.chain(optax.clip(4.0), optax.sgd(schedule, momentum=0.5)),
         "rmsprop": lambda: optax.rmsprop(schedule),
         "adabelief": lambda: optax.adabelief(schedule),
         "lion": lambda: optax.lion(schedule),
-    }[cfg.optimizer]()
+    }[name]()

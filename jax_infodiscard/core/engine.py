@@ -21,7 +21,12 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core.feature_scale import jvp_scale, limit_scale
-from jax_infodiscard.core.features import grouped_features, image_features, sq_norm
+from jax_infodiscard.core.features import (
+    grouped_features,
+    image_features,
+    normal,
+    sq_norm,
+)
 from jax_infodiscard.core.linearized import column_norms, linear_log_sigma
 from jax_infodiscard.core.solver import Problem, solve
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey, PyTree
@@ -56,7 +61,7 @@ def feature_scales(
     products); the others use ``num_samples`` random JVPs.
     """
     keys = jax.vmap(lambda k: jax.random.fold_in(k, _SALT_SCALE))(layer_keys)
-    deltas = jax.vmap(lambda k: jax.random.normal(k, (num_samples, *x.shape)))(keys)
+    deltas = jax.vmap(lambda k: normal(k, (num_samples, *x.shape)))(keys)
     if method == "limit":
         base = image_features(feature_fn, layers, x)
         scale, passes = limit_scale(feature_fn, layers, x, deltas, base)
@@ -130,7 +135,8 @@ def _solve_image(
                     feature_fn, name, x, lin_keys[l], cfg.linear_probes, cfg.per_channel
                 )
                 for l, name in enumerate(layers)
-            ]
+            ],
+            strict=True,
         )
         a_hat = jnp.stack(norms)
         scale = jnp.sum(a_hat, axis=tuple(range(1, a_hat.ndim)))

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jax_infodiscard.core.features import image_features
+from jax_infodiscard.core.features import image_features, normal
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
 
 
@@ -52,7 +52,7 @@ def column_norms(
     if m <= num_probes:
         probes, weight, passes = jnp.eye(m, dtype=flat.dtype), 1.0, m
     else:
-        probes = jax.random.normal(key, (num_probes, m), flat.dtype)
+        probes = normal(key, (num_probes, m), flat.dtype)
         weight, passes = 1.0 / num_probes, num_probes
     (cols,) = jax.vmap(vjp)(probes)  # (K, H, W, C)
     a = weight * jnp.sum(jnp.square(cols), axis=0)

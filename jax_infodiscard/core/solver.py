@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_infodiscard.config import CIDConfig, make_optimizer
+from jax_infodiscard.core.features import normal
 from jax_infodiscard.types import Array, PRNGKey
 
 # probe(xp (L, N, H, W, C)) -> (dist (L, N), aux)
@@ -175,9 +176,7 @@ def optimize_sigma(
 
     def step(carry, t):
         u, opt_state, acc = carry
-        eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), shape))(
-            keys
-        )
+        eps = jax.vmap(lambda k: normal(jax.random.fold_in(k, t), shape))(keys)
         g = grad_fn(problem, u, eps, inv_lam)
         updates, opt_state = opt.update(g, opt_state, u)
         u = jnp.clip(u + updates, *log_bounds)
@@ -217,9 +216,9 @@ def solve(
     log_bounds = (math.log(cfg.min_sigma), math.log(cfg.max_sigma))
     keys_opt = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
     keys_budget = jax.vmap(lambda k: jax.random.fold_in(k, 2))(key)
-    eps_budget = jax.vmap(
-        lambda k: jax.random.normal(k, (cfg.budget_samples, *problem.x.shape))
-    )(keys_budget)
+    eps_budget = jax.vmap(lambda k: normal(k, (cfg.budget_samples, *problem.x.shape)))(
+        keys_budget
+    )
     log_beta = jnp.log(beta)
     draws = cfg.budget_samples + (cfg.steps * cfg.num_samples if optimize else 0)
     # A draw costs one pass, two with the control variate (forward + JVP).

@@ -295,7 +295,7 @@ def test_bad_config(kwargs, match):
 
 def test_unknown_layer(linear_model, linear_images):
     fn, _ = linear_model
-    with pytest.raises(ValueError, match="unknown layer.*nope"):
+    with pytest.raises(ValueError, match=r"unknown layer.*nope"):
         jid.cid(fn, linear_images, jax.random.key(0), layers=["nope"])
 
 

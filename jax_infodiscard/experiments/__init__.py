@@ -1,0 +1,1 @@
+"""End-to-end experiments (the ``demo`` job and friends)."""

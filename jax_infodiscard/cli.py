@@ -1,4 +1,4 @@
-"""Command line: ``jax-infodiscard {demo,train,cid}``."""
+"""Command line: ``jax-infodiscard {demo,train,evaluate}``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=32)
     t.add_argument("--checkpoint-dir", default=None)
     t.set_defaults(func=_train)
+
+    from jax_infodiscard.evaluation.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return p
 
 

@@ -27,10 +27,12 @@ class CIDConfig:
       beta: noise budget ``E||h(x') - f||^2 / delta_f^2`` that the solution must
         reach (paper default ``1.5e-4``; with unit-range inputs it is the mean
         per-unit noise variance).
-      method: ``"optimize"`` (Monte-Carlo optimisation of Eq. 3 with optax from
-        a uniform start), ``"linearized"`` (closed-form optimum of the locally
-        linear network, DESIGN.md sec. 3) or ``"hybrid"`` (linearised warm
-        start refined by optimisation).
+      method: ``"linearized"`` (default: closed-form optimum of the locally
+        linear network, DESIGN.md sec. 3; at the default budget it is the most
+        accurate per model pass, see ``benchmarks/bench_cid.py``),
+        ``"hybrid"`` (linearised warm start refined by optimisation, with the
+        linearised network as a control variate) or ``"optimize"``
+        (Monte-Carlo optimisation of Eq. 3 with optax from a uniform start).
       steps: optax steps per bisection iteration (``optimize``/``hybrid``).
       num_samples: Monte-Carlo noise draws per optax step (``S``).
       optimizer: an ``optax.GradientTransformation`` or one of ``"auto"``,
@@ -69,18 +71,18 @@ class CIDConfig:
     """
 
     beta: float = 1.5e-4
-    method: Method = "hybrid"
+    method: Method = "linearized"
     steps: int = 8
     num_samples: int = 4
     learning_rate: float | None = None
     optimizer: Any = "auto"
     bisection_steps: int = 6
     budget_tol: float = 0.05
-    budget_samples: int = 16
+    budget_samples: int = 8
     per_channel: bool = False
     feature_scale: FeatureScaleMethod = "jvp"
     scale_samples: int = 16
-    linear_probes: int = 32
+    linear_probes: int = 80
     tail_fraction: float = 0.5
     max_sigma: float = 10.0
     min_sigma: float = 1e-6
@@ -104,6 +106,7 @@ class RUConfig(CIDConfig):
     solution is the warm start.
     """
 
+    method: Method = "hybrid"
     steps: int = 24
     num_samples: int = 4
 

@@ -162,7 +162,7 @@ def run_demo(
                 progress=progress,
             )
             decoders[name] = decoder_fn(dec)
-            mses[name] = float(getattr(metrics, "test_mse", np.nan))
+            mses[name] = float(metrics.heldout_mse or metrics.train_mse)
         timings["decoders_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ru_cfg = jid.RUConfig(

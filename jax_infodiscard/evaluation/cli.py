@@ -1,0 +1,62 @@
+"""The ``evaluate`` subcommand (registered by :func:`add_evaluate_parser`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jax_infodiscard.config import CIDConfig
+
+__all__ = ["add_evaluate_parser"]
+
+
+def _evaluate(args) -> int:
+    from jax_infodiscard.evaluation.runner import (
+        EvaluateConfig,
+        markdown_table,
+        run_evaluate,
+    )
+
+    kwargs = dict(
+        model=args.model,
+        cid=CIDConfig(beta=args.beta, method=args.method),
+        seed=args.seed,
+    )
+    if args.num_images:
+        kwargs["num_images"] = args.num_images
+    cfg = EvaluateConfig.fast(**kwargs) if args.fast else EvaluateConfig(**kwargs)
+    results = run_evaluate(
+        args.out, cfg, cache_dir=args.cache, progress=not args.no_progress
+    )
+    print(
+        f"{results['model']}: test accuracy {results['test_accuracy']:.3f}, "
+        f"{results['num_images']} images, CID of {results['cid_layer']!r} "
+        f"({results['cid_method']}); mean box fraction {results['box_fraction']:.3f}"
+    )
+    print(markdown_table(results))
+    print(
+        f"wrote {args.out}/results.json, descriptive_accuracy.png, "
+        "localization.csv, localization.json, layer_fairness.png"
+    )
+    return 0
+
+
+def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers ``evaluate`` on an ``add_subparsers()`` object; returns it."""
+    e = subparsers.add_parser(
+        "evaluate", help="descriptive accuracy, localisation, layer fairness"
+    )
+    e.add_argument("--model", default="convnet", help="zoo model name")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--out", default="out/evaluate", help="output folder")
+    e.add_argument("--cache", default=None, help="checkpoint cache folder")
+    e.add_argument("--fast", action="store_true", help="two-to-three-minute run")
+    e.add_argument("--num-images", type=int, default=None)
+    e.add_argument("--beta", type=float, default=CIDConfig.beta)
+    e.add_argument(
+        "--method",
+        default=CIDConfig.method,
+        choices=["hybrid", "linearized", "optimize"],
+    )
+    e.set_defaults(func=_evaluate)
+    return e

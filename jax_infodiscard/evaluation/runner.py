@@ -1,0 +1,307 @@
+"""The ``evaluate`` job: CID against baseline explainers on the demo model.
+
+Trains (or loads from the cache) a zoo model on the embedded synthetic data,
+then writes to ``out``:
+
+* ``descriptive_accuracy.png`` and ``results.json``: accuracy while the
+  least important pixels are removed (paper Fig. 6) for CID, Gradient, GxI,
+  Guided-BP, LRP, IG, LIME and a random map;
+* ``localization.csv`` / ``localization.json``: recall of the top pixels
+  inside the box (paper Table 2) for CID, CAM, Grad-CAM, LRP, Gradient and a
+  random map;
+* ``layer_fairness.png``: the ``w/4, 4w`` rescaling check (paper Sec. 3.4).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+import jax_infodiscard as jid
+from jax_infodiscard import baselines
+from jax_infodiscard.baselines.nnx_adapter import to_sequential
+from jax_infodiscard.data import SyntheticConfig, load_synthetic
+from jax_infodiscard.evaluation.fairness import layer_fairness
+from jax_infodiscard.evaluation.metrics import (
+    DEFAULT_FRACTIONS,
+    descriptive_accuracy,
+    importance,
+    localization_recall,
+)
+from jax_infodiscard.models import feature_fn, model_fn, split_fn
+from jax_infodiscard.training.train import TrainConfig, train
+
+__all__ = ["EvaluateConfig", "markdown_table", "run_evaluate", "train_model"]
+
+DESCRIPTIVE_METHODS = (
+    "cid",
+    "gradient",
+    "gradient_x_input",
+    "guided_backprop",
+    "lrp_epsilon",
+    "integrated_gradients",
+    "lime",
+    "random",
+)
+LOCALIZATION_METHODS = ("cid", "cam", "grad_cam", "lrp_epsilon", "gradient", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of the evaluation job.
+
+    Attributes:
+      model: zoo model name (a ConvBN chain: convnet, alexnet, vgg*).
+      num_train: training images of the embedded data set.
+      num_test: test images for the model's accuracy.
+      num_images: test images explained and evaluated.
+      epochs: training epochs.
+      cid: CID configuration (the map is the last default layer's CID).
+      ig_steps: integrated-gradients steps.
+      lime_samples: LIME perturbations per image.
+      fairness_layer: the rescaled layer of the fairness check.
+      fairness_images: images of the fairness check.
+      seed: training seed and PRNG seed of the explainers.
+    """
+
+    model: str = "convnet"
+    num_train: int = 10_000
+    num_test: int = 1_000
+    num_images: int = 64
+    epochs: int = 8
+    cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
+    ig_steps: int = 300
+    lime_samples: int = 5000
+    fairness_layer: str = "conv1"
+    fairness_images: int = 8
+    seed: int = 0
+
+    @classmethod
+    def fast(cls, **changes) -> EvaluateConfig:
+        """A two-to-three-minute configuration on a 2-core CPU."""
+        base = cls(
+            num_train=2_000,
+            num_test=500,
+            num_images=16,
+            epochs=3,
+            ig_steps=32,
+            lime_samples=300,
+            fairness_images=4,
+        )
+        return dataclasses.replace(base, **changes)
+
+
+def _explain_all(model, images, labels, key, cfg: EvaluateConfig, timings):
+    """Raw maps ``(B, H, W)`` of every method, keyed by method name."""
+    mfn = model_fn(model)
+    last_conv = [
+        s for s in model.stage_names if s.startswith("conv") and s in model.layer_names
+    ][-1]
+    pair = split_fn(model, last_conv)
+    seq = to_sequential(model)
+    target = jnp.asarray(labels, jnp.int32)
+    options = {
+        "gradient": (mfn, {}),
+        "gradient_x_input": (mfn, {}),
+        "guided_backprop": (mfn, {}),
+        "lrp_epsilon": (seq, {}),
+        "integrated_gradients": (mfn, {"steps": cfg.ig_steps}),
+        "lime": (mfn, {"samples": cfg.lime_samples}),
+        "cam": (pair, {}),
+        "grad_cam": (pair, {}),
+    }
+    maps = {}
+    for i, (name, (model_form, kw)) in enumerate(options.items()):
+        t0 = time.perf_counter()
+        out = baselines.explain(
+            name, model_form, images, jax.random.fold_in(key, i), target=target, **kw
+        )
+        maps[name] = np.asarray(jax.block_until_ready(out.maps))
+        timings[name] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    layer = model.default_layers[-1]
+    res = jid.cid(feature_fn(model, layer), images, key, config=cfg.cid)
+    maps["cid"] = np.asarray(jax.block_until_ready(res.pixel[-1]))
+    timings["cid"] = time.perf_counter() - t0
+    maps["random"] = np.asarray(
+        jax.random.uniform(jax.random.fold_in(key, 99), images.shape[:3])
+    )
+    return maps, layer
+
+
+def _plot_curves(curves: dict, agreement: dict) -> Figure:
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, data, label in (
+        (axes[0], curves, "accuracy (true labels)"),
+        (axes[1], agreement, "agreement with the unperturbed prediction"),
+    ):
+        for name, row in data.items():
+            ax.plot(row["fractions"], row["accuracy"], marker="o", ms=3, label=name)
+        ax.set_xlabel("fraction of least important pixels removed")
+        ax.set_ylabel(label)
+    axes[0].set_title("Descriptive accuracy (slower decrease = better)")
+    axes[1].legend(fontsize=7)
+    return fig
+
+
+def markdown_table(results: dict) -> str:
+    """Markdown table of descriptive-accuracy areas and localisation recall."""
+    names = sorted(
+        set(results["descriptive_accuracy"]) | set(results["localization"]),
+        key=lambda n: (n == "random", n != "cid", n),
+    )
+    lines = [
+        "| method | descriptive accuracy (area) | prediction agreement (area) "
+        "| localisation recall |",
+        "|---|---|---|---|",
+    ]
+    for n in names:
+        da = results["descriptive_accuracy"].get(n)
+        ag = results["prediction_agreement"].get(n)
+        loc = results["localization"].get(n)
+        a = f"{da['area']:.3f}" if da else "-"
+        g = f"{ag['area']:.3f}" if ag else "-"
+        r = f"{loc['recall_mean']:.3f} ± {loc['recall_sem']:.3f}" if loc else "-"
+        lines.append(f"| {n} | {a} | {g} | {r} |")
+    return "\n".join(lines)
+
+
+def train_model(
+    config: EvaluateConfig, cache_dir: str | pathlib.Path, *, progress: bool = True
+) -> tuple:
+    """Trains ``config.model`` on the embedded data, or loads it from the cache.
+
+    Returns:
+      ``(model, test_accuracy)``; the checkpoint lives in
+      ``cache_dir / "{model}-32px-{num_train}-e{epochs}"`` (the demo's naming).
+    """
+    data_cfg = SyntheticConfig()
+    tr = load_synthetic("train", config.num_train, config=data_cfg)
+    te = load_synthetic("test", config.num_test, config=data_cfg)
+    tag = f"{config.model}-{data_cfg.image_size}px-{config.num_train}-e{config.epochs}"
+    model, history = train(
+        config.model,
+        (tr.images, tr.labels),
+        (te.images, te.labels),
+        TrainConfig(epochs=config.epochs, seed=config.seed, progress=progress),
+        checkpoint_dir=pathlib.Path(cache_dir) / tag,
+        num_classes=data_cfg.num_classes,
+        image_size=data_cfg.image_size,
+    )
+    return model, float((history.get("test_accuracy") or [np.nan])[-1])
+
+
+def run_evaluate(
+    out_dir: str | pathlib.Path,
+    config: EvaluateConfig = EvaluateConfig(),
+    *,
+    cache_dir: str | pathlib.Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Runs the evaluation and writes its files into ``out_dir``.
+
+    Args:
+      out_dir: output folder (created).
+      config: the job's settings.
+      cache_dir: model checkpoint cache (default ``out_dir / "checkpoints"``).
+      progress: show training progress bars.
+
+    Returns:
+      The results dict (also written as ``results.json``).
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = pathlib.Path(cache_dir) if cache_dir else out / "checkpoints"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model, accuracy = train_model(config, cache, progress=progress)
+    timings["train"] = time.perf_counter() - t0
+    te = load_synthetic("test", max(config.num_test, config.num_images))
+    n = config.num_images
+    images, labels = jnp.asarray(te.images[:n]), np.asarray(te.labels[:n])
+    key = jax.random.key(config.seed)
+    mfn = model_fn(model)
+    preds = np.asarray(jnp.argmax(mfn(images), axis=-1))
+    maps, cid_layer = _explain_all(model, images, preds, key, config, timings)
+
+    t0 = time.perf_counter()
+    curves, agreement = {}, {}
+    for name in DESCRIPTIVE_METHODS:
+        for store, truth in ((curves, labels), (agreement, preds)):
+            frac, acc, area = descriptive_accuracy(
+                mfn, images, truth, importance(maps[name], name), fill="mean"
+            )
+            store[name] = {
+                "fractions": frac.tolist(),
+                "accuracy": acc.tolist(),
+                "area": area,
+            }
+    loc = {}
+    for name in LOCALIZATION_METHODS:
+        rec = np.asarray(
+            localization_recall(importance(maps[name], name), te.boxes[:n])
+        )
+        loc[name] = {
+            "recall_mean": float(rec.mean()),
+            "recall_sem": float(rec.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+            "per_image": rec.tolist(),
+        }
+    timings["metrics"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    k = config.fairness_images
+    fair, fair_fig = layer_fairness(
+        model,
+        images[:k],
+        te.masks[:k],
+        jax.random.fold_in(key, 7),
+        layer=config.fairness_layer,
+        cid_config=config.cid.replace(method="linearized"),
+    )
+    timings["fairness"] = time.perf_counter() - t0
+
+    results = {
+        "model": config.model,
+        "test_accuracy": accuracy,
+        "num_images": n,
+        "cid_layer": cid_layer,
+        "cid_method": config.cid.method,
+        "box_fraction": float(
+            np.mean(
+                (te.boxes[:n, 2] - te.boxes[:n, 0])
+                * (te.boxes[:n, 3] - te.boxes[:n, 1])
+                / (images.shape[1] * images.shape[2])
+            )
+        ),
+        "descriptive_accuracy": curves,
+        "prediction_agreement": agreement,
+        "localization": loc,
+        "layer_fairness": fair,
+        "timings_s": timings,
+        "config": {
+            "ig_steps": config.ig_steps,
+            "lime_samples": config.lime_samples,
+            "fractions": list(DEFAULT_FRACTIONS),
+        },
+    }
+    _plot_curves(curves, agreement).savefig(out / "descriptive_accuracy.png", dpi=120)
+    fair_fig.savefig(out / "layer_fairness.png", dpi=120)
+    (out / "localization.json").write_text(json.dumps(loc, indent=2))
+    with open(out / "localization.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "recall_mean", "recall_sem"])
+        for name, row in loc.items():
+            writer.writerow(
+                [name, f"{row['recall_mean']:.4f}", f"{row['recall_sem']:.4f}"]
+            )
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,811 @@
+"""Training, checkpointing and reloading of the RU decoders.
+
+For a feature function ``h`` and a layer ``l``, the decoder ``g_l``
+(:class:`jax_infodiscard.models.decoder.Decoder`) is trained to minimise
+
+    ``E_{x, delta} mean((g_l(h_l(x')) - x')**2)``,  ``x' = x + noise_std * delta``,
+
+with ``delta ~ N(0, I)`` i.i.d. per input unit, i.e. on inputs perturbed at
+the noise level of the CID budget (paper sec. 3.2). By default
+``noise_std = sqrt(beta)`` with ``beta = 1.5e-4``: the constraint of Eq. 4 fixes
+the noise budget ``E||h(x') - f||^2 / delta_f^2 = beta``, and when the feature
+is about equally sensitive to every input unit (``a_i`` all equal in the
+linear oracle of DESIGN.md sec. 2, ``sigma_i^2 = beta * delta_f^2 / (n a_i)``)
+the solution has ``sigma_i^2 = beta`` for every unit, so ``beta`` is the mean
+per-unit noise variance of the CID solution for unit-range inputs. Set
+``noise_std`` in :class:`DecoderConfig` to train at another level.
+
+The features are treated as constants (no gradient flows into ``h``); only the
+decoder's :class:`flax.nnx.Param` variables are trained (Adam, cosine-decayed
+learning rate). The decoder's fixed per-channel statistics are set once,
+before training, from (a sample of) the training data: the input
+normalisation from the noisy features, the output de-normalisation from the
+images. Mini-batches are drawn uniformly with replacement on the device and
+the noise is redrawn at every step; each step is one compiled call (see
+``_train_step`` for why the loop itself is not compiled).
+
+Checkpoints (orbax, via :mod:`jax_infodiscard.training.checkpoint`): the
+decoder of layer ``l`` lives in ``checkpoint_dir / "decoder_<l>"`` (see
+:func:`decoder_checkpoint_path`), so one ``checkpoint_dir`` per model holds
+one decoder per layer. The metadata records the layer, shapes, configuration,
+number of trained steps and the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.tree_util import Partial
+from tqdm.auto import tqdm
+
+from jax_infodiscard.models.decoder import Decoder, create_decoder, decoder_fn
+from jax_infodiscard.training.checkpoint import (
+    all_steps,
+    read_metadata,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from jax_infodiscard.types import Array, PRNGKey
+
+__all__ = [
+    "DecoderConfig",
+    "DecoderMetrics",
+    "check_trained",
+    "decoder_checkpoint_path",
+    "load_decoder",
+    "load_or_train_decoder",
+    "reconstruction_mse",
+    "train_decoder",
+]
+
+_KIND = "ru_decoder"
+_SCHEDULES = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a decoder and of its training.
+
+    Attributes:
+        num_blocks: residual blocks of the decoder (paper: 6).
+        width: channels of the residual blocks.
+        steps: optimizer steps (mini-batches). ``0`` gives an untrained
+            decoder, which :func:`check_trained` rejects.
+        batch_size: images per step.
+        learning_rate: peak Adam learning rate.
+        schedule: ``"cosine"`` (linear warm-up, then cosine decay to 0) or
+            ``"constant"``.
+        warmup_steps: linear warm-up steps of the cosine schedule (capped at
+            ``steps // 10``).
+        beta: CID noise budget (mean per-unit noise variance, unit-range
+            inputs); ``noise_std = sqrt(beta)`` unless ``noise_std`` is set.
+        noise_std: explicit standard deviation of the training noise (unit
+            range), overriding ``beta``.
+        holdout_fraction: fraction of the images held out for the held-out
+            MSE (at least one image when positive).
+        eval_images: at most this many images are used to estimate the
+            train and held-out MSE and the feature statistics.
+        log_every: steps per progress-bar update and per entry of the loss
+            history.
+
+    Example:
+        >>> cfg = DecoderConfig(steps=500, width=16)
+        >>> round(cfg.training_noise_std, 5)  # sqrt(1.5e-4)
+        0.01225
+    """
+
+    num_blocks: int = 6
+    width: int = 32
+    steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    beta: float = 1.5e-4
+    noise_std: float | None = None
+    holdout_fraction: float = 0.1
+    eval_images: int = 512
+    log_every: int = 50
+
+    def __post_init__(self):
+        for name in ("num_blocks", "width", "batch_size", "eval_images", "log_every"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("steps", "warmup_steps"):
+            value = getattr(self, name)
+            if int(value) != value or value < 0:
+                raise ValueError(
+                    f"{name} must be a non-negative integer, got {value!r}"
+                )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be positive, got {self.learning_rate!r}"
+            )
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
+            )
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta!r}")
+        if self.noise_std is not None and not self.noise_std >= 0:
+            raise ValueError(
+                f"noise_std must be non-negative or None, got {self.noise_std!r}"
+            )
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(
+                f"holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}"
+            )
+
+    @property
+    def training_noise_std(self) -> float:
+        """Standard deviation of the training noise (unit-range inputs)."""
+        return float(math.sqrt(self.beta) if self.noise_std is None else self.noise_std)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderMetrics:
+    """What one decoder training run achieved.
+
+    MSEs are means over every pixel and channel of ``(g(h(x')) - x')**2`` with
+    fresh noise at ``noise_std`` (unit-range inputs, squared units).
+
+    Attributes:
+        layer: the layer the decoder inverts.
+        steps: optimizer steps taken.
+        noise_std: training noise standard deviation.
+        train_mse: reconstruction MSE on (up to ``eval_images``) training
+            images.
+        heldout_mse: reconstruction MSE on the held-out images, ``None`` when
+            nothing was held out.
+        image_variance: variance of the evaluated image values (over images,
+            pixels and channels): the MSE of the best constant prediction, a
+            scale for the MSEs.
+        loss_history: mean training loss of every ``log_every`` steps.
+        steps_per_second: steady-state training speed (the first step, which
+            compiles, excluded; 0 when fewer than two steps ran).
+        seconds: wall time of the whole run.
+    """
+
+    layer: str
+    steps: int
+    noise_std: float
+    train_mse: float
+    heldout_mse: float | None
+    image_variance: float
+    loss_history: tuple[float, ...]
+    steps_per_second: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (the loss history becomes a list)."""
+        out = dataclasses.asdict(self)
+        out["loss_history"] = list(self.loss_history)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecoderMetrics:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["loss_history"] = tuple(data.get("loss_history", ()))
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------
+# Validation helpers.
+
+
+def _check_images(images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(
+            f"images must have shape (N, H, W, C), got shape {images.shape}"
+        )
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be float32 in [0, 1], got dtype {images.dtype}")
+    images = images.astype(np.float32, copy=False)
+    if images.shape[0] < 1:
+        raise ValueError("images must hold at least one image")
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or infinite values")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(
+            f"images must lie in the unit range [0, 1], got values in [{lo}, {hi}]"
+        )
+    return images
+
+
+def _as_feature_fn(feature_fn: Any) -> Partial:
+    if isinstance(feature_fn, Partial):
+        return feature_fn
+    if not callable(feature_fn):
+        raise ValueError(
+            f"feature_fn must be callable, got {type(feature_fn).__name__}"
+        )
+    return Partial(feature_fn)
+
+
+def _feature_shape(feature_fn: Partial, layer: str, image_shape: tuple) -> tuple:
+    spec = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+    out = jax.eval_shape(feature_fn, spec)
+    if not isinstance(out, Mapping):
+        raise ValueError(
+            "feature_fn must return a dict {layer: (B, ...) array}, got "
+            f"{type(out).__name__}"
+        )
+    if layer not in out:
+        raise ValueError(f"unknown layer {layer!r}; available: {list(out)}")
+    feature = out[layer]
+    if not isinstance(feature, jax.ShapeDtypeStruct):
+        raise ValueError(
+            f"layer {layer!r}: the decoder needs a single array feature, got a "
+            f"{type(feature).__name__}"
+        )
+    if feature.ndim not in (2, 4) or feature.shape[0] != 2:
+        raise ValueError(
+            f"layer {layer!r}: the decoder supports features of shape (B, d) or "
+            f"(B, h, w, c); got {feature.shape} for a batch of 2"
+        )
+    return tuple(int(s) for s in feature.shape[1:])
+
+
+def decoder_checkpoint_path(
+    checkpoint_dir: str | pathlib.Path, layer: str
+) -> pathlib.Path:
+    """Checkpoint directory of ``layer``'s decoder inside ``checkpoint_dir``.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` in the layer
+    name become ``_`` (the metadata keeps the exact name and is checked on
+    load).
+
+    Args:
+        checkpoint_dir: directory holding the decoders of one model.
+        layer: layer name.
+
+    Returns:
+        ``checkpoint_dir / f"decoder_{safe_layer}"``.
+    """
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(f"layer must be a non-empty string, got {layer!r}")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+    return pathlib.Path(checkpoint_dir) / f"decoder_{safe}"
+
+
+# --------------------------------------------------------------------------
+# Compiled workers.
+
+
+def _optimizer(config: DecoderConfig) -> optax.GradientTransformation:
+    if config.schedule == "constant" or config.steps == 0:
+        lr = config.learning_rate
+    else:
+        warmup = min(config.warmup_steps, config.steps // 10)
+        lr = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=config.learning_rate,
+            warmup_steps=warmup,
+            decay_steps=max(config.steps, warmup + 1),
+            end_value=0.0,
+        )
+    return optax.adam(lr)
+
+
+def _noisy(key: PRNGKey, x: Array, noise_std: float) -> Array:
+    return x + noise_std * jax.random.normal(key, x.shape, x.dtype)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("graphdef", "layer", "config"),
+    donate_argnames=("params", "opt_state"),
+)
+def _train_step(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rest: nnx.State,
+    opt_state: optax.OptState,
+    feature_fn: Partial,
+    images: Array,
+    key: PRNGKey,
+    step: Array,
+    *,
+    layer: str,
+    config: DecoderConfig,
+) -> tuple[nnx.State, optax.OptState, Array]:
+    """One Adam step on a fresh batch and fresh noise; returns the batch loss.
+
+    The step is a single compiled call (the Python loop around it costs well
+    under a millisecond per step): XLA:CPU runs the gradient convolutions
+    15-25x slower inside ``lax.fori_loop``/``lax.scan`` bodies than at top level
+    (jax-ml/jax#12868), so the training loop is deliberately not a compiled
+    loop.
+    """
+    tx = _optimizer(config)
+    k_idx, k_noise = jax.random.split(jax.random.fold_in(key, step))
+    idx = jax.random.randint(k_idx, (config.batch_size,), 0, images.shape[0])
+    x_noisy = _noisy(k_noise, images[idx], config.training_noise_std)
+    feature = jax.lax.stop_gradient(feature_fn(x_noisy)[layer])
+
+    def loss_fn(p):
+        recon = nnx.merge(graphdef, p, rest)(feature)
+        return jnp.mean(jnp.square(recon - x_noisy))
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def _padded_batches(images: np.ndarray, batch_size: int):
+    """Yields ``(index, batch (batch_size, ...), mask (batch_size,))`` (numpy).
+
+    The last batch is zero-padded to ``batch_size`` so that one compiled
+    program serves every batch; ``mask`` is 1 for real images. Batching on the
+    host avoids compiling an eager XLA op per slice.
+    """
+    n = images.shape[0]
+    for i, lo in enumerate(range(0, n, batch_size)):
+        batch = images[lo : lo + batch_size]
+        real = batch.shape[0]
+        if real < batch_size:
+            pad = np.zeros((batch_size - real, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        yield i, batch, (np.arange(batch_size) < real).astype(np.float32)
+
+
+@partial(jax.jit, static_argnames=("layer", "noise_std"))
+def _feature_moments(
+    feature_fn: Partial,
+    x: Array,
+    mask: Array,
+    key: PRNGKey,
+    index: int,
+    *,
+    layer: str,
+    noise_std: float,
+) -> tuple[Array, Array, Array]:
+    """Masked per-channel sums of ``f`` and ``f**2`` and their count."""
+    x_noisy = _noisy(jax.random.fold_in(key, index), x, noise_std)
+    f = feature_fn(x_noisy)[layer].astype(jnp.float32)
+    f = f.reshape(f.shape[0], -1, f.shape[-1])  # (B, positions, channels)
+    w = mask[:, None, None]
+    return (
+        jnp.sum(w * f, axis=(0, 1)),
+        jnp.sum(w * f**2, axis=(0, 1)),
+        jnp.sum(mask) * f.shape[1],
+    )
+
+
+def _feature_stats(
+    feature_fn: Partial,
+    images: np.ndarray,
+    key: PRNGKey,
+    *,
+    layer: str,
+    noise_std: float,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and scale ``(c,)`` of the noisy features of ``images``.
+
+    The scale is ``sqrt(var + 1e-4 * mean(var))`` so that constant (dead)
+    channels do not blow up.
+    """
+    sums = [
+        _feature_moments(feature_fn, x, mask, key, i, layer=layer, noise_std=noise_std)
+        for i, x, mask in _padded_batches(images, batch_size)
+    ]
+    s1, s2, count = (
+        np.sum(np.stack(parts), axis=0, dtype=np.float64)
+        for parts in zip(*jax.device_get(sums), strict=True)
+    )
+    mean = s1 / count
+    var = np.maximum(s2 / count - mean**2, 0.0)
+    scale = np.sqrt(var + 1e-4 * np.mean(var) + 1e-12)
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+@partial(jax.jit, static_argnames=("layer", "noise_std"))
+def _batch_sse(
+    decoder: Partial,
+    feature_fn: Partial,
+    x: Array,
+    mask: Array,
+    key: PRNGKey,
+    index: int,
+    *,
+    layer: str,
+    noise_std: float,
+) -> Array:
+    """Masked sum over images of the per-image reconstruction MSE."""
+    x_noisy = _noisy(jax.random.fold_in(key, index), x, noise_std)
+    recon = decoder(feature_fn(x_noisy)[layer])
+    return jnp.sum(mask * jnp.mean(jnp.square(recon - x_noisy), axis=(1, 2, 3)))
+
+
+def _mse(
+    decoder: Partial,
+    feature_fn: Partial,
+    images: np.ndarray,
+    key: PRNGKey,
+    *,
+    layer: str,
+    noise_std: float,
+    batch_size: int,
+) -> float:
+    """Reconstruction MSE over ``images``; noise key ``fold_in(key, batch)``."""
+    sums = [
+        _batch_sse(
+            decoder, feature_fn, x, mask, key, i, layer=layer, noise_std=noise_std
+        )
+        for i, x, mask in _padded_batches(images, batch_size)
+    ]
+    return float(np.sum(jax.device_get(sums), dtype=np.float64)) / images.shape[0]
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _split_for_training(key: PRNGKey, n: int) -> tuple[Array, ...]:
+    """Keys for (init, stats, train, eval) and a permutation of ``n`` images."""
+    k_split, k_init, k_stats, k_train, k_eval = jax.random.split(key, 5)
+    return k_init, k_stats, k_train, k_eval, jax.random.permutation(k_split, n)
+
+
+def reconstruction_mse(
+    decoder: Partial | Callable[[Array], Array],
+    feature_fn: Callable,
+    layer: str,
+    images: np.ndarray | Array,
+    *,
+    key: PRNGKey,
+    noise_std: float,
+    batch_size: int = 32,
+) -> float:
+    """Mean of ``(g(h(x')) - x')**2`` over images, pixels and channels.
+
+    ``x' = x + noise_std * delta`` with a fresh draw of ``delta`` per image.
+
+    Args:
+        decoder: ``g(features) -> (B, H, W, C)``, e.g. from
+            :func:`jax_infodiscard.models.decoder.decoder_fn`.
+        feature_fn: ``feature_fn(images) -> {layer: (B, ...)}``.
+        layer: layer whose feature is decoded.
+        images: ``(N, H, W, C)`` float32 images in [0, 1].
+        key: PRNG key of the noise.
+        noise_std: noise standard deviation (unit range).
+        batch_size: images per compiled call.
+
+    Returns:
+        The MSE as a Python float (squared unit-range units).
+    """
+    images = _check_images(images)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return _mse(
+        _as_feature_fn(decoder),
+        _as_feature_fn(feature_fn),
+        images,
+        key,
+        layer=layer,
+        noise_std=float(noise_std),
+        batch_size=int(min(batch_size, images.shape[0])),
+    )
+
+
+# --------------------------------------------------------------------------
+# Public training API.
+
+
+def _metadata(
+    layer: str,
+    decoder: Decoder,
+    config: DecoderConfig,
+    metrics: DecoderMetrics,
+) -> dict[str, Any]:
+    return {
+        "kind": _KIND,
+        "layer": layer,
+        "feature_shape": list(decoder.feature_shape),
+        "image_shape": list(decoder.image_shape),
+        "config": dataclasses.asdict(config),
+        "steps": metrics.steps,
+        "metrics": metrics.to_dict(),
+    }
+
+
+def train_decoder(
+    feature_fn: Callable,
+    layer: str,
+    images: np.ndarray,
+    config: DecoderConfig = DecoderConfig(),
+    *,
+    key: PRNGKey,
+    checkpoint_dir: str | pathlib.Path | None = None,
+    progress: bool = True,
+) -> tuple[Decoder, DecoderMetrics]:
+    """Trains the RU decoder of one layer.
+
+    Args:
+        feature_fn: pure feature function ``feature_fn(images (B, H, W, C)) ->
+            {layer: (B, ...)}``; a :class:`jax.tree_util.Partial` (parameters
+            traced, no recompilation for new parameters) or a plain callable
+            (wrapped in a leafless ``Partial``).
+        layer: name of the layer to invert; its feature must be a single array
+            of shape ``(B, h, w, c)`` or ``(B, d)``.
+        images: ``(N, H, W, C)`` float32 images in [0, 1]; a fraction
+            ``config.holdout_fraction`` (chosen at random) is held out.
+        config: decoder and training hyper-parameters.
+        key: PRNG key (initialisation, split, batches, noise).
+        checkpoint_dir: when given, the trained decoder is saved to
+            :func:`decoder_checkpoint_path` ``(checkpoint_dir, layer)`` at step
+            ``config.steps``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``(decoder, metrics)``: the trained :class:`Decoder` and its
+        :class:`DecoderMetrics`.
+
+    Raises:
+        ValueError: bad images, config, unknown layer or unsupported feature.
+    """
+    start_time = time.perf_counter()
+    if not isinstance(config, DecoderConfig):
+        raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
+    images = _check_images(images)
+    feature_fn = _as_feature_fn(feature_fn)
+    image_shape = tuple(images.shape[1:])
+    feature_shape = _feature_shape(feature_fn, layer, image_shape)
+    noise_std = config.training_noise_std
+
+    n = images.shape[0]
+    n_hold = (
+        0
+        if config.holdout_fraction == 0
+        else max(1, round(config.holdout_fraction * n))
+    )
+    if n_hold >= n:
+        raise ValueError(
+            f"need at least one training image besides the {n_hold} held out; got "
+            f"{n} images"
+        )
+    k_init, k_stats, k_train, k_eval, order = _split_for_training(key, n)
+    order = np.asarray(order)
+    train = images[np.sort(order[n_hold:])]
+    hold = images[np.sort(order[:n_hold])]
+
+    decoder = create_decoder(
+        feature_shape,
+        image_shape,
+        num_blocks=config.num_blocks,
+        width=config.width,
+        key=k_init,
+    )
+    eval_train = train[: config.eval_images]
+    eval_hold = hold[: config.eval_images]
+    eval_kwargs = dict(layer=layer, noise_std=noise_std)
+    eval_batch = min(config.batch_size, eval_train.shape[0])
+    mean, scale = _feature_stats(
+        feature_fn, eval_train, k_stats, batch_size=eval_batch, **eval_kwargs
+    )
+    decoder.feature_mean[...] = jnp.asarray(mean)
+    decoder.feature_scale[...] = jnp.asarray(scale)
+    decoder.image_mean[...] = jnp.asarray(eval_train.mean(axis=(0, 1, 2)))
+    decoder.image_scale[...] = jnp.asarray(eval_train.std(axis=(0, 1, 2)) + 1e-3)
+
+    train_device = jnp.asarray(train)
+    graphdef, params, rest = nnx.split(decoder, nnx.Param, ...)
+    opt_state = _optimizer(config).init(params)
+    history: list[float] = []
+    chunk_losses: list[Array] = []
+    timer_start, timed_steps = 0.0, 0
+    with tqdm(total=config.steps, disable=not progress, desc=f"decoder {layer}") as bar:
+        for step in range(config.steps):
+            params, opt_state, loss = _train_step(
+                graphdef,
+                params,
+                rest,
+                opt_state,
+                feature_fn,
+                train_device,
+                k_train,
+                step,
+                layer=layer,
+                config=config,
+            )
+            chunk_losses.append(loss)
+            if step == 0:  # the first step compiles: time the others
+                jax.block_until_ready(loss)
+                timer_start = time.perf_counter()
+            else:
+                timed_steps += 1
+            if len(chunk_losses) == config.log_every or step == config.steps - 1:
+                history.append(float(np.mean(jax.device_get(chunk_losses))))
+                bar.update(len(chunk_losses))
+                bar.set_postfix(loss=f"{history[-1]:.3g}")
+                chunk_losses = []
+    timed_seconds = time.perf_counter() - timer_start if timed_steps else 0.0
+    decoder = nnx.merge(graphdef, params, rest)
+
+    g = decoder_fn(decoder)
+    k_tr, k_ho = jax.random.split(k_eval)
+    train_mse = _mse(
+        g, feature_fn, eval_train, k_tr, batch_size=eval_batch, **eval_kwargs
+    )
+    heldout_mse = None
+    if n_hold:
+        heldout_mse = _mse(
+            g, feature_fn, eval_hold, k_ho, batch_size=eval_batch, **eval_kwargs
+        )
+    evaluated = np.concatenate([eval_train, eval_hold])
+    metrics = DecoderMetrics(
+        layer=layer,
+        steps=config.steps,
+        noise_std=noise_std,
+        train_mse=train_mse,
+        heldout_mse=heldout_mse,
+        image_variance=float(np.var(evaluated, dtype=np.float64)),
+        loss_history=tuple(history),
+        steps_per_second=timed_steps / timed_seconds if timed_seconds > 0 else 0.0,
+        seconds=time.perf_counter() - start_time,
+    )
+    if checkpoint_dir is not None:
+        save_checkpoint(
+            decoder_checkpoint_path(checkpoint_dir, layer),
+            decoder,
+            metadata=_metadata(layer, decoder, config, metrics),
+            step=config.steps,
+        )
+    return decoder, metrics
+
+
+def check_trained(metadata: Mapping[str, Any]) -> None:
+    """Raises unless ``metadata`` describes a trained RU decoder.
+
+    Args:
+        metadata: the metadata of a decoder checkpoint (from
+            :func:`load_decoder`).
+
+    Raises:
+        ValueError: not a decoder checkpoint, or trained for 0 steps (an
+            untrained decoder would make RU meaningless).
+    """
+    if not isinstance(metadata, Mapping) or metadata.get("kind") != _KIND:
+        raise ValueError(
+            "metadata does not describe an RU decoder checkpoint (missing "
+            f"kind={_KIND!r})"
+        )
+    steps = metadata.get("steps", 0)
+    if not isinstance(steps, int) or steps <= 0:
+        raise ValueError(
+            f"the decoder of layer {metadata.get('layer')!r} is untrained "
+            f"({steps} steps); train it before computing RU"
+        )
+
+
+def _builder(metadata: Mapping[str, Any]) -> Decoder:
+    config = metadata.get("config", {})
+    return Decoder(
+        tuple(metadata["feature_shape"]),
+        tuple(metadata["image_shape"]),
+        num_blocks=int(config.get("num_blocks", 6)),
+        width=int(config.get("width", 32)),
+        rngs=nnx.Rngs(0),
+    )
+
+
+def load_decoder(
+    checkpoint_dir: str | pathlib.Path, layer: str, *, step: int | None = None
+) -> tuple[Decoder, dict[str, Any]]:
+    """Loads the decoder of ``layer`` saved by :func:`train_decoder`.
+
+    Args:
+        checkpoint_dir: the model's decoder directory (as given to
+            :func:`train_decoder`).
+        layer: layer name.
+        step: checkpoint step (trained steps); ``None`` for the latest.
+
+    Returns:
+        ``(decoder, metadata)``; ``metadata["metrics"]`` holds the
+        :class:`DecoderMetrics` as a dict.
+
+    Raises:
+        FileNotFoundError: no decoder checkpoint for ``layer``.
+        ValueError: the checkpoint is not a decoder of ``layer`` or is corrupt.
+    """
+    path = decoder_checkpoint_path(checkpoint_dir, layer)
+    if not all_steps(path):
+        raise FileNotFoundError(
+            f"no decoder checkpoint for layer {layer!r} in {path}; train it with "
+            "train_decoder(..., checkpoint_dir=...) first"
+        )
+    metadata = read_metadata(path, step=step)
+    if metadata.get("kind") != _KIND or metadata.get("layer") != layer:
+        raise ValueError(
+            f"checkpoint {path} is not a decoder of layer {layer!r} (metadata "
+            f"kind={metadata.get('kind')!r}, layer={metadata.get('layer')!r})"
+        )
+    decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
+    return decoder, metadata
+
+
+def _matches(
+    metadata: Mapping[str, Any],
+    layer: str,
+    feature_shape: tuple,
+    image_shape: tuple,
+    config: DecoderConfig,
+) -> bool:
+    try:
+        saved_config = DecoderConfig(**metadata["config"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (
+        metadata.get("kind") == _KIND
+        and metadata.get("layer") == layer
+        and tuple(metadata.get("feature_shape", ())) == feature_shape
+        and tuple(metadata.get("image_shape", ())) == image_shape
+        and saved_config == config
+    )
+
+
+def load_or_train_decoder(
+    feature_fn: Callable,
+    layer: str,
+    images: np.ndarray,
+    config: DecoderConfig = DecoderConfig(),
+    *,
+    key: PRNGKey,
+    checkpoint_dir: str | pathlib.Path,
+    progress: bool = True,
+) -> tuple[Decoder, DecoderMetrics]:
+    """Reuses a matching decoder checkpoint, else trains (and saves) one.
+
+    A checkpoint in :func:`decoder_checkpoint_path` ``(checkpoint_dir,
+    layer)`` matches when its metadata has the same layer, feature shape,
+    image shape and :class:`DecoderConfig`. The images and ``key`` are not
+    compared: ``checkpoint_dir`` must be specific to the model (and data).
+
+    Args:
+        feature_fn: as in :func:`train_decoder`.
+        layer: layer name.
+        images: ``(N, H, W, C)`` float32 training images in [0, 1].
+        config: decoder and training hyper-parameters.
+        key: PRNG key used when training is needed.
+        checkpoint_dir: the model's decoder directory.
+        progress: show a progress bar when training.
+
+    Returns:
+        ``(decoder, metrics)`` as :func:`train_decoder` returns them (restored
+        from the metadata when the checkpoint is reused).
+    """
+    if not isinstance(config, DecoderConfig):
+        raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
+    images = _check_images(images)
+    fn = _as_feature_fn(feature_fn)
+    image_shape = tuple(images.shape[1:])
+    feature_shape = _feature_shape(fn, layer, image_shape)
+    path = decoder_checkpoint_path(checkpoint_dir, layer)
+    for step in reversed(all_steps(path)):
+        metadata = read_metadata(path, step=step)
+        if _matches(metadata, layer, feature_shape, image_shape, config):
+            decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
+            return decoder, DecoderMetrics.from_dict(metadata["metrics"])
+    return train_decoder(
+        fn,
+        layer,
+        images,
+        config,
+        key=key,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +50,7 @@ def conv(h, w, b, stride):
 
 def init_convnet(key, chans=(3, 8, 8, 16)):
     params = []
-    for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+    for i, (cin, cout) in enumerate(itertools.pairwise(chans)):
         k1, k2 = jax.random.split(jax.random.fold_in(key, i))
         w = jax.random.normal(k1, (3, 3, cin, cout)) * np.sqrt(2.0 / (9 * cin))
         params.append((w, 0.1 * jax.random.normal(k2, (cout,))))

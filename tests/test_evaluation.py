@@ -163,6 +163,6 @@ def test_rescale_pair_rejects_bad_layers():
     with pytest.raises(ValueError, match="ConvBN stage"):
         rescale_pair(model, "pool1")
     with pytest.raises(ValueError, match="not positively homogeneous"):
-        rescale_pair(model, "conv3")
+        rescale_pair(model, "conv5")
     with pytest.raises(ValueError, match="factor"):
         rescale_pair(model, "conv1", 0.0)

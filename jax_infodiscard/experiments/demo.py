@@ -46,6 +46,9 @@ class DemoConfig:
       decoder_steps: optimiser steps per RU decoder.
       decoder_width: channels of the RU decoders (16 keeps a decoder step
         around 0.2 s on a 2-core CPU).
+      ru_steps: optax steps per lambda iteration of the RU solver (2 noise
+        draws each); convolution gradients inside compiled loops are slow on
+        XLA:CPU, so the demo keeps this small.
       cid: the CID configuration.
       seed: seed of the training run and of the CID/RU keys.
     """
@@ -59,6 +62,7 @@ class DemoConfig:
     ru: bool = True
     decoder_steps: int = 300
     decoder_width: int = 16
+    ru_steps: int = 8
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
 
@@ -171,11 +175,13 @@ def run_demo(
         timings["decoders_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         ru_cfg = jid.RUConfig(
+            steps=config.ru_steps,
+            num_samples=2,
             **{
                 f.name: getattr(config.cid, f.name)
                 for f in dataclasses.fields(config.cid)
                 if f.name not in ("steps", "num_samples", "method")
-            }
+            },
         )
         ru = jid.ru(fn, decoders, images, key, layers=layers, config=ru_cfg)
         jax.block_until_ready(ru.pixel)

@@ -189,8 +189,9 @@ def _map_images(fn, images: Array, keys: Array, chunk_size: int | None):
 def _solve_group(
     make_problem, feature_fn, extra, images, keys, beta, *, layers, layer_ids, cfg
 ):
-    fn = partial(_solve_image, make_problem, feature_fn, extra, layers, layer_ids, cfg)
-    fn = partial(_call_with_beta, fn, beta)
+    fn = partial(
+        _solve_image, make_problem, feature_fn, extra, layers, layer_ids, cfg, beta
+    )
     devices = jax.devices()
     if len(devices) == 1:
         return _map_images(fn, images, keys, cfg.chunk_size)
@@ -204,10 +205,6 @@ def _solve_group(
         check_vma=False,
     )
     return sharded(images, keys)
-
-
-def _call_with_beta(fn, beta, x, key):
-    return fn(beta, x, key)
 
 
 def image_keys(key: PRNGKey, num_images: int) -> Array:

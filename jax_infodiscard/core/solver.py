@@ -118,7 +118,11 @@ def _sigma_full(u: Array, image_shape: tuple[int, ...]) -> Array:
     return sigma[:, None]
 
 
-def _budget_and_entropy(problem: Problem, u: Array, eps: Array):
+def measure(problem: Problem, u: Array, eps: Array) -> tuple[Array, Array]:
+    """Budget ``r`` ``(L,)`` and entropy map ``(L, *S)`` at ``u`` with draws ``eps``.
+
+    ``eps`` is ``(L, M, H, W, C)``.
+    """
     noise = _sigma_full(u, problem.x.shape) * eps
     xp = problem.x + noise
     dist, aux = problem.probe(xp)
@@ -132,16 +136,8 @@ def _budget_and_entropy(problem: Problem, u: Array, eps: Array):
     return r, problem.pixel_entropy(u, xp, aux)
 
 
-def measure(problem: Problem, u: Array, eps: Array) -> tuple[Array, Array]:
-    """Budget ``r`` ``(L,)`` and entropy map ``(L, *S)`` at ``u`` with draws ``eps``.
-
-    ``eps`` is ``(L, M, H, W, C)``.
-    """
-    return _budget_and_entropy(problem, u, eps)
-
-
 def _objective(problem: Problem, u: Array, eps: Array, inv_lam: Array) -> Array:
-    r, entropy = _budget_and_entropy(problem, u, eps)
+    r, entropy = measure(problem, u, eps)
     return jnp.sum(r * inv_lam) - jnp.sum(entropy)
 
 

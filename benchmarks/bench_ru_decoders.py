@@ -4,9 +4,13 @@ Trains (or reuses) the demo model on the embedded data, then one decoder per
 layer with 6 and with 8 residual blocks, computes pixel-wise RU with each on
 the same test images and key, and reports per layer the pixel correlation of
 the two RU maps, the gap in mean RU, and each decoder's held-out MSE (table +
-JSON).
+JSON). As a noise floor, the 6-block RU is also recomputed with another solver
+key: the 6-vs-8 correlation should be close to this same-decoder correlation.
+The fraction of (image, layer) solves whose lambda search converged is
+reported for each run.
 
-Usage: ``python benchmarks/bench_ru_decoders.py [--images 4] [--steps 1500]``.
+Usage: ``python benchmarks/bench_ru_decoders.py [--images 4] [--steps 600]
+[--width 16]``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="convnet")
     ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--cache", default="out/cache")
     ap.add_argument("--out", default="bench_ru_decoders.json")
@@ -52,7 +57,7 @@ def main():
     key = jax.random.key(0)
     results, mses = {}, {}
     for blocks in (6, 8):
-        cfg = DecoderConfig(num_blocks=blocks, steps=args.steps)
+        cfg = DecoderConfig(num_blocks=blocks, steps=args.steps, width=args.width)
         decs = {}
         for i, name in enumerate(layers):
             dec, m = load_or_train_decoder(
@@ -67,17 +72,31 @@ def main():
             decs[name] = decoder_fn(dec)
             mses[(blocks, name)] = float(m.heldout_mse or m.train_mse)
         results[blocks] = jid.ru(fn, decs, images, key, layers=layers).to_numpy()
+        if blocks == 6:
+            results["floor"] = jid.ru(
+                fn, decs, images, jax.random.key(1), layers=layers
+            ).to_numpy()
+
+    def corr(a, b):
+        return float(
+            np.mean(
+                [
+                    np.corrcoef(p.ravel(), q.ravel())[0, 1]
+                    for p, q in zip(a, b, strict=True)
+                ]
+            )
+        )
 
     rows = []
     for l, name in enumerate(layers):
-        a, b = results[6].pixel[l], results[8].pixel[l]
-        corr = np.mean(
-            [np.corrcoef(a[i].ravel(), b[i].ravel())[0, 1] for i in range(a.shape[0])]
-        )
+        six, eight = results[6].pixel[l], results[8].pixel[l]
         rows.append(
             dict(
                 layer=name,
-                corr=float(corr),
+                corr=corr(six, eight),
+                corr_floor=corr(six, results["floor"].pixel[l]),
+                converged_6=float(results[6].converged[l].mean()),
+                converged_8=float(results[8].converged[l].mean()),
                 mean_ru_6=float(results[6].mean[l].mean()),
                 mean_ru_8=float(results[8].mean[l].mean()),
                 mse_6=mses[(6, name)],
@@ -89,12 +108,14 @@ def main():
         f"{args.images} images, decoders trained {args.steps} steps"
     )
     print(
-        f"{'layer':>10s} {'corr':>6s} {'RU6':>7s} {'RU8':>7s} {'mse6':>9s} {'mse8':>9s}"
+        f"{'layer':>10s} {'corr6v8':>7s} {'floor':>6s} {'RU6':>7s} {'RU8':>7s} "
+        f"{'mse6':>9s} {'mse8':>9s} {'conv6':>5s} {'conv8':>5s}"
     )
     for r in rows:
         print(
-            f"{r['layer']:>10s} {r['corr']:6.3f} {r['mean_ru_6']:7.3f} "
-            f"{r['mean_ru_8']:7.3f} {r['mse_6']:9.2e} {r['mse_8']:9.2e}"
+            f"{r['layer']:>10s} {r['corr']:7.3f} {r['corr_floor']:6.3f} "
+            f"{r['mean_ru_6']:7.3f} {r['mean_ru_8']:7.3f} {r['mse_6']:9.2e} "
+            f"{r['mse_8']:9.2e} {r['converged_6']:5.2f} {r['converged_8']:5.2f}"
         )
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)

@@ -103,12 +103,17 @@ class RUConfig(CIDConfig):
 
     Same fields as :class:`CIDConfig`. RU has no closed form, so ``method``
     defaults to ``"hybrid"`` with more optimisation steps: the linearised CID
-    solution is the warm start.
+    solution is the warm start. The lambda search gets two more iterations
+    than CID's: with an imperfect decoder ``log r`` is steeper than linear in
+    ``log lambda`` and the search needs them (measured on a pooling feature
+    with a bilinear decoder, 8 images: 6 iterations converged 88% of the
+    solves, 8 converged all).
     """
 
     method: Method = "hybrid"
     steps: int = 24
     num_samples: int = 4
+    bisection_steps: int = 8
 
 
 def _validate(cfg: CIDConfig) -> None:

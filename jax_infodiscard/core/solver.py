@@ -12,11 +12,16 @@ minimiser unchanged and makes the gradient ``O(1)`` per entry.
 For a fixed ``lambda``, an optax optimiser runs ``steps`` Monte-Carlo steps
 inside ``lax.scan`` and the tail of the trajectory is averaged. The budget is
 then measured with fixed noise draws (common random numbers across
-iterations), and ``log lambda`` is updated by a bracketed secant step (the
-locally linear model has ``r`` proportional to ``lambda``) that falls back to
-bisection when it leaves the bracket, inside a ``lax.while_loop``, until
-``|log(r / beta)| < budget_tol``. Between iterations sigma is warm-started by
-the same linear model, ``u += (new log lambda - old log lambda) / 2``.
+iterations), and ``log lambda`` is updated by a bracketed secant step on
+``log r`` against ``log lambda`` that falls back to bisection when it leaves
+the bracket, inside a ``lax.while_loop``, until ``|log(r / beta)| <
+budget_tol``. The first step assumes slope 1 (the locally linear model has
+``r`` proportional to ``lambda``, exact for CID); later steps use the slope
+measured between the last two iterations, which matters for RU, where ``r``
+can grow much faster than ``lambda`` (an imperfect decoder's error floor
+makes the entropy term flat for small sigma). Between iterations sigma is
+warm-started by the linear model, ``u += (new log lambda - old log lambda) /
+2``.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class SolverState(NamedTuple):
       pixel: entropy map at ``u_best`` ``(L, *S)``.
       done: converged ``(L,)`` bool.
       passes: model passes per layer so far ``(L,)`` int32.
+      prev_lam, prev_err: ``log lambda`` and ``log(r / beta)`` of the previous
+        iteration ``(L,)`` (NaN before the first), for the secant slope.
     """
 
     it: Array
@@ -93,6 +100,12 @@ class SolverState(NamedTuple):
     pixel: Array
     done: Array
     passes: Array
+    prev_lam: Array
+    prev_err: Array
+
+
+# Bounds on the secant slope d log r / d log lambda (1 for CID's linear model).
+_SLOPE_RANGE = (0.2, 20.0)
 
 
 class Solution(NamedTuple):
@@ -231,9 +244,13 @@ def solve(
         ok = jnp.abs(err) < cfg.budget_tol
         hi = jnp.where(err > 0, s.log_lam, s.hi)
         lo = jnp.where(err < 0, s.log_lam, s.lo)
-        # Secant step of the locally linear model (r proportional to lambda),
-        # limited to a factor e^4, bisection when it leaves the bracket.
-        cand = s.log_lam - jnp.clip(err, -4.0, 4.0)
+        # Secant step (slope 1 until two iterations are measured), limited
+        # to a factor e^4, bisection when it leaves the bracket.
+        slope = (err - s.prev_err) / (s.log_lam - s.prev_lam)
+        slope = jnp.where(
+            jnp.isfinite(slope) & (slope > 0), jnp.clip(slope, *_SLOPE_RANGE), 1.0
+        )
+        cand = s.log_lam - jnp.clip(err / slope, -4.0, 4.0)
         bracketed = jnp.isfinite(lo) & jnp.isfinite(hi)
         outside = (cand <= lo) | (cand >= hi)
         cand = jnp.where(bracketed & outside, 0.5 * (lo + hi), cand)
@@ -255,6 +272,8 @@ def solve(
             pixel=jnp.where(a_l, pixel, s.pixel),
             done=s.done | ok,
             passes=s.passes + jnp.where(active, per_iter, 0),
+            prev_lam=jnp.where(active, s.log_lam, s.prev_lam),
+            prev_err=jnp.where(active, err, s.prev_err),
         )
 
     def cond(s: SolverState) -> Array:
@@ -273,6 +292,8 @@ def solve(
         pixel=jnp.zeros_like(u0),
         done=jnp.zeros((num_layers,), bool),
         passes=jnp.zeros((num_layers,), jnp.int32),
+        prev_lam=jnp.full((num_layers,), jnp.nan, jnp.float32),
+        prev_err=jnp.full((num_layers,), jnp.nan, jnp.float32),
     )
     s = jax.lax.while_loop(cond, body, init)
     return Solution(

@@ -123,7 +123,7 @@ def test_output_shape(feature_shape):
             feature_shape, (16, 16, 3), num_blocks=4, width=4, rngs=nnx.Rngs(0)
         )
     )
-    g = decoder_fn(dec)
+    g = decoder_fn(dec, allow_untrained=True)
     spec = jax.ShapeDtypeStruct((7, *feature_shape), jnp.float32)
     out = jax.eval_shape(lambda g, f: g(f), g, spec)
     assert out.shape == (7, 16, 16, 3)
@@ -136,7 +136,7 @@ def test_upsampling_blocks_built_and_outputs_independent_of_batch():
     kinds = [type(block.conv1).__name__ for block in dec.blocks]
     assert kinds == ["SubpixelConvTranspose", "SubpixelConvTranspose", "Conv"]
     assert [block.shortcut is None for block in dec.blocks] == [False, False, True]
-    g = decoder_fn(dec)
+    g = decoder_fn(dec, allow_untrained=True)
     f = jnp.asarray(np.random.default_rng(2).normal(size=(5, 4, 4, 5)), jnp.float32)
     full = np.asarray(_apply(g, f))
     assert full.shape == (5, 16, 16, 2)
@@ -204,7 +204,7 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="positive integers"):
         num_upsampling_blocks((0, 8, 3), (32, 32, 3))
     dec = random_decoder((4, 4, 5), (8, 8, 3), num_blocks=2, width=4)
-    g = decoder_fn(dec)
+    g = decoder_fn(dec, allow_untrained=True)
     with pytest.raises(ValueError, match=r"expects features of shape \(B, 4, 4, 5\)"):
         jax.eval_shape(g, jax.ShapeDtypeStruct((2, 4, 4, 6), jnp.float32))
     with pytest.raises(ValueError, match=r"got \(4, 4, 5\)"):
@@ -212,7 +212,7 @@ def test_bad_shapes_raise():
     # A module whose output no longer matches its declared image shape.
     dec.image_shape = (8, 8, 4)
     with pytest.raises(ValueError, match=r"output shape \(8, 8, 3\) does not match"):
-        decoder_fn(dec)
+        decoder_fn(dec, allow_untrained=True)
 
 
 # --------------------------------------------------------------------------
@@ -333,11 +333,17 @@ def test_untrained_and_missing_decoders(trained):
     )
     assert m0.steps == 0 and m0.loss_history == ()
     assert m0.heldout_mse > 0.5 * m0.image_variance  # far from reconstructing
-    _, meta0 = load_decoder(ckpt, "id", step=0)
+    dec0, meta0 = load_decoder(ckpt, "id", step=0)
     with pytest.raises(ValueError, match="untrained"):
         check_trained(meta0)
-    _, latest = load_decoder(ckpt, "id")
-    assert latest["steps"] == TINY.steps
+    # An untrained decoder cannot become an RU decoder function.
+    assert dec0.trained_steps == 0
+    with pytest.raises(ValueError, match="untrained"):
+        decoder_fn(dec0)
+    with pytest.raises(ValueError, match="untrained"):
+        decoder_fn(create_decoder((8, 8, 3), (8, 8, 3), key=jax.random.key(0)))
+    latest_dec, latest = load_decoder(ckpt, "id")
+    assert latest["steps"] == TINY.steps == latest_dec.trained_steps
     with pytest.raises(ValueError, match="not describe an RU decoder"):
         check_trained({"model": "convnet"})
 
@@ -383,8 +389,8 @@ def test_feature_normalisation_makes_decoder_scale_invariant():
     np.testing.assert_allclose(m1.heldout_mse, m2.heldout_mse, rtol=1e-3)
     x = jnp.asarray(images[:3])
     np.testing.assert_allclose(
-        _apply(decoder_fn(d1), x),
-        _apply(decoder_fn(d2), 1000.0 * x - 7.0),
+        _apply(decoder_fn(d1, allow_untrained=True), x),
+        _apply(decoder_fn(d2, allow_untrained=True), 1000.0 * x - 7.0),
         atol=1e-4,
     )
 

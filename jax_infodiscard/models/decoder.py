@@ -52,7 +52,7 @@ Example:
     >>> dec = create_decoder((8, 8, 16), (32, 32, 3), width=8, key=jax.random.key(0))
     >>> dec.num_upsampling
     2
-    >>> g = decoder_fn(dec)  # a pytree: pass it to jitted functions
+    >>> g = decoder_fn(dec, allow_untrained=True)  # a pytree: jit-friendly
     >>> jax.jit(lambda g, f: g(f))(g, jnp.zeros((5, 8, 8, 16))).shape
     (5, 32, 32, 3)
 """
@@ -293,6 +293,12 @@ class Decoder(nnx.Module):
             CPU; 64 gives a somewhat lower reconstruction error.
         rngs: ``nnx.Rngs`` used for parameter initialisation.
 
+    Attributes:
+        trained_steps: optimiser steps the decoder was trained for (a static
+            int; 0 for a new decoder). Set by
+            :func:`jax_infodiscard.training.decoder.train_decoder` and restored
+            from the checkpoint metadata; :func:`decoder_fn` rejects 0.
+
     Raises:
         ValueError: bad shapes, non-positive sizes, or more downsampling than
             ``num_blocks`` upsampling blocks can undo.
@@ -318,6 +324,7 @@ class Decoder(nnx.Module):
             raise ValueError(f"width must be a positive integer, got {width!r}")
         self.num_blocks = int(num_blocks)
         self.width = int(width)
+        self.trained_steps = 0  # set by training and by checkpoint loading
         self.num_upsampling = num_upsampling_blocks(
             self.feature_shape, self.image_shape, self.num_blocks
         )
@@ -469,7 +476,7 @@ class _ApplyDecoder:
         return nnx.merge(self.graphdef, state)(features)
 
 
-def decoder_fn(decoder: Decoder) -> Partial:
+def decoder_fn(decoder: Decoder, *, allow_untrained: bool = False) -> Partial:
     """Pure function ``g(features) -> images`` of a decoder.
 
     The decoder's variables are bound as the pytree arguments of a
@@ -479,6 +486,8 @@ def decoder_fn(decoder: Decoder) -> Partial:
 
     Args:
         decoder: a :class:`Decoder`.
+        allow_untrained: accept a decoder with ``trained_steps == 0`` (for
+            shape checks and tests; RU with such a decoder is meaningless).
 
     Returns:
         ``g`` mapping features ``(B, *decoder.feature_shape)`` to float32
@@ -486,11 +495,19 @@ def decoder_fn(decoder: Decoder) -> Partial:
         for features of another shape.
 
     Raises:
-        ValueError: ``decoder`` is not a :class:`Decoder`, or its output shape
-            does not match its ``image_shape`` (an inconsistent module).
+        ValueError: ``decoder`` is not a :class:`Decoder`, is untrained (and
+            ``allow_untrained`` is false), or its output shape does not match
+            its ``image_shape`` (an inconsistent module).
     """
     if not isinstance(decoder, Decoder):
         raise ValueError(f"decoder must be a Decoder, got {type(decoder).__name__}")
+    if not allow_untrained and decoder.trained_steps <= 0:
+        raise ValueError(
+            "the decoder is untrained (0 steps), so RU computed with it would "
+            "be meaningless; train it with jax_infodiscard.training.decoder."
+            "train_decoder (or load a trained one with load_decoder), or pass "
+            "allow_untrained=True"
+        )
     graphdef, state = nnx.split(decoder)
     fn = Partial(_ApplyDecoder(graphdef), state)
     spec = jax.ShapeDtypeStruct((1, *decoder.feature_shape), jnp.float32)

@@ -635,8 +635,9 @@ def train_decoder(
                 chunk_losses = []
     timed_seconds = time.perf_counter() - timer_start if timed_steps else 0.0
     decoder = nnx.merge(graphdef, params, rest)
+    decoder.trained_steps = config.steps
 
-    g = decoder_fn(decoder)
+    g = decoder_fn(decoder, allow_untrained=True)
     k_tr, k_ho = jax.random.split(k_eval)
     train_mse = _mse(
         g, feature_fn, eval_train, k_tr, batch_size=eval_batch, **eval_kwargs
@@ -735,6 +736,7 @@ def load_decoder(
             f"kind={metadata.get('kind')!r}, layer={metadata.get('layer')!r})"
         )
     decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
+    decoder.trained_steps = int(metadata.get("steps", 0))
     return decoder, metadata
 
 
@@ -799,6 +801,7 @@ def load_or_train_decoder(
         metadata = read_metadata(path, step=step)
         if _matches(metadata, layer, feature_shape, image_shape, config):
             decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
+            decoder.trained_steps = int(metadata.get("steps", 0))
             return decoder, DecoderMetrics.from_dict(metadata["metrics"])
     return train_decoder(
         fn,

@@ -12,7 +12,7 @@ __all__ = ["add_evaluate_parser"]
 def _evaluate(args) -> int:
     from jax_infodiscard.evaluation.runner import (
         EvaluateConfig,
-        markdown_table,
+        results_markdown,
         run_evaluate,
     )
 
@@ -27,14 +27,9 @@ def _evaluate(args) -> int:
     results = run_evaluate(
         args.out, cfg, cache_dir=args.cache, progress=not args.no_progress
     )
+    print(results_markdown(results))
     print(
-        f"{results['model']}: test accuracy {results['test_accuracy']:.3f}, "
-        f"{results['num_images']} images, CID of {results['cid_layer']!r} "
-        f"({results['cid_method']}); mean box fraction {results['box_fraction']:.3f}"
-    )
-    print(markdown_table(results))
-    print(
-        f"wrote {args.out}/results.json, descriptive_accuracy.png, "
+        f"wrote {args.out}/results.md, results.json, descriptive_accuracy.png, "
         "localization.csv, localization.json, layer_fairness.png"
     )
     return 0

@@ -9,7 +9,10 @@ then writes to ``out``:
 * ``localization.csv`` / ``localization.json``: recall of the top pixels
   inside the box (paper Table 2) for CID, CAM, Grad-CAM, LRP, Gradient and a
   random map;
-* ``layer_fairness.png``: the ``w/4, 4w`` rescaling check (paper Sec. 3.4).
+* ``layer_fairness.png``: the ``w/4, 4w`` rescaling check (paper Sec. 3.4),
+  with RU from decoders trained separately for the original and the rescaled
+  model;
+* ``results.md``: the tables of all three, as printed by the command.
 """
 
 from __future__ import annotations
@@ -37,9 +40,17 @@ from jax_infodiscard.evaluation.metrics import (
     localization_recall,
 )
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
+from jax_infodiscard.training.decoder import DecoderConfig
 from jax_infodiscard.training.train import TrainConfig, train
 
-__all__ = ["EvaluateConfig", "markdown_table", "run_evaluate", "train_model"]
+__all__ = [
+    "EvaluateConfig",
+    "fairness_table",
+    "markdown_table",
+    "results_markdown",
+    "run_evaluate",
+    "train_model",
+]
 
 DESCRIPTIVE_METHODS = (
     "cid",
@@ -69,6 +80,8 @@ class EvaluateConfig:
       lime_samples: LIME perturbations per image.
       fairness_layer: the rescaled layer of the fairness check.
       fairness_images: images of the fairness check.
+      fairness_decoder_steps: training steps of each RU decoder of the
+        fairness check (one per layer and model, width 16); 0 leaves RU out.
       seed: training seed and PRNG seed of the explainers.
     """
 
@@ -82,6 +95,7 @@ class EvaluateConfig:
     lime_samples: int = 5000
     fairness_layer: str = "conv1"
     fairness_images: int = 8
+    fairness_decoder_steps: int = 300
     seed: int = 0
 
     @classmethod
@@ -95,6 +109,7 @@ class EvaluateConfig:
             ig_steps=32,
             lime_samples=300,
             fairness_images=4,
+            fairness_decoder_steps=40,
         )
         return dataclasses.replace(base, **changes)
 
@@ -173,6 +188,44 @@ def markdown_table(results: dict) -> str:
         r = f"{loc['recall_mean']:.3f} ± {loc['recall_sem']:.3f}" if loc else "-"
         lines.append(f"| {n} | {a} | {g} | {r} |")
     return "\n".join(lines)
+
+
+def fairness_table(fair: dict) -> str:
+    """Markdown table of the layer-fairness check (one row per quantity)."""
+    layers = fair["layers"]
+    head = " | ".join(f"{name}: original | rescaled | ratio" for name in layers)
+    lines = [f"| quantity | {head} |", "|---" * (1 + 3 * len(layers)) + "|"]
+    for q in fair["quantities"][layers[0]]:
+        cells = []
+        for name in layers:
+            row = fair["quantities"][name][q]
+            cells += [f"{row['original']:.4g}", f"{row['rescaled']:.4g}"]
+            cells.append(f"{row['ratio']:.3f}")
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(results: dict) -> str:
+    """The job's report: setting, both tables of the maps, the fairness table."""
+    fair = results["layer_fairness"]
+    c = fair["factor"]
+    return "\n".join(
+        [
+            f"{results['model']}: test accuracy {results['test_accuracy']:.3f}, "
+            f"{results['num_images']} images, CID of {results['cid_layer']!r} "
+            f"({results['cid_method']}), IG {results['config']['ig_steps']} steps, "
+            f"LIME {results['config']['lime_samples']} samples; mean box fraction "
+            f"{results['box_fraction']:.3f}.",
+            "",
+            markdown_table(results),
+            "",
+            f"Layer fairness: {fair['layers'][0]} scaled by 1/{c:g}, "
+            f"{fair['layers'][1]} by {c:g} (largest logit change "
+            f"{fair['max_output_change']:.2e}); ratio = rescaled / original.",
+            "",
+            fairness_table(fair),
+        ]
+    )
 
 
 def train_model(
@@ -266,6 +319,12 @@ def run_evaluate(
         jax.random.fold_in(key, 7),
         layer=config.fairness_layer,
         cid_config=config.cid.replace(method="linearized"),
+        decoder_config=(
+            DecoderConfig(steps=config.fairness_decoder_steps, width=16)
+            if config.fairness_decoder_steps
+            else None
+        ),
+        decoder_images=load_synthetic("train", 2_000).images,
     )
     timings["fairness"] = time.perf_counter() - t0
 
@@ -304,4 +363,5 @@ def run_evaluate(
                 [name, f"{row['recall_mean']:.4f}", f"{row['recall_sem']:.4f}"]
             )
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_markdown(results) + "\n")
     return results

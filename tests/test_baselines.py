@@ -10,6 +10,7 @@ from jax.tree_util import Partial
 
 from jax_infodiscard import baselines
 from jax_infodiscard.baselines import (
+    _common,
     cam,
     grad_cam,
     gradient,
@@ -130,6 +131,36 @@ class _Counter:
     def total(self):
         jax.effects_barrier()
         return self.images
+
+
+class _LargestCall:
+    """Records the most images that one compiled model evaluation sees.
+
+    Unlike :class:`_Counter` (whose callback ``vmap`` runs once per mapped
+    element), the probe is vectorised over ``vmap``: it receives the whole
+    mapped batch at once, as the compiled model does.
+    """
+
+    def __init__(self):
+        self.largest = 0
+
+    def _seen(self, rows):
+        self.largest = max(self.largest, int(np.size(rows)))
+        return rows
+
+    def wrap(self, fn):
+        def probed(x):
+            rows = jax.lax.stop_gradient(x[:, 0, 0, 0])
+            seen = jax.pure_callback(
+                self._seen,
+                jax.ShapeDtypeStruct(rows.shape, rows.dtype),
+                rows,
+                vmap_method="expand_dims",
+            )
+            # Used by the forward and the backward pass: never dead code.
+            return fn(x * (1.0 + 0.0 * seen[:, None, None, None]))
+
+        return Partial(probed)
 
 
 # ------------------------------------------------------------- gradient family
@@ -261,6 +292,83 @@ def test_argmax_target_adds_one_forward_pass_to_smoothgrad():
     counter = _Counter()
     out = smoothgrad.explain(counter.wrap(_smooth_model()), _images(), KEY, samples=4)
     assert counter.total() == B * 5 == B * out.model_calls
+
+
+def _scaled_pair(params, x):
+    return {"sum": params * x, "square": (params * x) ** 2}
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 20])
+def test_chunked_sum_and_map_equal_unchunked_for_any_chunk_size(chunk):
+    # 13 slices: 4 and 5 leave a shorter last chunk, 13 and 20 give one chunk.
+    params = jnp.asarray([1.0, -2.0, 0.5])
+    xs = np.arange(13, dtype=np.float32)[:, None] * np.ones(3, np.float32)
+    fn = Partial(_scaled_pair, params)
+    expected = {"sum": params * xs, "square": (params * xs) ** 2}
+    total = _common.chunked_sum(fn, jnp.asarray(xs), chunk)
+    mapped = _common.chunked_map(fn, jnp.asarray(xs), chunk)
+    for name in expected:
+        np.testing.assert_allclose(mapped[name], expected[name], rtol=1e-6)
+        np.testing.assert_allclose(total[name], expected[name].sum(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "size"),
+    [
+        ("integrated_gradients", {"steps": 13}, "internal_batch_size"),
+        ("smoothgrad", {"samples": 9}, "internal_batch_size"),
+        ("lime", {"samples": 37}, "internal_batch_size"),
+    ],
+)
+def test_chunked_explainers_equal_unchunked_with_bounded_model_batches(
+    method, options, size
+):
+    # A chunk of 4 does not divide the budget: 13 = 3 * 4 + 1, 9 = 2 * 4 + 1,
+    # 37 = 9 * 4 + 1. Chunking changes neither the result nor the call count,
+    # and no model call sees more than B * chunk images.
+    x, target = _images(13), jnp.array([0, 1, 2])
+    counter, probe = _Counter(), _LargestCall()
+    chunked = baselines.explain(
+        method,
+        probe.wrap(counter.wrap(_smooth_model())),
+        x,
+        KEY,
+        target=target,
+        **options,
+        **{size: 4},
+    )
+    whole = baselines.explain(
+        method, _smooth_model(), x, KEY, target=target, **options, **{size: 64}
+    )
+    assert counter.total() == B * chunked.model_calls
+    assert probe.largest == B * 4
+    np.testing.assert_allclose(chunked.maps, whole.maps, rtol=1e-5, atol=1e-6)
+    for name, value in whole.extras.items():
+        np.testing.assert_allclose(
+            chunked.extras[name], value, rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+def test_chunked_explainers_do_not_recompile_for_new_parameters():
+    x, target = _images(14), jnp.array([0, 1, 2])
+    runs = (
+        lambda m: integrated_gradients.explain(
+            m, x, target=target, steps=7, internal_batch_size=3
+        ),
+        lambda m: smoothgrad.explain(m, x, KEY, samples=5, internal_batch_size=2),
+        lambda m: lime.explain(
+            m, x, KEY, samples=9, segments=_block_segments(), internal_batch_size=4
+        ),
+    )
+    for run in runs:
+        run(_smooth_model(seed=2))
+    sizes = (_common._add_chunk._cache_size(), _common._map_chunk._cache_size())
+    for run in runs:  # same architecture, other parameters: traced, not baked in
+        jax.block_until_ready(run(_smooth_model(seed=5)).maps)
+    assert (
+        _common._add_chunk._cache_size(),
+        _common._map_chunk._cache_size(),
+    ) == sizes
 
 
 # ---------------------------------------------------------------------- LIME

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from jax_infodiscard.baselines import _common
 from jax_infodiscard.types import Array, PRNGKey
@@ -131,30 +132,34 @@ def make_baseline(
         ) from None
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfig):
+@jax.jit
+def _endpoints(model_fn, images, baseline, target):
+    """Target logits at both path ends (one forward pass each) and the path.
+
+    Returns ``(target (B,), f_t(x) (B,), f_t(baseline) (B,), x - baseline)``.
+    """
     batch = images.shape[0]
     ends = model_fn(jnp.concatenate([images, baseline], axis=0))
     logits_x, logits_b = ends[:batch], ends[batch:]
     target = _common.resolve_target(target, logits_x)
-    delta = images - baseline
-
-    def weighted_gradient(point):
-        alpha, weight = point
-        _, _, gradients = _common.target_gradient(
-            model_fn, baseline + alpha * delta, target
-        )
-        return weight * gradients
-
-    alphas, weights = quadrature(config.steps, config.rule)
-    path_integral = _common.chunked_sum(
-        weighted_gradient,
-        (jnp.asarray(alphas), jnp.asarray(weights)),
-        config.internal_batch_size,
-    )
-    attributions = delta * path_integral
     f_x = _common.select_logit(logits_x, target)
     f_b = _common.select_logit(logits_b, target)
+    return target, f_x, f_b, images - baseline
+
+
+def _weighted_gradient(model_fn, baseline, delta, target, point):
+    """``weight * grad f_t(baseline + alpha * delta)`` for ``point = (alpha,
+    weight)``: one forward+backward pass on the batch, ``(B, H, W, C)``."""
+    alpha, weight = point
+    _, _, gradients = _common.target_gradient(
+        model_fn, baseline + alpha * delta, target
+    )
+    return weight * gradients
+
+
+@jax.jit
+def _finish(delta, path_integral, f_x, f_b, target):
+    attributions = delta * path_integral
     gap = jnp.sum(attributions, axis=(1, 2, 3)) - (f_x - f_b)
     extras = {
         "attributions": attributions,
@@ -164,6 +169,16 @@ def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfi
         "target": target,
     }
     return _common.reduce_sum(attributions), extras
+
+
+def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfig):
+    """Maps ``(B, H, W)`` and extras; path points in compiled chunks."""
+    target, f_x, f_b, delta = _endpoints(model_fn, images, baseline, target)
+    integrand = Partial(_weighted_gradient, model_fn, baseline, delta, target)
+    path_integral = _common.chunked_sum(
+        integrand, quadrature(config.steps, config.rule), config.internal_batch_size
+    )
+    return _finish(delta, path_integral, f_x, f_b, target)
 
 
 def explain(

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from jax_infodiscard.baselines import _common
 from jax_infodiscard.types import Array, PRNGKey
@@ -177,7 +178,13 @@ def _weighted_ridge(z, y, weights, valid, ridge):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_segments"))
-def _worker(model_fn, images, segments, counts, keys, target, config, max_segments):
+def _prepare(model_fn, images, segments, counts, keys, target, config, max_segments):
+    """Fill image, target and masks of every image.
+
+    Returns ``fill (B, H, W, C)``, ``target (B,)`` (arg-max of one forward
+    pass when ``None``), ``valid (B, S)`` (1 on an image's own superpixels)
+    and ``masks (B, samples, S)`` (float 0/1, the first one all on).
+    """
     n_seg = max_segments
     valid = (jnp.arange(n_seg)[None, :] < counts[:, None]).astype(jnp.float32)
 
@@ -195,11 +202,6 @@ def _worker(model_fn, images, segments, counts, keys, target, config, max_segmen
     else:
         fill = jnp.full_like(images, float(config.fill))
 
-    def explained(logits):
-        if config.output == "probabilities":
-            logits = jax.nn.softmax(logits, axis=-1)
-        return logits
-
     if target is None:
         target = _common.resolve_target(None, model_fn(images))
 
@@ -209,21 +211,51 @@ def _worker(model_fn, images, segments, counts, keys, target, config, max_segmen
         )
     )
     masks = draw(keys).at[:, 0].set(True).astype(jnp.float32) * valid[:, None, :]
+    return fill, target, valid, masks
 
-    def score_mask(mask):  # mask (B, S) -> (B,)
+
+@dataclasses.dataclass(frozen=True)
+class _MaskScore:
+    """Explained output of the target for one mask per image.
+
+    Hashable, so that ``Partial(_MaskScore(output), ...)`` hits the
+    compilation cache of :func:`_common.chunked_map` on repeated calls.
+    """
+
+    output: str
+
+    def __call__(self, model_fn, images, fill, segments, target, mask):
+        """``mask (B, S)`` -> target logit or probability ``(B,)``."""
         pixels = _paint(mask, segments)[..., None]
-        perturbed = images * pixels + fill * (1.0 - pixels)
-        return _common.select_logit(explained(model_fn(perturbed)), target)
+        logits = model_fn(images * pixels + fill * (1.0 - pixels))
+        if self.output == "probabilities":
+            logits = jax.nn.softmax(logits, axis=-1)
+        return _common.select_logit(logits, target)
 
-    y = jax.lax.map(
-        score_mask, jnp.swapaxes(masks, 0, 1), batch_size=config.internal_batch_size
-    ).T
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def _fit(masks, y, valid, counts, segments, config):
+    """Kernel weights and weighted ridge fit per image; the painted map."""
     cosine = jnp.sqrt(jnp.sum(masks, axis=-1) / counts[:, None])
     weights = jnp.sqrt(jnp.exp(-((1.0 - cosine) ** 2) / config.kernel_width**2))
     coef, intercept, score = jax.vmap(_weighted_ridge, in_axes=(0, 0, 0, 0, None))(
         masks, y, weights, valid, config.ridge
     )
+    return _paint(coef, segments), coef, intercept, score
+
+
+def _worker(model_fn, images, segments, counts, keys, target, config, max_segments):
+    """Maps ``(B, H, W)`` and extras; masks scored in compiled chunks."""
+    fill, target, valid, masks = _prepare(
+        model_fn, images, segments, counts, keys, target, config, max_segments
+    )
+    score_mask = Partial(
+        _MaskScore(config.output), model_fn, images, fill, segments, target
+    )
+    y = _common.chunked_map(
+        score_mask, jnp.swapaxes(masks, 0, 1), config.internal_batch_size
+    ).T
+    maps, coef, intercept, score = _fit(masks, y, valid, counts, segments, config)
     extras = {
         "coefficients": coef,
         "intercept": intercept,
@@ -232,7 +264,7 @@ def _worker(model_fn, images, segments, counts, keys, target, config, max_segmen
         "num_segments": counts,
         "target": target,
     }
-    return _paint(coef, segments), extras
+    return maps, extras
 
 
 def explain(

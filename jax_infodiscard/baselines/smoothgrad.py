@@ -10,11 +10,12 @@ gradient-saliency convention: ``max_c |SG|``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
 
 from jax_infodiscard.baselines import _common
 from jax_infodiscard.types import Array, PRNGKey
@@ -47,14 +48,28 @@ class SmoothGradConfig:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}.")
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
+@jax.jit
+def _prepare(model_fn, images, target, noise_level):
+    """Target (arg-max of one forward pass when ``None``) and the per-image
+    noise scale ``noise_level * (max - min)``, ``(B, 1, 1, 1)``."""
     if target is None:
         target = _common.resolve_target(None, model_fn(images))
     spread = jnp.max(images, axis=(1, 2, 3)) - jnp.min(images, axis=(1, 2, 3))
-    scale = (config.noise_level * spread)[:, None, None, None]
+    return target, (noise_level * spread)[:, None, None, None]
 
-    def noisy_gradient(index):
+
+@dataclasses.dataclass(frozen=True)
+class _NoisyGradient:
+    """Gradient (or its square) at noisy copy ``index`` of every image.
+
+    Hashable, so that ``Partial(_NoisyGradient(squared), ...)`` hits the
+    compilation cache of :func:`_common.chunked_sum` on repeated calls.
+    """
+
+    squared: bool
+
+    def __call__(self, model_fn, images, keys, scale, target, index):
+        """``index``: scalar int; returns ``(B, H, W, C)``."""
         noise = jax.vmap(
             lambda k: _common.flat_normal(
                 jax.random.fold_in(k, index), images.shape[1:], images.dtype
@@ -63,13 +78,28 @@ def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
         _, _, gradients = _common.target_gradient(
             model_fn, images + scale * noise, target
         )
-        return gradients**2 if config.squared else gradients
+        return gradients**2 if self.squared else gradients
 
-    total = _common.chunked_sum(
-        noisy_gradient, jnp.arange(config.samples), config.internal_batch_size
+
+@jax.jit
+def _finish(total, samples):
+    smooth = total / samples
+    return _common.reduce_abs_max(smooth), smooth
+
+
+def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
+    """Maps ``(B, H, W)`` and extras; noisy copies in compiled chunks."""
+    target, scale = _prepare(model_fn, images, target, config.noise_level)
+    integrand = Partial(
+        _NoisyGradient(config.squared), model_fn, images, keys, scale, target
     )
-    smooth = total / config.samples
-    return _common.reduce_abs_max(smooth), {"gradients": smooth, "target": target}
+    total = _common.chunked_sum(
+        integrand,
+        np.arange(config.samples, dtype=np.int32),
+        config.internal_batch_size,
+    )
+    maps, smooth = _finish(total, config.samples)
+    return maps, {"gradients": smooth, "target": target}
 
 
 def explain(

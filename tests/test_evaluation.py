@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,9 @@ from jax_infodiscard.evaluation import (
     localization_recall,
     rescale_pair,
 )
+from jax_infodiscard.evaluation.fairness import next_conv
 from jax_infodiscard.models import create_model, feature_fn, model_fn
+from jax_infodiscard.models.layers import ConvBN, Dense, GlobalAvgPool, MaxPool
 
 S = 8
 
@@ -158,11 +162,37 @@ def test_rescaled_model_same_outputs_same_cid_scaled_gradients():
     np.testing.assert_allclose(s1, s0 / 4.0, rtol=1e-4, atol=1e-7)
 
 
+def test_next_conv_passes_through_max_and_average_pooling_only():
+    rngs = nnx.Rngs(0)
+    conv1, conv2 = ConvBN(3, 4, rngs=rngs), ConvBN(4, 4, rngs=rngs)
+    h = jnp.abs(jax.random.normal(jax.random.key(0), (2, 4, 4, 4)))
+    for pool in (MaxPool(2), GlobalAvgPool()):  # f(h / c) = f(h) / c, c > 0
+        np.testing.assert_allclose(pool(h / 4.0), pool(h) / 4.0, rtol=1e-6)
+        chain = types.SimpleNamespace(
+            stage_names=("conv1", "pool", "conv2"),
+            conv1=conv1,
+            pool=pool,
+            conv2=conv2,
+        )
+        assert next_conv(chain, "conv1") == "conv2"
+    dense = types.SimpleNamespace(
+        stage_names=("conv1", "fc", "conv2"),
+        conv1=conv1,
+        fc=Dense(4, 4, rngs=rngs),
+        conv2=conv2,
+    )
+    with pytest.raises(ValueError, match="'fc' \\(Dense\\) follows 'conv1'"):
+        next_conv(dense, "conv1")
+    with pytest.raises(ValueError, match="no ConvBN stage follows 'conv2'"):
+        next_conv(dense, "conv2")
+
+
 def test_rescale_pair_rejects_bad_layers():
     model = create_model("convnet", num_classes=3, image_size=S, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="ConvBN stage"):
         rescale_pair(model, "pool1")
-    with pytest.raises(ValueError, match="not positively homogeneous"):
+    # conv5 -> pool3 (global average) -> logits (Dense): no ConvBN follows.
+    with pytest.raises(ValueError, match="'logits' \\(Dense\\) follows 'conv5'"):
         rescale_pair(model, "conv5")
     with pytest.raises(ValueError, match="factor"):
         rescale_pair(model, "conv1", 0.0)

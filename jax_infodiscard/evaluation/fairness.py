@@ -9,7 +9,7 @@ For a zoo ``ConvBN`` stage ``relu(BN(conv(x)))`` with inference-mode
 BatchNorm, "kernel and bias of layer ``l`` divided by ``c``" means the folded
 affine map: the BatchNorm scale and offset are divided by ``c`` (identical to
 dividing the folded kernel and bias). Between the two convolutions only
-positively homogeneous stages (ReLU, max-pooling) are allowed.
+positively homogeneous stages (ReLU, max- or average-pooling) are allowed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import jax_infodiscard as jid
 from jax_infodiscard import baselines
 from jax_infodiscard.baselines import _common
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
-from jax_infodiscard.models.layers import ConvBN, MaxPool
+from jax_infodiscard.models.decoder import decoder_fn
+from jax_infodiscard.models.layers import ConvBN, GlobalAvgPool, MaxPool
+from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -38,12 +40,19 @@ __all__ = [
 
 
 def next_conv(model: nnx.Module, layer: str) -> str:
-    """The ``ConvBN`` stage after ``layer``, reached through max-pools only.
+    """The ``ConvBN`` stage after ``layer``, reached through pooling stages only.
+
+    Max and average pooling (``MaxPool``, ``GlobalAvgPool``) are positively
+    homogeneous, so a factor ``1/c`` on ``layer``'s output reaches the next
+    convolution unchanged.
 
     Raises:
-        ValueError: ``layer`` is not a ``ConvBN`` stage, or a non-homogeneous
-            stage (or none) follows it.
+        ValueError: ``layer`` is not a ``ConvBN`` stage, a stage other than
+            pooling comes before the next ``ConvBN`` stage, or none follows.
     """
+    # Stages with f(h / c) = f(h) / c for c > 0: max pooling, and average
+    # pooling (linear).
+    homogeneous = (MaxPool, GlobalAvgPool)
     stages = tuple(model.stage_names)
     if layer not in stages or not isinstance(getattr(model, layer), ConvBN):
         convs = [s for s in stages if isinstance(getattr(model, s), ConvBN)]
@@ -52,12 +61,15 @@ def next_conv(model: nnx.Module, layer: str) -> str:
         stage = getattr(model, name)
         if isinstance(stage, ConvBN):
             return name
-        if not isinstance(stage, MaxPool):
+        if not isinstance(stage, homogeneous):
+            allowed = ", ".join(t.__name__ for t in homogeneous)
             raise ValueError(
-                f"stage {name!r} ({type(stage).__name__}) between {layer!r} and the "
-                "next convolution is not positively homogeneous"
+                f"stage {name!r} ({type(stage).__name__}) follows {layer!r} before "
+                "any ConvBN stage: only pooling stages, which are positively "
+                f"homogeneous ({allowed}), may lie between the rescaled layer and "
+                "the convolution whose kernel absorbs the factor"
             )
-    raise ValueError(f"no convolution follows {layer!r}")
+    raise ValueError(f"no ConvBN stage follows {layer!r}")
 
 
 def rescale_pair(model: nnx.Module, layer: str, factor: float = 4.0) -> nnx.Module:
@@ -70,7 +82,7 @@ def rescale_pair(model: nnx.Module, layer: str, factor: float = 4.0) -> nnx.Modu
 
     Args:
         model: a zoo ConvNet/AlexNet/VGG (``ConvBN`` stages); not modified.
-        layer: a ``ConvBN`` stage followed (through max-pools) by another.
+        layer: a ``ConvBN`` stage followed (through pooling stages) by another.
         factor: positive scale ``c``.
 
     Returns:
@@ -160,6 +172,24 @@ def _measure(model, layers, images, masks, key, cid_config):
     return out
 
 
+def _ru_means(model, layers, images, key, decoder_config, decoder_images):
+    """Mean RU per layer, with one decoder per layer trained for ``model``."""
+    fn = feature_fn(model, layers)
+    decoders = {}
+    for i, layer in enumerate(layers):
+        dec, _ = train_decoder(
+            fn,
+            layer,
+            decoder_images,
+            decoder_config,
+            key=jax.random.fold_in(key, 100 + i),
+            progress=False,
+        )
+        decoders[layer] = decoder_fn(dec)
+    res = jid.ru(fn, decoders, images, key, layers=layers)
+    return {layer: float(np.mean(res.mean[i])) for i, layer in enumerate(layers)}
+
+
 def layer_fairness(
     model: nnx.Module,
     images,
@@ -169,6 +199,8 @@ def layer_fairness(
     layer: str = "conv1",
     factor: float = 4.0,
     cid_config: jid.CIDConfig = jid.CIDConfig(method="linearized"),
+    decoder_config: DecoderConfig | None = None,
+    decoder_images=None,
 ) -> tuple[dict, Figure]:
     """Measures which quantities survive the ``w/c, c*w`` rescaling.
 
@@ -181,6 +213,11 @@ def layer_fairness(
             analysed.
         factor: the scale ``c``.
         cid_config: CID configuration.
+        decoder_config: when given, the table also has ``"ru_mean"``: RU with
+            decoders trained (same keys) for each model's two layers on
+            ``decoder_images`` (``float32 (N, H, W, C)``). The decoder
+            normalises its input by the training features' statistics, so a
+            decoder trained on ``h / c`` matches one trained on ``h``.
 
     Returns:
         ``(table, figure)``. ``table`` has ``"layers"``, ``"factor"``,
@@ -196,6 +233,13 @@ def layer_fairness(
     change = float(jnp.max(jnp.abs(model_fn(model)(images) - model_fn(scaled)(images))))
     before = _measure(model, layers, images, masks, key, cid_config)
     after = _measure(scaled, layers, images, masks, key, cid_config)
+    if decoder_config is not None:
+        if decoder_images is None:
+            raise ValueError("decoder_config needs decoder_images to train on")
+        for m, out in ((model, before), (scaled, after)):
+            ru = _ru_means(m, layers, images, key, decoder_config, decoder_images)
+            for name in layers:
+                out[name] = {"ru_mean": ru[name], **out[name]}
     table: dict = {
         "layers": list(layers),
         "factor": factor,

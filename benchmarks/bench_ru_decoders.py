@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument(
+        "--layers", nargs="*", default=None, help="default: the model's layers"
+    )
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--cache", default="out/cache")
     ap.add_argument("--out", default="bench_ru_decoders.json")
@@ -51,7 +54,7 @@ def main():
         checkpoint_dir=cache / f"{args.model}-e{args.epochs}",
         num_classes=10,
     )
-    layers = tuple(model.default_layers)
+    layers = tuple(args.layers or model.default_layers)
     fn = feature_fn(model, layers)
     images = te.images[: args.images]
     key = jax.random.key(0)

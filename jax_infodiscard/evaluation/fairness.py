@@ -273,7 +273,18 @@ def plot_fairness(table: dict) -> Figure:
         ratios = np.array(
             [table["quantities"][layer][q]["ratio"] for q in quantities], float
         )
-        ax.bar(x + i * width, np.log(np.abs(ratios)) / base, width, label=layer)
+        heights = np.log(np.abs(ratios)) / base
+        ax.bar(x + i * width, heights, width, label=layer)
+        for xi, h, r in zip(x + i * width, heights, ratios, strict=True):
+            # Invariant quantities have no visible bar: print every ratio.
+            ax.annotate(
+                f"x{r:.3g}",
+                (xi, h),
+                xytext=(0, 3 if h >= 0 else -10),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(x + width * (len(layers) - 1) / 2, quantities, rotation=20)
     ax.set_ylabel(f"log_{table['factor']:g}(rescaled / original)")

@@ -95,7 +95,7 @@ class EvaluateConfig:
     lime_samples: int = 5000
     fairness_layer: str = "conv1"
     fairness_images: int = 8
-    fairness_decoder_steps: int = 300
+    fairness_decoder_steps: int = 150
     seed: int = 0
 
     @classmethod

@@ -42,12 +42,14 @@ class IntegratedGradientsConfig:
             intervals.
         internal_batch_size: path points evaluated together (each on the whole
             image batch, so the model sees ``B * internal_batch_size`` images);
-            bounds memory.
+            bounds memory. On a 2-core CPU (trained demo convnet, 8 images,
+            300 steps) 1-4 points per chunk ran at 155-168 ms per map and 20
+            at 203 ms: CPUs prefer small calls; raise it on accelerators.
     """
 
     steps: int = 300
     rule: str = "trapezoid"
-    internal_batch_size: int = 20
+    internal_batch_size: int = 4
 
     def __post_init__(self):
         _common.check_positive_int("steps", self.steps)
@@ -191,7 +193,7 @@ def explain(
     rule: str = "trapezoid",
     baseline: str | Array = "zeros",
     blur_sigma: float = 5.0,
-    internal_batch_size: int = 20,
+    internal_batch_size: int = 4,
 ) -> _common.Explanation:
     """Integrated gradients of the target logit.
 

@@ -29,7 +29,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pathlib
 import shutil
 from collections.abc import Callable, Mapping
@@ -55,6 +57,29 @@ _STATE = "state"
 _META = "metadata"
 _EXTRA = "extra"
 _ITEMS = (_STATE, _META, _EXTRA)
+
+
+class _HideItemMetadataWarning(logging.Filter):
+    """Drops orbax's warning that an item folder has no step metadata file.
+
+    :func:`_restore_tree` reads one item's array metadata directly from its
+    folder; the step metadata file lives one level up, so orbax warns on
+    every restore although nothing is missing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_item_metadata_warning():
+    logger = logging.getLogger("absl")
+    hide = _HideItemMetadataWarning()
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 def _as_path(directory: str | pathlib.Path) -> pathlib.Path:
@@ -299,7 +324,8 @@ def _restore_tree(path: pathlib.Path, step: int, item: str, template: PyTree) ->
     abstract = _abstract(template)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            stored_tree = checkpointer.metadata(where).item_metadata.tree
+            with _without_item_metadata_warning():
+                stored_tree = checkpointer.metadata(where).item_metadata.tree
         stored = _leaf_specs(stored_tree)
     except Exception as err:
         raise ValueError(

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(d)
     d.add_argument("--out", default="out/demo", help="output folder")
     d.add_argument("--cache", default=None, help="checkpoint cache folder")
-    d.add_argument("--fast", action="store_true", help="one-minute run")
+    d.add_argument(
+        "--fast", action="store_true", help="short run (about 1.5 min on 2 CPU cores)"
+    )
     d.add_argument("--no-ru", action="store_true", help="skip RU (no decoders)")
     d.add_argument("--num-images", type=int, default=None)
     d.add_argument("--beta", type=float, default=CIDConfig.beta)

@@ -45,7 +45,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--out", default="out/evaluate", help="output folder")
     e.add_argument("--cache", default=None, help="checkpoint cache folder")
-    e.add_argument("--fast", action="store_true", help="two-to-three-minute run")
+    e.add_argument(
+        "--fast", action="store_true", help="short run (about 3.5 min on 2 CPU cores)"
+    )
     e.add_argument("--num-images", type=int, default=None)
     e.add_argument("--beta", type=float, default=CIDConfig.beta)
     e.add_argument(

@@ -100,7 +100,7 @@ class EvaluateConfig:
 
     @classmethod
     def fast(cls, **changes) -> EvaluateConfig:
-        """A two-to-three-minute configuration on a 2-core CPU."""
+        """A short configuration (3 min 28 s on a 2-core CPU, training included)."""
         base = cls(
             num_train=2_000,
             num_test=500,

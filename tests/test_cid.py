@@ -342,3 +342,36 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = np.load(tmp_path / "pix.npy")
     np.testing.assert_allclose(sharded, np.asarray(ref.pixel), atol=1e-4)
+
+
+def test_control_variate_budget_never_negative():
+    # Far from the linear regime the linearised network can overstate the
+    # feature change so much that the control-variate estimate of the budget
+    # turns negative; the solver must then use the plain Monte-Carlo mean.
+    from jax_infodiscard.core.solver import Problem, measure
+
+    x = jnp.zeros((2, 2, 1))
+    layers, draws = 1, 4
+
+    def probe(xp):  # saturating feature: ||tanh(x') - tanh(x)||^2 per draw
+        return jnp.sum(jnp.tanh(xp) ** 2, axis=(2, 3, 4)), None
+
+    def entropy(u, xp, aux):
+        return u
+
+    def linear(t):  # a Jacobian 100x too large
+        return 1e4 * jnp.sum(t**2, axis=(2, 3, 4))
+
+    u = jnp.full((layers, 2, 2), jnp.log(3.0))
+    eps = jax.random.normal(jax.random.key(0), (layers, draws, 2, 2, 1))
+    plain = Problem(x=x, scale=jnp.ones(layers), probe=probe, pixel_entropy=entropy)
+    cv = plain._replace(linear=linear, a_hat=jnp.ones((layers, 2, 2)))
+    r_plain, _ = measure(plain, u, eps)
+    r_cv, _ = measure(cv, u, eps)
+    assert float(r_plain[0]) > 0
+    np.testing.assert_allclose(r_cv, r_plain, rtol=1e-6)
+    # Near the linear regime the control variate is used (and differs).
+    small = jnp.full((layers, 2, 2), jnp.log(1e-3))
+    near = cv._replace(linear=lambda t: jnp.sum(t**2, axis=(2, 3, 4)))
+    r_near, _ = measure(near, small, eps)
+    np.testing.assert_allclose(r_near, 4 * 1e-6, rtol=1e-3)

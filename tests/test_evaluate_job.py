@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from jax_infodiscard.evaluation.runner import (
     DESCRIPTIVE_METHODS,
     LOCALIZATION_METHODS,
     EvaluateConfig,
+    load_data,
     run_evaluate,
 )
 
@@ -65,3 +67,34 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
 
     report = (tmp_path / "results.md").read_text()
     assert "| cid |" in report and "ru_mean" in report and "Layer fairness" in report
+
+
+def test_evaluate_job_on_a_tfds_data_set(tmp_path):
+    # Offline: tfds' mock data stands in for Oxford-IIIT Pet (37 classes).
+    tfds = pytest.importorskip("tensorflow_datasets")
+    cfg = EvaluateConfig(
+        dataset="oxford_iiit_pet",
+        num_train=32,
+        num_test=8,
+        num_images=4,
+        epochs=1,
+        ig_steps=2,
+        lime_samples=8,
+        fairness_images=2,
+        fairness_decoder_steps=0,
+    )
+    with tfds.testing.mock_data(num_examples=32):
+        data = load_data(cfg, "test", 4)
+        res = run_evaluate(tmp_path, cfg, progress=False)
+    assert data.images.shape == (4, 32, 32, 3) and data.masks.shape == (4, 32, 32)
+    assert res["dataset"] == "oxford_iiit_pet" and res["num_images"] == 4
+    boxes = data.boxes
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 32**2
+    np.testing.assert_allclose(res["box_fraction"], area.mean(), rtol=1e-6)
+    assert "ru_mean" not in res["layer_fairness"]["quantities"]["conv1"]
+    assert "oxford_iiit_pet" in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_rejects_data_without_boxes():
+    with pytest.raises(ValueError, match="annotated tfds data set"):
+        load_data(EvaluateConfig(dataset="cifar10"), "test", 4)

@@ -18,6 +18,7 @@ def _evaluate(args) -> int:
 
     kwargs = dict(
         model=args.model,
+        dataset=args.dataset,
         cid=CIDConfig(beta=args.beta, method=args.method),
         seed=args.seed,
     )
@@ -41,6 +42,12 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate", help="descriptive accuracy, localisation, layer fairness"
     )
     e.add_argument("--model", default="convnet", help="zoo model name")
+    e.add_argument(
+        "--dataset",
+        default="synthetic",
+        choices=["synthetic", "oxford_iiit_pet", "caltech_birds2011"],
+        help="embedded data (default) or an annotated tfds data set",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--out", default="out/evaluate", help="output folder")

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,12 @@ from matplotlib.figure import Figure
 import jax_infodiscard as jid
 from jax_infodiscard import baselines
 from jax_infodiscard.baselines.nnx_adapter import to_sequential
-from jax_infodiscard.data import SyntheticConfig, load_synthetic
+from jax_infodiscard.data import (
+    TFDS_SPECS,
+    load_dataset,
+    load_synthetic,
+    num_classes,
+)
 from jax_infodiscard.evaluation.fairness import layer_fairness
 from jax_infodiscard.evaluation.metrics import (
     DEFAULT_FRACTIONS,
@@ -44,8 +50,10 @@ from jax_infodiscard.training.decoder import DecoderConfig
 from jax_infodiscard.training.train import TrainConfig, train
 
 __all__ = [
+    "EvalData",
     "EvaluateConfig",
     "fairness_table",
+    "load_data",
     "markdown_table",
     "results_markdown",
     "run_evaluate",
@@ -71,6 +79,12 @@ class EvaluateConfig:
 
     Attributes:
       model: zoo model name (a ConvBN chain: convnet, alexnet, vgg*).
+      dataset: ``"synthetic"`` (embedded, default) or an annotated tfds data
+        set (``"oxford_iiit_pet"``, ``"caltech_birds2011"``; needs the
+        ``data`` extra and, the first time, a download), cropped to 1.5x the
+        object box as in the paper.
+      image_size: image height and width for tfds data sets (the synthetic
+        set is 32x32).
       num_train: training images of the embedded data set.
       num_test: test images for the model's accuracy.
       num_images: test images explained and evaluated.
@@ -86,6 +100,8 @@ class EvaluateConfig:
     """
 
     model: str = "convnet"
+    dataset: str = "synthetic"
+    image_size: int = 32
     num_train: int = 10_000
     num_test: int = 1_000
     num_images: int = 64
@@ -211,7 +227,8 @@ def results_markdown(results: dict) -> str:
     c = fair["factor"]
     return "\n".join(
         [
-            f"{results['model']}: test accuracy {results['test_accuracy']:.3f}, "
+            f"{results['model']} on {results.get('dataset', 'synthetic')}: test "
+            f"accuracy {results['test_accuracy']:.3f}, "
             f"{results['num_images']} images, CID of {results['cid_layer']!r} "
             f"({results['cid_method']}), IG {results['config']['ig_steps']} steps, "
             f"LIME {results['config']['lime_samples']} samples; mean box fraction "
@@ -228,6 +245,51 @@ def results_markdown(results: dict) -> str:
     )
 
 
+class EvalData(NamedTuple):
+    """Images ``float32 (N, H, W, 3)`` in [0, 1], labels ``int32 (N,)``, masks
+    ``bool (N, H, W)`` and boxes ``int32 (N, 4)`` ``(y0, x0, y1, x1)``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+
+
+def load_data(config: EvaluateConfig, split: str, n: int) -> EvalData:
+    """``n`` examples (or the whole split, if smaller) of the job's data set.
+
+    Raises:
+      ValueError: unknown data set, or one without object boxes (CIFAR-10):
+        localisation and concentration need them.
+    """
+    if config.dataset == "synthetic":
+        d = load_synthetic(split, n)
+        return EvalData(d.images, d.labels, d.masks, d.boxes)
+    if config.dataset not in TFDS_SPECS or not TFDS_SPECS[config.dataset].annotated:
+        annotated = [k for k, v in TFDS_SPECS.items() if v.annotated]
+        raise ValueError(
+            f"dataset must be 'synthetic' or an annotated tfds data set "
+            f"{annotated} (localisation needs object boxes); got {config.dataset!r}"
+        )
+    batches = list(
+        load_dataset(
+            config.dataset,
+            split,
+            image_size=config.image_size,
+            batch_size=256,
+            num_examples=n,
+            crop_scale=1.5,
+        )
+    )
+    if not batches:
+        raise ValueError(f"{config.dataset!r} split {split!r} has no examples")
+
+    def cat(key):
+        return np.concatenate([b[key] for b in batches])
+
+    return EvalData(cat("image"), cat("label"), cat("mask"), cat("box"))
+
+
 def train_model(
     config: EvaluateConfig, cache_dir: str | pathlib.Path, *, progress: bool = True
 ) -> tuple:
@@ -237,18 +299,20 @@ def train_model(
       ``(model, test_accuracy)``; the checkpoint lives in
       ``cache_dir / "{model}-32px-{num_train}-e{epochs}"`` (the demo's naming).
     """
-    data_cfg = SyntheticConfig()
-    tr = load_synthetic("train", config.num_train, config=data_cfg)
-    te = load_synthetic("test", config.num_test, config=data_cfg)
-    tag = f"{config.model}-{data_cfg.image_size}px-{config.num_train}-e{config.epochs}"
+    tr = load_data(config, "train", config.num_train)
+    te = load_data(config, "test", config.num_test)
+    size = tr.images.shape[1]
+    tag = f"{config.model}-{size}px-{config.num_train}-e{config.epochs}"
+    if config.dataset != "synthetic":
+        tag = f"{config.dataset}-{tag}"
     model, history = train(
         config.model,
         (tr.images, tr.labels),
         (te.images, te.labels),
         TrainConfig(epochs=config.epochs, seed=config.seed, progress=progress),
         checkpoint_dir=pathlib.Path(cache_dir) / tag,
-        num_classes=data_cfg.num_classes,
-        image_size=data_cfg.image_size,
+        num_classes=num_classes(config.dataset),
+        image_size=size,
     )
     return model, float((history.get("test_accuracy") or [np.nan])[-1])
 
@@ -278,8 +342,8 @@ def run_evaluate(
     t0 = time.perf_counter()
     model, accuracy = train_model(config, cache, progress=progress)
     timings["train"] = time.perf_counter() - t0
-    te = load_synthetic("test", max(config.num_test, config.num_images))
-    n = config.num_images
+    te = load_data(config, "test", max(config.num_test, config.num_images))
+    n = min(config.num_images, te.images.shape[0])
     images, labels = jnp.asarray(te.images[:n]), np.asarray(te.labels[:n])
     key = jax.random.key(config.seed)
     mfn = model_fn(model)
@@ -311,11 +375,16 @@ def run_evaluate(
     timings["metrics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    k = config.fairness_images
+    # Concentration needs foreground and background in every image.
+    masks = np.asarray(te.masks[:n])
+    both = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
+    pick = np.flatnonzero(both)[: config.fairness_images]
+    if pick.size == 0:
+        raise ValueError("no evaluated image has both foreground and background")
     fair, fair_fig = layer_fairness(
         model,
-        images[:k],
-        te.masks[:k],
+        images[pick],
+        masks[pick],
         jax.random.fold_in(key, 7),
         layer=config.fairness_layer,
         cid_config=config.cid.replace(method="linearized"),
@@ -324,12 +393,13 @@ def run_evaluate(
             if config.fairness_decoder_steps
             else None
         ),
-        decoder_images=load_synthetic("train", 2_000).images,
+        decoder_images=load_data(config, "train", 2_000).images,
     )
     timings["fairness"] = time.perf_counter() - t0
 
     results = {
         "model": config.model,
+        "dataset": config.dataset,
         "test_accuracy": accuracy,
         "num_images": n,
         "cid_layer": cid_layer,

@@ -418,7 +418,9 @@ def test_lime_with_slic_superpixels_is_reproducible():
     x = jnp.tile(jnp.linspace(0, 1, 16)[None, :, None, None], (2, 1, 16, 3))
     x = x.at[:, :, 8:, 0].set(0.9)  # a few colour regions for SLIC
     model = _smooth_model()
-    model16 = Partial(lambda x: model(jax.image.resize(x, (2, H, W, C), "linear")))
+    model16 = Partial(
+        lambda x: model(jax.image.resize(x, (x.shape[0], H, W, C), "linear"))
+    )
     first = lime.explain(model16, x, KEY, samples=64, n_segments=8)
     again = lime.explain(model16, x, KEY, samples=64, n_segments=8)
     np.testing.assert_array_equal(first.maps, again.maps)

@@ -149,14 +149,20 @@ def _endpoints(model_fn, images, baseline, target):
     return target, f_x, f_b, images - baseline
 
 
-def _weighted_gradient(model_fn, baseline, delta, target, point):
-    """``weight * grad f_t(baseline + alpha * delta)`` for ``point = (alpha,
-    weight)``: one forward+backward pass on the batch, ``(B, H, W, C)``."""
-    alpha, weight = point
+def _weighted_gradients(model_fn, baseline, delta, target, points):
+    """``sum_k weight_k * grad f_t(baseline + alpha_k * delta)`` over a chunk
+    ``points = (alphas (n,), weights (n,))``: one forward+backward pass on the
+    ``n * B`` path images, ``(B, H, W, C)``."""
+    alphas, weights = points
+    n, batch = alphas.shape[0], baseline.shape[0]
+    path = baseline[None] + alphas[:, None, None, None, None] * delta[None]
     _, _, gradients = _common.target_gradient(
-        model_fn, baseline + alpha * delta, target
+        model_fn, path.reshape(n * batch, *baseline.shape[1:]), jnp.tile(target, n)
     )
-    return weight * gradients
+    gradients = gradients.reshape(n, *baseline.shape)
+    return jnp.einsum(
+        "k,kbhwc->bhwc", weights, gradients, precision=jax.lax.Precision.HIGHEST
+    )
 
 
 @jax.jit
@@ -176,9 +182,12 @@ def _finish(delta, path_integral, f_x, f_b, target):
 def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfig):
     """Maps ``(B, H, W)`` and extras; path points in compiled chunks."""
     target, f_x, f_b, delta = _endpoints(model_fn, images, baseline, target)
-    integrand = Partial(_weighted_gradient, model_fn, baseline, delta, target)
+    integrand = Partial(_weighted_gradients, model_fn, baseline, delta, target)
     path_integral = _common.chunked_sum(
-        integrand, quadrature(config.steps, config.rule), config.internal_batch_size
+        integrand,
+        quadrature(config.steps, config.rule),
+        config.internal_batch_size,
+        batched=True,
     )
     return _finish(delta, path_integral, f_x, f_b, target)
 

@@ -298,6 +298,10 @@ def _scaled_pair(params, x):
     return {"sum": params * x, "square": (params * x) ** 2}
 
 
+def _scaled_pair_total(params, x):
+    return {k: jnp.sum(v, axis=0) for k, v in _scaled_pair(params, x).items()}
+
+
 @pytest.mark.parametrize("chunk", [1, 4, 5, 13, 20])
 def test_chunked_sum_and_map_equal_unchunked_for_any_chunk_size(chunk):
     # 13 slices: 4 and 5 leave a shorter last chunk, 13 and 20 give one chunk.
@@ -305,7 +309,9 @@ def test_chunked_sum_and_map_equal_unchunked_for_any_chunk_size(chunk):
     xs = np.arange(13, dtype=np.float32)[:, None] * np.ones(3, np.float32)
     fn = Partial(_scaled_pair, params)
     expected = {"sum": params * xs, "square": (params * xs) ** 2}
-    total = _common.chunked_sum(fn, jnp.asarray(xs), chunk)
+    total = _common.chunked_sum(
+        Partial(_scaled_pair_total, params), jnp.asarray(xs), chunk
+    )
     mapped = _common.chunked_map(fn, jnp.asarray(xs), chunk)
     for name in expected:
         np.testing.assert_allclose(mapped[name], expected[name], rtol=1e-6)

@@ -263,33 +263,22 @@ def _slice_chunk(xs: Any, start: Array, size: int) -> Any:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("size", "batched"))
-def _map_chunk(fn: Partial, xs: Any, start: Array, size: int, batched: bool) -> Any:
-    """``vmap(fn)`` (or ``fn`` itself if ``batched``) on ``size`` slices of
-    ``xs`` from ``start``."""
-    chunk = _slice_chunk(xs, start, size)
-    return fn(chunk) if batched else jax.vmap(fn)(chunk)
+@functools.partial(jax.jit, static_argnames=("size",))
+def _map_chunk(fn: Partial, xs: Any, start: Array, size: int) -> Any:
+    """``fn`` on the ``size`` slices of ``xs`` from ``start``."""
+    return fn(_slice_chunk(xs, start, size))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("size", "batched"), donate_argnames=("total",)
-)
-def _add_chunk(
-    fn: Partial, total: Any, xs: Any, start: Array, size: int, batched: bool
-) -> Any:
-    """``total + sum_i fn(xs[i])`` over ``size`` slices from ``start`` (``total
-    + fn(chunk)`` if ``batched``: ``fn`` sums its chunk itself)."""
-    chunk = _slice_chunk(xs, start, size)
-    if batched:
-        return jax.tree_util.tree_map(jnp.add, total, fn(chunk))
-    parts = jax.vmap(fn)(chunk)
-    return jax.tree_util.tree_map(lambda t, p: t + jnp.sum(p, axis=0), total, parts)
+@functools.partial(jax.jit, static_argnames=("size",), donate_argnames=("total",))
+def _add_chunk(fn: Partial, total: Any, xs: Any, start: Array, size: int) -> Any:
+    """``total + fn(chunk)`` for the ``size`` slices of ``xs`` from ``start``."""
+    return jax.tree_util.tree_map(jnp.add, total, fn(_slice_chunk(xs, start, size)))
 
 
-@functools.partial(jax.jit, static_argnames=("batched",))
-def _zero_output(fn: Partial, xs: Any, batched: bool = False) -> Any:
-    """Zeros shaped like ``fn(xs[0])`` (``fn(xs[:1])`` if ``batched``)."""
-    first = jax.tree_util.tree_map(lambda a: a[:1] if batched else a[0], xs)
+@jax.jit
+def _zero_output(fn: Partial, xs: Any) -> Any:
+    """Zeros shaped like ``fn(xs[:1])`` (the trace of ``fn`` is cached)."""
+    first = jax.tree_util.tree_map(lambda a: a[:1], xs)
     shapes = jax.eval_shape(fn, first)
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
@@ -303,33 +292,32 @@ def _chunk_bounds(xs: Any, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(chunk_size, n - start)) for start in range(0, n, chunk_size)]
 
 
-def chunked_sum(
-    fn: Callable[[Any], Any], xs: Any, chunk_size: int, *, batched: bool = False
-) -> Any:
-    """``sum_i fn(xs[i])`` over the leading axis, ``chunk_size`` at a time.
+def chunked_sum(fn: Callable[[Any], Any], xs: Any, chunk_size: int) -> Any:
+    """``sum_c fn(chunk_c)`` over chunks of ``chunk_size`` slices of ``xs``.
 
-    Each chunk is one call of a compiled program that applies ``vmap(fn)`` to
-    the chunk and adds the result into the running sum, whose buffer is
-    donated; the loop over chunks runs in Python. XLA:CPU runs convolution
-    gradients 5-25x slower inside ``lax.scan``/``while_loop`` bodies than at
-    top level (jax-ml/jax#12868), whereas one dispatch per chunk costs
-    microseconds, and on GPU the chunks still queue asynchronously. Memory is
-    bounded by one chunk. All full chunks share one program (the chunk start
-    is a traced argument); a shorter last chunk compiles a second one. No
-    padding is added, so ``fn`` runs exactly ``n`` times — model-call counts
-    stay exact.
+    ``fn`` takes a whole chunk ``(size, ...)`` and returns its contribution
+    (typically one model pass on the chunk's ``size * B`` images flattened
+    into one batch, then summed over the chunk: on XLA:CPU the model on the
+    flattened batch ran 1.6x faster than the model vmapped over ``size``).
+
+    Each chunk is one call of a compiled program that adds ``fn(chunk)`` into
+    the running sum, whose buffer is donated; the loop over chunks runs in
+    Python. XLA:CPU runs convolution gradients 5-25x slower inside
+    ``lax.scan``/``while_loop`` bodies than at top level (jax-ml/jax#12868),
+    whereas one dispatch per chunk costs microseconds, and on GPU the chunks
+    still queue asynchronously. Memory is bounded by one chunk. All full
+    chunks share one program (the chunk start is a traced argument); a shorter
+    last chunk compiles a second one. No padding is added, so every slice is
+    evaluated exactly once — model-call counts stay exact.
 
     Args:
-        fn: maps one slice of ``xs`` to a pytree of arrays. Pass a
-            :class:`jax.tree_util.Partial` of a module-level function: its
-            bound arrays are traced arguments, and the programs are cached on
-            the function object (a fresh lambda recompiles on every call).
+        fn: maps a chunk of ``xs`` (leading axis ``size``) to a pytree of
+            arrays. Pass a :class:`jax.tree_util.Partial` of a module-level
+            function: its bound arrays are traced arguments, and the programs
+            are cached on the function object (a fresh lambda recompiles on
+            every call).
         xs: pytree of arrays with a common leading axis ``n >= 1``.
         chunk_size: slices evaluated together (``>= 1``).
-        batched: ``fn`` takes a whole chunk ``(size, ...)`` and returns the
-            sum over it (it is then not vmapped), e.g. one model pass on the
-            flattened ``(size * B, ...)`` batch, which XLA:CPU runs faster
-            than the model vmapped over ``size``.
 
     Returns:
         The pytree sum, shaped like ``fn``'s output.
@@ -338,31 +326,25 @@ def chunked_sum(
         ValueError: if ``chunk_size < 1`` or ``n == 0``.
     """
     fn = as_model_fn(fn)
-    total = _zero_output(fn, xs, batched)
+    total = _zero_output(fn, xs)
     for start, size in _chunk_bounds(xs, chunk_size):
-        total = _add_chunk(fn, total, xs, start, size, batched)
+        total = _add_chunk(fn, total, xs, start, size)
     return total
 
 
-def chunked_map(
-    fn: Callable[[Any], Any], xs: Any, chunk_size: int, *, batched: bool = False
-) -> Any:
-    """``stack_i fn(xs[i])`` over the leading axis, ``chunk_size`` at a time.
+def chunked_map(fn: Callable[[Any], Any], xs: Any, chunk_size: int) -> Any:
+    """``fn`` on chunks of ``chunk_size`` slices of ``xs``, concatenated.
 
     Like :func:`chunked_sum` (one compiled call per chunk, exact call count),
-    but the chunks' outputs are concatenated: the result has leading axis
-    ``n``, so only the model's intermediates, not its outputs, are bounded by
-    the chunk.
+    but ``fn`` maps a chunk ``(size, ...)`` to outputs with leading axis
+    ``size`` and the chunks' outputs are concatenated, so only the model's
+    intermediates, not its outputs, are bounded by the chunk.
 
     Args:
-        fn: maps one slice of ``xs`` to a pytree of arrays (a ``Partial``, as
-            for :func:`chunked_sum`).
+        fn: maps a chunk of ``xs`` to a pytree of arrays with leading axis
+            ``size`` (a ``Partial``, as for :func:`chunked_sum`).
         xs: pytree of arrays with a common leading axis ``n >= 1``.
         chunk_size: slices evaluated together (``>= 1``).
-        batched: ``fn`` already maps a chunk ``(size, ...)`` to outputs with a
-            leading axis ``size`` (it is then not vmapped). A model applied
-            to one flattened ``(size * B, ...)`` batch ran 1.6x faster on
-            XLA:CPU than the same model vmapped over ``size``.
 
     Returns:
         ``fn``'s output pytree with a leading axis ``n`` on every leaf.
@@ -372,8 +354,7 @@ def chunked_map(
     """
     fn = as_model_fn(fn)
     parts = [
-        _map_chunk(fn, xs, start, size, batched)
-        for start, size in _chunk_bounds(xs, chunk_size)
+        _map_chunk(fn, xs, start, size) for start, size in _chunk_bounds(xs, chunk_size)
     ]
     if len(parts) == 1:
         return parts[0]

@@ -187,7 +187,6 @@ def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfi
         integrand,
         quadrature(config.steps, config.rule),
         config.internal_batch_size,
-        batched=True,
     )
     return _finish(delta, path_integral, f_x, f_b, target)
 

@@ -259,7 +259,7 @@ def _worker(model_fn, images, segments, counts, keys, target, config, max_segmen
         _MaskScore(config.output), model_fn, images, fill, segments, target
     )
     y = _common.chunked_map(
-        score_mask, jnp.swapaxes(masks, 0, 1), config.internal_batch_size, batched=True
+        score_mask, jnp.swapaxes(masks, 0, 1), config.internal_batch_size
     ).T
     maps, coef, intercept, score = _fit(masks, y, valid, counts, segments, config)
     extras = {

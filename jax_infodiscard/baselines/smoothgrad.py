@@ -59,26 +59,34 @@ def _prepare(model_fn, images, target, noise_level):
 
 
 @dataclasses.dataclass(frozen=True)
-class _NoisyGradient:
-    """Gradient (or its square) at noisy copy ``index`` of every image.
+class _NoisyGradients:
+    """Summed gradients (or squares) at a chunk of noisy copies of every image.
 
-    Hashable, so that ``Partial(_NoisyGradient(squared), ...)`` hits the
+    Hashable, so that ``Partial(_NoisyGradients(squared), ...)`` hits the
     compilation cache of :func:`_common.chunked_sum` on repeated calls.
     """
 
     squared: bool
 
-    def __call__(self, model_fn, images, keys, scale, target, index):
-        """``index``: scalar int; returns ``(B, H, W, C)``."""
-        noise = jax.vmap(
-            lambda k: _common.flat_normal(
-                jax.random.fold_in(k, index), images.shape[1:], images.dtype
-            )
-        )(keys)
+    def __call__(self, model_fn, images, keys, scale, target, indices):
+        """``indices (n,)`` int -> ``sum_k g_k`` ``(B, H, W, C)``; the ``n * B``
+        noisy images go through the model as one batch."""
+        n, shape = indices.shape[0], images.shape
+
+        def noise(index):
+            return jax.vmap(
+                lambda k: _common.flat_normal(
+                    jax.random.fold_in(k, index), shape[1:], images.dtype
+                )
+            )(keys)
+
+        noisy = images[None] + scale[None] * jax.vmap(noise)(indices)
         _, _, gradients = _common.target_gradient(
-            model_fn, images + scale * noise, target
+            model_fn, noisy.reshape(n * shape[0], *shape[1:]), jnp.tile(target, n)
         )
-        return gradients**2 if self.squared else gradients
+        if self.squared:
+            gradients = gradients**2
+        return jnp.sum(gradients.reshape(n, *shape), axis=0)
 
 
 @jax.jit
@@ -91,7 +99,7 @@ def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
     """Maps ``(B, H, W)`` and extras; noisy copies in compiled chunks."""
     target, scale = _prepare(model_fn, images, target, config.noise_level)
     integrand = Partial(
-        _NoisyGradient(config.squared), model_fn, images, keys, scale, target
+        _NoisyGradients(config.squared), model_fn, images, keys, scale, target
     )
     total = _common.chunked_sum(
         integrand,

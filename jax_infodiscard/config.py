@@ -13,6 +13,8 @@ from typing import Any, Literal
 import optax
 
 Method = Literal["optimize", "linearized", "hybrid"]
+METHODS: tuple[str, ...] = ("optimize", "linearized", "hybrid")
+"""Names accepted by ``CIDConfig.method`` (the CLI's ``--method`` choices)."""
 FeatureScaleMethod = Literal["jvp", "limit"]
 LayerStrategy = Literal["auto", "vmap", "per_layer"]
 
@@ -124,10 +126,8 @@ def _validate(cfg: CIDConfig) -> None:
 
     if not (isinstance(cfg.beta, (int, float)) and cfg.beta > 0):
         raise ValueError(f"beta must be a positive number, got {cfg.beta!r}")
-    if cfg.method not in ("optimize", "linearized", "hybrid"):
-        raise ValueError(
-            f"method must be 'optimize', 'linearized' or 'hybrid', got {cfg.method!r}"
-        )
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     if not isinstance(cfg.steps, int) or cfg.steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {cfg.steps!r}")
     if cfg.method != "linearized" and cfg.steps < 1:

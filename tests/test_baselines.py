@@ -714,7 +714,7 @@ def test_unknown_target_class_is_named():
 )
 def test_bad_input_raises_clear_value_error(call, message):
     model, _ = _linear_model()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         call(model, _images())
 
 

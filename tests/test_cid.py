@@ -301,7 +301,7 @@ def test_unknown_layer(linear_model, linear_images):
 
 def test_bad_key(linear_model, linear_images):
     fn, _ = linear_model
-    with pytest.raises(ValueError, match="keys must have shape"):
+    with pytest.raises(ValueError, match="batch of 2 keys"):
         jid.cid(fn, linear_images, jax.random.split(jax.random.key(0), 5))
 
 

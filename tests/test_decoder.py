@@ -356,7 +356,7 @@ def test_training_input_errors():
         train_decoder(identity_features, "nope", images, cfg, key=key)
     with pytest.raises(ValueError, match="unit range"):
         train_decoder(identity_features, "id", images * 3, cfg, key=key)
-    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
         train_decoder(identity_features, "id", images[0], cfg, key=key)
     with pytest.raises(ValueError, match="single array feature"):
         train_decoder(

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from jax_infodiscard import validation
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -78,56 +79,19 @@ class Explanation:
 
 
 def as_model_fn(model_fn: Callable[[Array], Array]) -> Partial:
-    """Returns ``model_fn`` as a :class:`jax.tree_util.Partial`.
-
-    A ``Partial`` is a pytree: its bound arguments (typically parameters) are
-    traced arguments of the compiled programs rather than constants. A plain
-    function is wrapped as ``Partial(fn)``; compilation is then cached on the
-    function object, so pass the same object on repeated calls.
-
-    Raises:
-        ValueError: if ``model_fn`` is not callable.
-    """
-    if isinstance(model_fn, Partial):
-        return model_fn
-    if not callable(model_fn):
-        raise ValueError(f"model_fn must be callable, got {type(model_fn).__name__}.")
-    return Partial(model_fn)
+    """``model_fn`` as a :class:`jax.tree_util.Partial` (see
+    :func:`jax_infodiscard.validation.as_partial`)."""
+    return validation.as_partial(model_fn, "model_fn")
 
 
 def check_images(images: Any) -> Array:
-    """Validates a batch of images and returns it as ``float32 (B, H, W, C)``.
-
-    Raises:
-        ValueError: if the array is not rank 4, has an empty axis, or is not of
-            a floating dtype.
-    """
-    images = jnp.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(
-            "images must have shape (B, H, W, C) (rank 4, NHWC), got shape "
-            f"{images.shape}."
-        )
-    if min(images.shape) < 1:
-        raise ValueError(f"images must not have an empty axis, got {images.shape}.")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(
-            f"images must be floating point in [0, 1], got dtype {images.dtype}."
-        )
-    return images.astype(jnp.float32)
+    """Validates a batch of images: ``float32 (B, H, W, C)``, finite."""
+    return validation.check_images(images)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Checks that ``value`` is an integer ``>= minimum`` and returns it.
-
-    Raises:
-        ValueError: naming ``name`` when the check fails.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
+    """``value`` as an ``int >= minimum`` (see :func:`validation.check_int`)."""
+    return validation.check_int(name, value, minimum)
 
 
 _FORWARD = jax.jit(lambda model_fn, images: model_fn(images))
@@ -199,27 +163,10 @@ def select_logit(logits: Array, target: Array) -> Array:
 
 
 def image_keys(key: PRNGKey, batch: int) -> PRNGKey:
-    """One key per image from a single key or a ``(B,)`` batch of keys.
-
-    Passing a batch of keys makes an image's randomness independent of the
-    other images in its batch.
-
-    Raises:
-        ValueError: if ``key`` is neither a scalar key nor has shape ``(B,)``.
-    """
+    """One key per image (see :func:`jax_infodiscard.validation.image_keys`)."""
     if key is None:
-        raise ValueError("this method is random: pass key=jax.random.key(seed).")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
-    if key.shape == ():
-        return jax.random.split(key, batch)
-    if key.shape != (batch,):
-        raise ValueError(
-            f"key must be a single key or a batch of {batch} keys, got key shape "
-            f"{key.shape}."
-        )
-    return key
+        raise TypeError("key: this method is random, pass key=jax.random.key(seed)")
+    return validation.image_keys(key, batch)
 
 
 def reduce_sum(attributions: Array) -> Array:

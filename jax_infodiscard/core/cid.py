@@ -7,12 +7,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import engine
 from jax_infodiscard.core.features import (
-    as_partial,
     distortion,
     grouped_features,
     resolve_layers,
@@ -20,25 +18,7 @@ from jax_infodiscard.core.features import (
 from jax_infodiscard.core.results import CIDResult
 from jax_infodiscard.core.solver import Problem
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
-
-
-def check_images(images) -> Array:
-    """Validates a batch of images ``(B, H, W, C)``; returns it as float32."""
-    arr = jnp.asarray(images)
-    if arr.ndim != 4:
-        raise ValueError(
-            f"images must have shape (B, H, W, C) (rank 4), got shape {arr.shape}"
-        )
-    if arr.shape[0] == 0 or 0 in arr.shape:
-        raise ValueError(f"images must not be empty, got shape {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(
-            f"images must be floating point in [0, 1], got dtype {arr.dtype}"
-        )
-    if not bool(jnp.all(jnp.isfinite(arr))):
-        bad = int(np.sum(~np.isfinite(np.asarray(arr))))
-        raise ValueError(f"images contain {bad} NaN/inf value(s)")
-    return arr.astype(jnp.float32)
+from jax_infodiscard.validation import as_partial, check_images, image_keys
 
 
 def resolve_strategy(cfg: CIDConfig, num_layers: int) -> str:
@@ -111,7 +91,7 @@ def cid(
     images = check_images(images)
     fn = as_partial(feature_fn)
     names = resolve_layers(fn, images, layers)
-    keys = engine.image_keys(key, images.shape[0])
+    keys = image_keys(key, images.shape[0])
     strategy = resolve_strategy(config, len(names))
     out = engine.run(_cid_problem, fn, None, images, keys, names, config, strategy)
     return assemble(CIDResult, names, out, config, images.shape[-1])
@@ -186,7 +166,7 @@ def feature_scale(
     images = check_images(images)
     fn = as_partial(feature_fn)
     names = resolve_layers(fn, images, layers)
-    keys = engine.image_keys(key, images.shape[0])
+    keys = image_keys(key, images.shape[0])
     return _scales(
         fn, images, keys, layers=names, method=method, num_samples=num_samples
     )

@@ -207,32 +207,6 @@ def _solve_group(
     return sharded(images, keys)
 
 
-def image_keys(key: PRNGKey, num_images: int) -> Array:
-    """One key per image: ``fold_in(key, i)``, or ``key`` itself if batched.
-
-    Args:
-      key: a single PRNG key (typed or raw ``uint32[2]``), or one key per image
-        (``(B,)`` typed or ``(B, 2)`` raw).
-      num_images: ``B``.
-    """
-    key = jnp.asarray(key)
-    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    if not typed:
-        if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
-            raise ValueError(
-                "key must be a jax.random.key (or PRNGKey), got an array of "
-                f"dtype {key.dtype} and shape {key.shape}"
-            )
-        key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_images))
-    if key.shape != (num_images,):
-        raise ValueError(
-            f"a batch of keys must have shape ({num_images},), got {key.shape}"
-        )
-    return key
-
-
 def run(
     make_problem: MakeProblem,
     feature_fn: FeatureFn,

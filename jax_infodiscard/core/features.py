@@ -12,23 +12,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.tree_util import Partial
 
 from jax_infodiscard.types import Array, FeatureFn, PyTree
-
-
-def as_partial(fn) -> Partial:
-    """Wraps ``fn`` as a :class:`jax.tree_util.Partial` (a pytree).
-
-    Partials carry their bound arguments (e.g. model parameters) as pytree
-    leaves, so compiled programs take them as arguments instead of baking them
-    in as constants. Plain callables become a leafless Partial.
-    """
-    if isinstance(fn, Partial):
-        return fn
-    if not callable(fn):
-        raise ValueError(f"feature_fn must be callable, got {type(fn).__name__}")
-    return Partial(fn)
 
 
 def resolve_layers(

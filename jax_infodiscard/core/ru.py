@@ -20,9 +20,8 @@ import jax.numpy as jnp
 
 from jax_infodiscard.config import RUConfig
 from jax_infodiscard.core import engine
-from jax_infodiscard.core.cid import assemble, check_images, resolve_strategy
+from jax_infodiscard.core.cid import assemble, resolve_strategy
 from jax_infodiscard.core.features import (
-    as_partial,
     distortion,
     grouped_features,
     resolve_layers,
@@ -30,6 +29,7 @@ from jax_infodiscard.core.features import (
 from jax_infodiscard.core.results import RUResult
 from jax_infodiscard.core.solver import Problem
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
+from jax_infodiscard.validation import as_partial, check_images, image_keys
 
 DecoderFn = Callable[[Array], Array]
 """``decoder_fn(features (N, ...)) -> reconstructions (N, H, W, C)``."""
@@ -73,7 +73,7 @@ def check_decoders(
     missing = [name for name in layers if name not in decoders]
     if missing:
         raise ValueError(f"no decoder for layer(s) {missing}")
-    out = {name: as_partial(decoders[name]) for name in layers}
+    out = {name: as_partial(decoders[name], f"decoder_fn[{name!r}]") for name in layers}
     spec = jax.ShapeDtypeStruct((2, *images.shape[1:]), images.dtype)
     feats = jax.eval_shape(feature_fn, spec)
     for name in layers:
@@ -126,7 +126,7 @@ def ru(
         layers = [name for name in every if name in decoder_fn]
     names = resolve_layers(fn, images, layers)
     decoders = check_decoders(fn, decoder_fn, images, names)
-    keys = engine.image_keys(key, images.shape[0])
+    keys = image_keys(key, images.shape[0])
     strategy = resolve_strategy(config, len(names))
     out = engine.run(_ru_problem, fn, decoders, images, keys, names, config, strategy)
     return assemble(RUResult, names, out, config, images.shape[-1])

@@ -50,6 +50,7 @@ from flax import nnx
 from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
+from jax_infodiscard import validation
 from jax_infodiscard.models.decoder import Decoder, create_decoder, decoder_fn
 from jax_infodiscard.training.checkpoint import (
     all_steps,
@@ -208,34 +209,11 @@ class DecoderMetrics:
 
 
 def _check_images(images: Any) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(
-            f"images must have shape (N, H, W, C), got shape {images.shape}"
-        )
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"images must be float32 in [0, 1], got dtype {images.dtype}")
-    images = images.astype(np.float32, copy=False)
-    if images.shape[0] < 1:
-        raise ValueError("images must hold at least one image")
-    if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or infinite values")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(
-            f"images must lie in the unit range [0, 1], got values in [{lo}, {hi}]"
-        )
-    return images
+    return np.asarray(validation.check_images(images, unit_range=True))
 
 
 def _as_feature_fn(feature_fn: Any) -> Partial:
-    if isinstance(feature_fn, Partial):
-        return feature_fn
-    if not callable(feature_fn):
-        raise ValueError(
-            f"feature_fn must be callable, got {type(feature_fn).__name__}"
-        )
-    return Partial(feature_fn)
+    return validation.as_partial(feature_fn, "feature_fn")
 
 
 def _feature_shape(feature_fn: Partial, layer: str, image_shape: tuple) -> tuple:

@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "check_images",
     "check_int",
+    "check_layers",
     "check_number",
     "image_keys",
 ]
@@ -189,3 +190,90 @@ def check_finite(name: str, tree: Any) -> None:
         a = np.asarray(leaf)
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             raise ValueError(f"{name} contains {int(np.sum(~np.isfinite(a)))} NaN/inf")
+
+
+def check_layers(
+    feature_fn: Any, images: Array, layers: Any, name: str = "feature_fn"
+) -> tuple[str, ...]:
+    """Validates ``layers`` and the features ``feature_fn`` returns for them.
+
+    Checks, on the abstract shapes and on one forward pass of at most two
+    images: ``feature_fn`` returns a non-empty dict; the requested layers exist
+    (``None`` means all) and are unique; every feature has the batch as its
+    leading axis and a floating dtype; the features are finite; and the
+    result for one image does not depend on the other images of the batch.
+
+    Args:
+      feature_fn: ``feature_fn(images (B, H, W, C)) -> {layer: (B, ...)}``.
+      images: the validated images ``(B, H, W, C)``.
+      layers: a name, a sequence of names, or ``None`` for every layer.
+      name: the argument's name, for messages.
+
+    Returns:
+      The layer names, in the order requested (``feature_fn``'s order for
+      ``None``).
+    """
+    if layers is not None and not isinstance(layers, str):
+        if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(n, str) for n in layers
+        ):
+            raise TypeError(
+                f"layers must be a layer name, a list of names or None, got {layers!r}"
+            )
+    spec = jax.ShapeDtypeStruct((2, *images.shape[1:]), images.dtype)
+    try:
+        out = jax.eval_shape(feature_fn, spec)
+    except Exception as e:  # the user's function fails on a batch of images
+        raise ValueError(f"{name} fails on a batch of images: {e}") from e
+    if not isinstance(out, dict) or not out:
+        raise TypeError(
+            f"{name} must return a non-empty dict {{layer_name: array}}, got "
+            f"{type(out).__name__}"
+        )
+    names = tuple(out)
+    if layers is None:
+        layers = names
+    elif isinstance(layers, str):
+        layers = (layers,)
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    unknown = [n for n in layers if n not in out]
+    if unknown:
+        raise ValueError(f"unknown layer name(s) {unknown}; available: {list(names)}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"duplicate layer names in {list(layers)}")
+    for layer in layers:
+        leaves = jax.tree.leaves(out[layer])
+        if not leaves:
+            raise ValueError(f"layer {layer!r}: the feature has no arrays")
+        for leaf in leaves:
+            if leaf.ndim < 1 or leaf.shape[0] != 2:
+                raise ValueError(
+                    f"layer {layer!r}: every feature must have the batch as its "
+                    f"leading axis; got shape {leaf.shape} for a batch of 2"
+                )
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise ValueError(
+                    f"layer {layer!r}: features must be floating point (a "
+                    f"differentiable function of the image), got {leaf.dtype}"
+                )
+    x0 = images[:1]
+    other = images[1:2] if images.shape[0] > 1 else 1.0 - x0
+    alone = feature_fn(x0)
+    together = feature_fn(jnp.concatenate([x0, other]))
+    for layer in layers:
+        for a, b in zip(
+            jax.tree.leaves(alone[layer]), jax.tree.leaves(together[layer]), strict=True
+        ):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise ValueError(f"layer {layer!r}: the features contain NaN/inf")
+            tol = 1e-3 * (1.0 + float(np.max(np.abs(a))))
+            if float(np.max(np.abs(a[0] - b[0]))) > tol:
+                raise ValueError(
+                    f"layer {layer!r}: the features of an image depend on the other "
+                    "images of its batch (batch statistics?); run BatchNorm in "
+                    "inference mode and make the feature function per-image"
+                )
+    return layers

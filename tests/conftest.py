@@ -76,3 +76,72 @@ def small_images():
     rng = np.random.default_rng(2)
     x = rng.uniform(size=(3, 8, 8, 3)).astype(np.float32)
     return jnp.asarray(x)
+
+
+def quadratic_oracle_sigma(x: np.ndarray, beta: float, center: str = "input"):
+    """DESIGN.md sec. 6: the exact optimum for ``h(x)_i = x_i^2`` (one channel).
+
+    ``E||f' - f||^2 = sum_i (4 x_i^2 s_i + c s_i^2)`` with ``s_i = sigma_i^2``,
+    ``c = 3`` (``f = h(x)``) or ``2`` (``f = E h(x')``); maximising
+    ``sum_i log sigma_i`` under the budget ``beta sum_i 4 x_i^2`` gives
+    ``8 x_i^2 s_i + 4 c s_i^2 = 1 / mu``, with ``mu`` found by bisection.
+    """
+    x2 = np.asarray(x, np.float64) ** 2
+    c = 3.0 if center == "input" else 2.0
+    budget = beta * np.sum(4 * x2)
+
+    def s_of(mu):
+        return (-8 * x2 + np.sqrt(64 * x2**2 + 16 * c / mu)) / (8 * c)
+
+    lo, hi = 1e-12, 1e12
+    for _ in range(200):
+        mu = np.sqrt(lo * hi)
+        s = s_of(mu)
+        lo, hi = (mu, hi) if np.sum(4 * x2 * s + c * s**2) > budget else (lo, mu)
+    return np.sqrt(s_of(np.sqrt(lo * hi)))
+
+
+def true_budget(feature_fn, layer, x, sigma, key, draws=512):
+    """``E||h(x + sigma delta) - h(x)||^2`` by plain Monte Carlo (held-out draws).
+
+    ``x`` is one image ``(H, W, C)``, ``sigma`` ``(H, W)``; returns a float.
+    """
+
+    @jax.jit
+    def dist(k):
+        d = jax.random.normal(k, (64, *x.shape))
+        xp = x + jnp.asarray(sigma)[..., None] * d
+        f = feature_fn(x[None])[layer]
+        fp = feature_fn(xp)[layer]
+        return jnp.sum(jnp.square(fp - f).reshape(64, -1), axis=1)
+
+    out = [dist(jax.random.fold_in(key, i)) for i in range(draws // 64)]
+    return float(np.mean(np.concatenate([np.asarray(o) for o in out])))
+
+
+@pytest.fixture(scope="session")
+def trained_convnet():
+    """The zoo convnet (width 8) trained 4 epochs on 3,000 embedded images.
+
+    Returns ``(feature_fn, test_images)`` with layers conv1, conv3, conv5 and
+    logits; its test accuracy is asserted well above chance (10%), so that
+    the regime is that of a trained network (far from linear, see DESIGN.md
+    sec. 6).
+    """
+    from jax_infodiscard.data import load_synthetic
+    from jax_infodiscard.models import feature_fn
+    from jax_infodiscard.training.train import TrainConfig, train
+
+    tr = load_synthetic("train", 3000)
+    te = load_synthetic("test", 256)
+    model, history = train(
+        "convnet",
+        (tr.images, tr.labels),
+        (te.images, te.labels),
+        TrainConfig(epochs=4, seed=0, progress=False),
+        num_classes=10,
+        image_size=32,
+        model_kwargs=dict(width=8),
+    )
+    assert history["test_accuracy"][-1] > 0.3, history
+    return feature_fn(model), jnp.asarray(te.images)

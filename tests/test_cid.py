@@ -1,4 +1,4 @@
-"""CID engine: the linear oracle, estimator agreement, invariances, bad input."""
+"""CID: exact oracles, the nonlinear regime, invariances, keys, bad input."""
 
 from __future__ import annotations
 
@@ -6,179 +6,259 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import convnet_features, oracle_sigma
+from conftest import (
+    convnet_features,
+    oracle_sigma,
+    quadratic_oracle_sigma,
+    true_budget,
+)
 from jax.tree_util import Partial
 
 import jax_infodiscard as jid
 
 BETA = 1.5e-4
 _VMAP = jid.CIDConfig(layer_strategy="vmap")
+# Invariances hold for any number of iterations: a short solve checks them.
+_SHORT = _VMAP.replace(steps=8, probes=64, budget_samples=8)
 
 
-def _median_rel_err(sigma, a):
-    return float(np.median(np.abs(np.asarray(sigma) / oracle_sigma(a, BETA) - 1)))
+def _median_rel_err(sigma, want):
+    return float(np.median(np.abs(np.asarray(sigma) / want - 1)))
 
 
-# --- the exact linear oracle (DESIGN.md sec. 2) -------------------------------
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
-def test_linearized_matches_oracle(linear_model, linear_images):
+# --- the exact linear oracle (DESIGN.md sec. 2), every method at defaults ------
+
+
+@pytest.mark.parametrize("method", jid.config.METHODS)
+def test_every_method_matches_the_linear_oracle(linear_model, linear_images, method):
     fn, a = linear_model
     res = jid.cid(
-        fn, linear_images, jax.random.key(0), config=jid.CIDConfig(method="linearized")
+        fn, linear_images, jax.random.key(0), config=_VMAP.replace(method=method)
     )
     assert res.pixel.shape == (1, 2, 6, 5)
+    want = oracle_sigma(a, BETA)
     for b in range(2):
-        assert _median_rel_err(res.sigma[0, b], a) <= 0.01
-    # Total and map are the closed form.
-    h_true = np.log(oracle_sigma(a, BETA)) + 0.5 * np.log(2 * np.pi * np.e)
-    np.testing.assert_allclose(res.pixel[0, 0], h_true, atol=0.01)
-    np.testing.assert_allclose(res.total[0], h_true.sum() * 2, rtol=1e-3)
-    np.testing.assert_allclose(res.mean[0], h_true.mean(), atol=0.01)
+        assert _median_rel_err(res.sigma[0, b], want) <= 0.03
+    h_true = np.log(want) + 0.5 * np.log(2 * np.pi * np.e)
+    np.testing.assert_allclose(res.pixel[0, 0], h_true, atol=0.03)
+    np.testing.assert_allclose(res.total[0], h_true.sum() * 2, rtol=1e-2)
     np.testing.assert_allclose(res.feature_scale[0], a.sum(), rtol=1e-4)
-    assert np.all(np.abs(np.log(np.asarray(res.budget) / BETA)) < 0.05)
+    np.testing.assert_allclose(res.lam, 2 * BETA / 30, rtol=1e-2)
+    np.testing.assert_allclose(res.budget, BETA, rtol=0.02)
+    # A linear network is in the linear regime, and optimising gains nothing.
+    np.testing.assert_allclose(res.linearity, 1.0, atol=0.02)
+    np.testing.assert_allclose(res.entropy_gain, 0.0, atol=0.01)
+    np.testing.assert_allclose(res.mean_shift, 0.0, atol=0.02)
     assert bool(res.converged.all())
 
 
-def test_linearized_random_probes_close_to_oracle(linear_model, linear_images):
-    # Fewer probes than feature entries: the Gaussian estimator is used.
+def test_random_probes_estimate_the_column_norms(linear_model, linear_images):
+    # Fewer probes than feature entries: Rademacher probes are used.
     fn, a = linear_model
-    cfg = jid.CIDConfig(method="linearized", linear_probes=4)
+    cfg = _VMAP.replace(method="linear", probes=4)
     res = jid.cid(fn, linear_images[:1], jax.random.key(0), config=cfg)
-    err = _median_rel_err(res.sigma[0, 0], a)
-    assert 0.01 < err < 0.5  # noisy but in the right place
-    assert bool(res.converged.all())
+    err = _median_rel_err(res.sigma[0, 0], oracle_sigma(a, BETA))
+    assert 0.01 < err < 0.5  # noisy, but in the right place
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        jid.CIDConfig(
-            method="hybrid",
-            steps=16,
-            num_samples=4,
-            optimizer="sgd",
-            learning_rate=0.25,
-        ),
-        jid.CIDConfig(
-            method="optimize",
-            steps=300,
-            num_samples=8,
-            budget_samples=256,
-            learning_rate=0.05,
-        ),
-    ],
-    ids=["hybrid", "optimize"],
-)
-def test_optimizers_match_oracle(linear_model, linear_images, cfg):
-    fn, a = linear_model
-    res = jid.cid(fn, linear_images, jax.random.key(0), config=cfg)
-    for b in range(2):
-        assert _median_rel_err(res.sigma[0, b], a) <= 0.03
-    assert np.all(np.abs(np.log(np.asarray(res.budget) / BETA)) < cfg.budget_tol)
-    assert bool(res.converged.all())
-    assert np.all(np.asarray(res.passes) > 0)
+# --- the nonlinear oracle (DESIGN.md sec. 6) -------------------------------------
 
 
-def test_lambda_is_linear_value_on_linear_model(linear_model, linear_images):
-    fn, _ = linear_model
-    res = jid.cid(
-        fn, linear_images, jax.random.key(0), config=jid.CIDConfig(method="linearized")
+def _square(x):
+    return {"sq": x**2}
+
+
+@pytest.fixture(scope="module")
+def mixed_pixels():
+    """Half the pixels near 0 (strongly nonlinear), half in [0.3, 1] (linear)."""
+    rng = np.random.default_rng(0)
+    near = rng.uniform(size=(2, 8, 8, 1)) < 0.5
+    x = np.where(
+        near, rng.uniform(0, 0.01, near.shape), rng.uniform(0.3, 1, near.shape)
     )
-    np.testing.assert_allclose(res.lam, 2 * BETA / 30, rtol=1e-3)
+    return jnp.asarray(x, jnp.float32), near[..., 0]
 
 
-# --- feature scale --------------------------------------------------------------
+@pytest.mark.parametrize("center", ["input", "mean"])
+def test_optimize_matches_the_quadratic_oracle(mixed_pixels, center):
+    x, near = mixed_pixels
+    want = np.stack(
+        [quadratic_oracle_sigma(x[b, ..., 0], BETA, center) for b in range(2)]
+    )
+    cfg = jid.CIDConfig(budget_center=center)
+    res = jid.cid(_square, x, jax.random.key(1), config=cfg)
+    for b in range(2):
+        assert _median_rel_err(res.sigma[0, b], want[b]) <= 0.03
+    np.testing.assert_allclose(res.budget, BETA, rtol=0.05)
+    # The closed form is visibly off: it puts the cap on the nonlinear pixels.
+    with pytest.warns(UserWarning, match="far from the linear regime"):
+        lin = jid.cid(
+            _square, x, jax.random.key(1), config=cfg.replace(method="linear")
+        )
+    assert _median_rel_err(lin.sigma[0][near], want[near]) > 1.0
+    assert float(lin.linearity.min()) > 100
+    assert float(res.entropy_gain.min()) > 0.1
 
 
-def _tanh_features(params, x):
-    return convnet_features(params, x, act=jnp.tanh)
+# --- the trained regime: dominance of the default ---------------------------------
 
 
-def test_jvp_and_limit_feature_scales_agree(convnet, small_images):
-    fn = Partial(_tanh_features, convnet)
-    jvp = jid.feature_scale(fn, small_images, jax.random.key(3), method="jvp")
-    lim = jid.feature_scale(fn, small_images, jax.random.key(3), method="limit")
-    assert jvp.shape == (3, 3)
-    np.testing.assert_allclose(lim, jvp, rtol=1e-3)
+def _rescaled_to(fn, layer, x, sigma, key, target):
+    """``sigma * e^c`` whose held-out true budget is ``target`` (bisection on c)."""
+    lo, hi = -4.0, 4.0
+    for _ in range(16):
+        mid = 0.5 * (lo + hi)
+        if true_budget(fn, layer, x, sigma * np.exp(mid), key) > target:
+            hi = mid
+        else:
+            lo = mid
+    return sigma * np.exp(0.5 * (lo + hi))
 
 
-def test_feature_scale_exact_on_linear_model(linear_model, linear_images):
-    fn, a = linear_model
-    # 7 feature entries <= 16 samples: the exact basis is used.
-    d = jid.feature_scale(fn, linear_images, jax.random.key(0))
-    np.testing.assert_allclose(d, np.full((1, 2), a.sum()), rtol=1e-4)
+@pytest.mark.slow
+def test_default_dominates_at_equal_true_budget(trained_convnet):
+    # On a trained ReLU net far from linear, compare methods at the same true
+    # budget (held-out draws): the default must reach the largest entropy.
+    fn, images = trained_convnet
+    layer = "logits"
+    x = images[:2]
+    key = jax.random.key(3)
+    held = jax.random.key(99)
+    default = jid.cid(fn, x, key, layers=layer)
+    assert float(default.linearity.min()) > 1.5, "the test net is nearly linear"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear = jid.cid(
+            fn, x, key, layers=layer, config=jid.CIDConfig(method="linear")
+        )
+    short = jid.cid(fn, x, key, layers=layer, config=jid.CIDConfig(steps=6))
+    for b in range(2):
+        target = BETA * float(default.feature_scale[0, b])
+        xb = x[b]
+
+        def entropy(res, xb=xb, b=b, target=target):
+            sigma = _rescaled_to(
+                fn, layer, xb, np.asarray(res.sigma[0, b]), held, target
+            )
+            return float(np.mean(np.log(sigma)))
+
+        best = entropy(default)
+        # 0.02 nats: the Monte-Carlo error of the held-out bisection.
+        assert best >= entropy(linear) + 0.05
+        assert best >= entropy(short) - 0.02
 
 
-# --- invariances ----------------------------------------------------------------
+# --- keys ------------------------------------------------------------
+
+
+def test_two_keys_give_the_same_maps(convnet, small_images):
+    fn = Partial(convnet_features, convnet)
+    a = jid.cid(fn, small_images, jax.random.key(1), config=_VMAP)
+    b = jid.cid(fn, small_images, jax.random.key(2), config=_VMAP)
+    for l in range(3):
+        for i in range(3):
+            assert _corr(a.pixel[l, i], b.pixel[l, i]) >= 0.9
+    np.testing.assert_allclose(a.mean, b.mean, atol=0.02)
+
+
+@pytest.mark.slow
+def test_two_keys_give_the_same_maps_on_a_trained_net(trained_convnet):
+    fn, images = trained_convnet
+    layers = ("conv3", "conv5")
+    a = jid.cid(fn, images[:2], jax.random.key(1), layers=layers, config=_VMAP)
+    b = jid.cid(fn, images[:2], jax.random.key(2), layers=layers, config=_VMAP)
+    assert float(a.linearity.max()) > 2.0, "the test net is nearly linear"
+    for l in range(2):
+        for i in range(2):
+            assert _corr(a.pixel[l, i], b.pixel[l, i]) >= 0.95
+    np.testing.assert_allclose(a.mean, b.mean, atol=0.04)
+
+
+def test_randomness_is_keyed_by_layer_name(convnet, small_images):
+    fn = Partial(convnet_features, convnet)
+    key = jax.random.key(4)
+    alone = jid.cid(fn, small_images, key, layers=["conv3"], config=_SHORT)
+    both = jid.cid(fn, small_images, key, layers=["conv1", "conv3"], config=_SHORT)
+    np.testing.assert_allclose(both.pixel[1], alone.pixel[0], atol=1e-4)
+
+
+def test_determinism_and_batch_independence(convnet, small_images):
+    fn = Partial(convnet_features, convnet)
+    keys = jax.random.split(jax.random.key(7), 3)
+    a = jid.cid(fn, small_images, keys, config=_SHORT)
+    b = jid.cid(fn, small_images, keys, config=_SHORT)
+    np.testing.assert_array_equal(a.pixel, b.pixel)
+    # Image 1 with other companions (and at another position), same key.
+    other = jnp.stack([small_images[1], 1.0 - small_images[0]])
+    c = jid.cid(fn, other, jnp.stack([keys[1], keys[0]]), config=_SHORT)
+    np.testing.assert_allclose(c.pixel[:, 0], a.pixel[:, 1], atol=1e-3)
+
+
+def test_layer_strategies_and_chunks_agree(convnet, small_images):
+    fn = Partial(convnet_features, convnet)
+    key = jax.random.key(9)
+    v = jid.cid(fn, small_images, key, config=_SHORT)
+    p = jid.cid(
+        fn, small_images, key, config=_SHORT.replace(layer_strategy="per_layer")
+    )
+    c = jid.cid(fn, small_images, key, config=_SHORT.replace(chunk_size=2))
+    s = jid.cid(fn, small_images, key, config=_SHORT.replace(step_chunk=3))
+    np.testing.assert_allclose(p.pixel, v.pixel, atol=1e-3)
+    np.testing.assert_allclose(c.pixel, v.pixel, atol=1e-3)
+    np.testing.assert_allclose(s.pixel, v.pixel, atol=1e-3)
+
+
+def test_compiled_loop_equals_host_loop(convnet, small_images, monkeypatch):
+    # Accelerators run all iterations in one compiled loop, CPU a host loop
+    # over compiled chunks: one code path for the math, the same maps.
+    from jax_infodiscard.core import engine
+
+    fn = Partial(convnet_features, convnet)
+    key = jax.random.key(9)
+    host = jid.cid(fn, small_images, key, config=_SHORT)
+    monkeypatch.setattr(engine, "_backend", lambda: "gpu")
+    assert engine.step_chunk(_SHORT) == (8, False)
+    compiled = jid.cid(fn, small_images, key, config=_SHORT)
+    np.testing.assert_allclose(compiled.pixel, host.pixel, atol=1e-3)
+
+
+# --- invariances ------------------------------------------------------------------
 
 
 def _scaled_features(params, c, x):
     return {k: c * v for k, v in convnet_features(params, x).items()}
 
 
-def test_feature_rescaling_leaves_pixel_unchanged(convnet, small_images):
+def test_feature_rescaling_leaves_the_maps_unchanged(convnet, small_images):
     key = jax.random.key(5)
-    cfg = jid.CIDConfig(layer_strategy="vmap")
-    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=cfg)
+    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=_SHORT)
     scaled = jid.cid(
-        Partial(_scaled_features, convnet, 37.0), small_images, key, config=cfg
+        Partial(_scaled_features, convnet, 37.0), small_images, key, config=_SHORT
     )
     np.testing.assert_allclose(scaled.pixel, base.pixel, atol=0.01)
+    np.testing.assert_allclose(scaled.linearity, base.linearity, rtol=1e-3)
 
 
-def test_neighbour_weight_rescaling_leaves_pixel_unchanged(convnet, small_images):
+def test_neighbour_weight_rescaling_leaves_the_maps_unchanged(convnet, small_images):
     # W_l / 4 and b_l / 4, 4 W_{l+1}: the ReLU net computes the same function
     # from layer l+1 on, and layer l's features are scaled by 1/4.
     (w1, b1), (w2, b2), rest = convnet[0], convnet[1], convnet[2:]
     rescaled = [(w1 / 4, b1 / 4), (4 * w2, b2), *rest]
     key = jax.random.key(6)
-    cfg = jid.CIDConfig(layer_strategy="vmap")
-    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=cfg)
-    res = jid.cid(Partial(convnet_features, rescaled), small_images, key, config=cfg)
+    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=_SHORT)
+    res = jid.cid(Partial(convnet_features, rescaled), small_images, key, config=_SHORT)
     np.testing.assert_allclose(res.pixel, base.pixel, atol=0.01)
-    np.testing.assert_allclose(res.lam, base.lam, rtol=1e-3)
-
-
-# --- determinism and batch independence -----------------------------------------
-
-
-def test_determinism_and_batch_independence(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
-    keys = jax.random.split(jax.random.key(7), 3)
-    cfg = jid.CIDConfig(layer_strategy="vmap")
-    a = jid.cid(fn, small_images, keys, config=cfg)
-    b = jid.cid(fn, small_images, keys, config=cfg)
-    np.testing.assert_array_equal(a.pixel, b.pixel)
-    # Image 1 with other companions (and at another position), same key.
-    other = jnp.stack([small_images[1], 1.0 - small_images[0]])
-    c = jid.cid(fn, other, jnp.stack([keys[1], keys[0]]), config=cfg)
-    np.testing.assert_allclose(c.pixel[:, 0], a.pixel[:, 1], atol=1e-4)
-    # A different key gives a (slightly) different estimate.
-    d = jid.cid(fn, small_images, jax.random.split(jax.random.key(8), 3), config=cfg)
-    assert not np.allclose(d.pixel, a.pixel)
-
-
-def test_layer_strategies_agree(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
-    key = jax.random.key(9)
-    v = jid.cid(fn, small_images, key, config=jid.CIDConfig(layer_strategy="vmap"))
-    p = jid.cid(fn, small_images, key, config=jid.CIDConfig(layer_strategy="per_layer"))
-    np.testing.assert_allclose(v.pixel, p.pixel, atol=1e-3)
-
-
-def test_chunking_gives_same_result(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
-    key = jax.random.key(10)
-    cfg = jid.CIDConfig(method="linearized", layer_strategy="vmap")
-    full = jid.cid(fn, small_images, key, config=cfg)
-    chunked = jid.cid(fn, small_images, key, config=cfg.replace(chunk_size=2))
-    np.testing.assert_allclose(chunked.pixel, full.pixel, atol=1e-4)
+    np.testing.assert_allclose(res.lam, base.lam, rtol=1e-2)
 
 
 def test_beta_sweep_does_not_recompile_and_orders_cid(convnet, small_images):
@@ -186,24 +266,23 @@ def test_beta_sweep_does_not_recompile_and_orders_cid(convnet, small_images):
 
     fn = Partial(convnet_features, convnet)
     key = jax.random.key(11)
-    cfg = jid.CIDConfig(layer_strategy="vmap")
-    lo = jid.cid(fn, small_images, key, config=cfg.replace(beta=1e-5))
-    size = engine._solve_group._cache_size()
-    hi = jid.cid(fn, small_images, key, config=cfg.replace(beta=1e-3))
-    assert engine._solve_group._cache_size() == size
+    lo = jid.cid(fn, small_images, key, config=_SHORT.replace(beta=1e-5))
+    sizes = [p._cache_size() for p in engine.PROGRAMS]
+    hi = jid.cid(fn, small_images, key, config=_SHORT.replace(beta=1e-3))
+    assert [p._cache_size() for p in engine.PROGRAMS] == sizes
     # Larger budget, more noise allowed: sigma^2 scales about linearly in beta.
     gap = np.asarray(hi.mean - lo.mean)
-    np.testing.assert_allclose(gap, 0.5 * np.log(100.0), atol=0.2)
+    np.testing.assert_allclose(gap, 0.5 * np.log(100.0), atol=0.3)
 
 
-# --- ignored pixels, results I/O --------------------------------------------------
+# --- ignored pixels, results I/O ------------------------------------------------------
 
 
 def test_ignored_pixel_is_capped_not_nan(convnet, small_images):
     def masked(params, x):
         return convnet_features(params, x.at[:, 0, 0, :].set(0.0))
 
-    cfg = jid.CIDConfig()
+    cfg = _SHORT
     res = jid.cid(
         Partial(masked, convnet), small_images, jax.random.key(12), config=cfg
     )
@@ -215,65 +294,91 @@ def test_ignored_pixel_is_capped_not_nan(convnet, small_images):
 
 def test_result_save_load_round_trip(tmp_path, linear_model, linear_images):
     fn, _ = linear_model
-    res = jid.cid(fn, linear_images, jax.random.key(0)).to_numpy()
+    res = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
     path = tmp_path / "cid.npz"
     res.save(path)
     back = jid.CIDResult.load(path)
     assert back.layers == res.layers and back.beta == res.beta
+    assert back.method == "optimize"
     np.testing.assert_array_equal(back.pixel, res.pixel)
-    np.testing.assert_array_equal(back.converged, res.converged)
+    np.testing.assert_array_equal(back.linearity, res.linearity)
     with pytest.raises(ValueError, match="not 'ru'"):
         jid.RUResult.load(path)
     with pytest.raises(FileNotFoundError):
         jid.CIDResult.load(tmp_path / "missing.npz")
+    # Truncated and corrupt files: one error that names the file.
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz is truncated or corrupt"):
+        jid.CIDResult.load(tmp_path / "cut.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match=r"junk\.npz"):
+        jid.CIDResult.load(tmp_path / "junk.npz")
+
+
+def test_save_is_atomic(tmp_path, linear_model, linear_images):
+    # A save killed mid-write leaves the previous file whole.
+    fn, _ = linear_model
+    res = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
+    path = tmp_path / "cid.npz"
+    res.save(path)
+    before = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, numpy as np
+        from jax_infodiscard.core import results
+        real = os.fsync
+        def die(fd):
+            os.kill(os.getpid(), 9)
+        os.fsync = die
+        res = results.CIDResult.load({str(path)!r})
+        res.save({str(path)!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9
+    assert path.read_bytes() == before
+    jid.CIDResult.load(path)
 
 
 def test_result_is_a_pytree(linear_model, linear_images):
     fn, _ = linear_model
-    res = jid.cid(fn, linear_images, jax.random.key(0))
-    leaves = jax.tree.leaves(res)
-    assert len(leaves) == 10
+    res = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
+    assert len(jax.tree.leaves(res)) == 13
     doubled = jax.tree.map(lambda v: v * 2, res)
     np.testing.assert_allclose(doubled.mean, 2 * res.mean)
 
 
-# --- concentration ----------------------------------------------------------------
+# --- warnings -------------------------------------------------------------------------
 
 
-def test_concentration_and_box_mask():
-    pix = jnp.zeros((2, 4, 4)).at[:, 1:3, 1:3].set(-1.0)
-    mask = jid.box_to_mask(jnp.array([[1, 1, 3, 3], [1, 1, 3, 3]]), (4, 4))
-    assert mask.shape == (2, 4, 4) and int(mask[0].sum()) == 4
-    np.testing.assert_allclose(jid.concentration(pix, mask), [1.0, 1.0])
-    # Layers axis broadcasts against a per-image mask.
-    np.testing.assert_allclose(jid.concentration(pix[None], mask), [[1.0, 1.0]])
+def test_linear_far_from_linear_warns_and_names_the_layer():
+    fn = lambda x: {"lin": x, "sq": (x - 0.5) ** 2}
+    x = jnp.full((1, 4, 4, 1), 0.5).at[0, 0, 0, 0].set(0.9)
+    cfg = jid.CIDConfig(method="linear")
+    with pytest.warns(UserWarning, match=r"layer\(s\) sq \(") as rec:
+        jid.cid(fn, x, jax.random.key(0), config=cfg)
+    assert "lin" not in str(rec[0].message).split("layer(s)")[1].split("(")[0]
 
 
-def test_concentration_bad_masks():
-    pix = jnp.zeros((4, 4))
-    with pytest.raises(ValueError, match="all foreground"):
-        jid.concentration(pix, jnp.ones((4, 4), bool))
-    with pytest.raises(ValueError, match="all background"):
-        jid.concentration(pix, jnp.zeros((4, 4), bool))
-    with pytest.raises(ValueError, match="does not match"):
-        jid.concentration(pix, jnp.ones((3, 4), bool))
-
-
-# --- bad input ----------------------------------------------------------------------
+# --- bad input ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "images, match",
+    "images, error, match",
     [
-        (jnp.zeros((6, 5, 2)), "rank 4"),
-        (jnp.full((1, 6, 5, 2), jnp.nan), "NaN"),
-        (jnp.full((1, 6, 5, 2), jnp.inf), "NaN/inf"),
-        (jnp.zeros((1, 6, 5, 2), jnp.int32), "floating"),
+        (jnp.zeros((6, 5, 2)), ValueError, "rank 4"),
+        (jnp.full((1, 6, 5, 2), jnp.nan), ValueError, "NaN"),
+        (jnp.full((1, 6, 5, 2), jnp.inf), ValueError, "NaN/inf"),
+        (jnp.zeros((1, 6, 5, 2), jnp.int32), ValueError, "floating"),
+        ("abc", TypeError, "images must be an array"),
+        (None, TypeError, "images must be an array"),
+        ({"x": 1}, TypeError, "images must be an array"),
     ],
 )
-def test_bad_images(linear_model, images, match):
+def test_bad_images(linear_model, images, error, match):
     fn, _ = linear_model
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         jid.cid(fn, images, jax.random.key(0))
 
 
@@ -282,10 +387,15 @@ def test_bad_images(linear_model, images, match):
     [
         (dict(beta=0.0), "beta"),
         (dict(beta=-1e-4), "beta"),
-        (dict(num_samples=0), "num_samples"),
+        (dict(beta=float("inf")), "beta must be finite"),
+        (dict(max_sigma=float("inf")), "max_sigma must be finite"),
+        (dict(max_sigma=1e30), "max_sigma must be <="),
+        (dict(samples=0), "samples"),
+        (dict(samples=5), "even"),
         (dict(method="magic"), "method"),
-        (dict(optimizer="nope"), "optimizer"),
+        (dict(budget_center="f"), "budget_center"),
         (dict(budget_tol=0.0), "budget_tol"),
+        (dict(step_size=1.5), "step_size"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -293,24 +403,47 @@ def test_bad_config(kwargs, match):
         jid.CIDConfig(**kwargs)
 
 
-def test_unknown_layer(linear_model, linear_images):
+def test_bad_arguments(linear_model, linear_images):
     fn, _ = linear_model
+    key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"unknown layer.*nope"):
-        jid.cid(fn, linear_images, jax.random.key(0), layers=["nope"])
-
-
-def test_bad_key(linear_model, linear_images):
-    fn, _ = linear_model
+        jid.cid(fn, linear_images, key, layers=["nope"])
+    with pytest.raises(TypeError, match="layers must be"):
+        jid.cid(fn, linear_images, key, layers=123)
     with pytest.raises(ValueError, match="batch of 2 keys"):
-        jid.cid(fn, linear_images, jax.random.split(jax.random.key(0), 5))
+        jid.cid(fn, linear_images, jax.random.split(key, 5))
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        jid.cid(fn, linear_images, None)
+    with pytest.raises(TypeError, match="config must be a CIDConfig"):
+        jid.cid(fn, linear_images, key, config={"beta": 1e-4})
+    with pytest.raises(TypeError, match="feature_fn must be callable"):
+        jid.cid("fn", linear_images, key)
 
 
-# --- many devices -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "feature_fn, match",
+    [
+        (lambda x: {"f": x.at[:, 0, 0, 0].set(jnp.nan)}, "NaN/inf"),
+        (lambda x: {"f": jnp.argmax(x.reshape(x.shape[0], -1), axis=1)}, "floating"),
+        (lambda x: {"f": x - x.mean(axis=0)}, "depend on the other images"),
+        (lambda x: {"f": jnp.sum(x)}, "leading axis"),
+        (lambda x: {"f": x.reshape(x.shape[0], -1).T}, "leading axis"),
+        (lambda x: {"f": jnp.zeros_like(x)}, "zero Jacobian"),
+        (lambda x: x, "must return a non-empty dict"),
+    ],
+)
+def test_bad_features_name_the_layer(feature_fn, match):
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 4, 4, 1)), jnp.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        jid.cid(feature_fn, x, jax.random.key(0), config=_VMAP)
+
+
+# --- many devices ---------------------------------------------------------------------
 
 
 def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
     fn = Partial(convnet_features, convnet)
-    ref = jid.cid(fn, small_images, jax.random.key(13), config=_VMAP)
+    ref = jid.cid(fn, small_images, jax.random.key(13), config=_SHORT)
     np.save(tmp_path / "x.npy", np.asarray(small_images))
     script = textwrap.dedent(
         f"""
@@ -322,8 +455,9 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
         assert jax.device_count() == 4, jax.devices()
         fn = Partial(convnet_features, init_convnet(jax.random.key(0)))
         x = np.load({str(tmp_path / "x.npy")!r})
-        res = jid.cid(fn, x, jax.random.key(13),
-                      config=jid.CIDConfig(layer_strategy="vmap"))
+        cfg = jid.CIDConfig(layer_strategy="vmap", steps=8, probes=64,
+                            budget_samples=8)
+        res = jid.cid(fn, x, jax.random.key(13), config=cfg)
         np.save({str(tmp_path / "pix.npy")!r}, np.asarray(res.pixel))
         """
     )
@@ -337,41 +471,46 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = np.load(tmp_path / "pix.npy")
-    np.testing.assert_allclose(sharded, np.asarray(ref.pixel), atol=1e-4)
+    np.testing.assert_allclose(sharded, np.asarray(ref.pixel), atol=1e-3)
 
 
-def test_control_variate_budget_never_negative():
-    # Far from the linear regime the linearised network can overstate the
-    # feature change so much that the control-variate estimate of the budget
-    # turns negative; the solver must then use the plain Monte-Carlo mean.
-    from jax_infodiscard.core.solver import Problem, measure
+# --- the control variate of the budget ----------------------------------------
 
-    x = jnp.zeros((2, 2, 1))
-    layers, draws = 1, 4
 
-    def probe(xp):  # saturating feature: ||tanh(x') - tanh(x)||^2 per draw
-        return jnp.sum(jnp.tanh(xp) ** 2, axis=(2, 3, 4)), None
+def test_budget_estimate_is_unbiased_far_from_linear():
+    # tanh saturates: the linearised network overstates the change, so a
+    # control variate with coefficient 1 would be badly off; the estimated
+    # coefficient keeps the budget estimate near the plain Monte-Carlo mean.
+    from jax_infodiscard.core import solver
+    from jax_infodiscard.core.linear import column_norms, linear_distortion
 
-    def entropy(u, xp, aux):
-        return u
+    fn = lambda x: {"t": jnp.tanh(8.0 * (x - 0.5))}
+    x = jnp.full((4, 4, 1), 0.5)
+    a, _ = column_norms(fn, "t", x, None, 16, False)
+    base = {"t": fn(x[None])["t"][0]}
 
-    def linear(t):  # a Jacobian 100x too large
-        return 1e4 * jnp.sum(t**2, axis=(2, 3, 4))
+    def dev(xp):
+        return (fn(xp[0])["t"] - base["t"][None],), None
 
-    u = jnp.full((layers, 2, 2), jnp.log(3.0))
-    eps = jax.random.normal(jax.random.key(0), (layers, draws, 2, 2, 1))
-    plain = Problem(x=x, scale=jnp.ones(layers), probe=probe, pixel_entropy=entropy)
-    cv = plain._replace(linear=linear, a_hat=jnp.ones((layers, 2, 2)))
-    r_plain, _ = measure(plain, u, eps)
-    r_cv, _ = measure(cv, u, eps)
-    assert float(r_plain[0]) > 0
-    np.testing.assert_allclose(r_cv, r_plain, rtol=1e-6)
-    # Near the linear regime the control variate is used (and differs).
-    small = jnp.full((layers, 2, 2), jnp.log(1e-3))
-    near = cv._replace(linear=lambda t: jnp.sum(t**2, axis=(2, 3, 4)))
-    r_near, _ = measure(near, small, eps)
-    np.testing.assert_allclose(r_near, 4 * 1e-6, rtol=1e-3)
+    problem = solver.Problem(
+        x=x,
+        scale=jnp.sum(a)[None],
+        a=a[None],
+        beta=jnp.float32(BETA),
+        deviations=dev,
+        entropy=None,
+        linear=linear_distortion(fn, ("t",), x),
+        center_mean=False,
+    )
+    u = jnp.full((1, 4, 4), jnp.log(0.3))
+    many = solver.layer_draws(jax.random.key(0)[None], 9, 0, 20000, x.shape)
+    few = solver.layer_draws(jax.random.key(1)[None], 9, 0, 64, x.shape)
+    r_many = float(solver.measure(problem, u, many)[0][0])
+    r_few = float(solver.measure(problem, u, few)[0][0])
+    lin_r = float(jnp.sum(jnp.exp(2 * u) * a) / jnp.sum(a))
+    assert lin_r > 3 * r_many  # far from linear
+    np.testing.assert_allclose(r_few, r_many, rtol=0.1)

@@ -1,4 +1,4 @@
-"""Public entry points: :func:`cid` and :func:`feature_scale`."""
+"""Pixel-wise CID (paper Eq. 2-4): its entropy term and public entry points."""
 
 from __future__ import annotations
 
@@ -10,46 +10,32 @@ import jax.numpy as jnp
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import engine
-from jax_infodiscard.core.features import (
-    distortion,
-    grouped_features,
-    resolve_layers,
-)
+from jax_infodiscard.core.feature_scale import feature_scales
+from jax_infodiscard.core.features import deviations, normal
 from jax_infodiscard.core.results import CIDResult
-from jax_infodiscard.core.solver import Problem
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
-from jax_infodiscard.validation import as_partial, check_images, image_keys
+from jax_infodiscard.validation import (
+    as_partial,
+    check_images,
+    check_int,
+    check_layers,
+    image_keys,
+)
 
 
-def resolve_strategy(cfg: CIDConfig, num_layers: int) -> str:
-    """The layer strategy: ``cfg.layer_strategy`` or the measured default.
-
-    Measured with ``benchmarks/bench_cid.py`` (4-conv net, 32x32, CPU): the
-    linearised method runs faster as one vmapped program (0.93 s vs 1.12 s for
-    4 images x 4 layers) and compiles once; the optimising methods run faster
-    with one program per layer on CPU (6.5 s vs 12.0 s for ``hybrid``), where
-    XLA drops the part of the network above each layer. On accelerators the
-    single vmapped program is used.
-    """
-    if cfg.layer_strategy != "auto":
-        return cfg.layer_strategy
-    if num_layers == 1 or cfg.method == "linearized":
-        return "vmap"
-    return "per_layer" if jax.default_backend() == "cpu" else "vmap"
-
-
-def _cid_problem(feature_fn, extra, layers, x, base, scale) -> Problem:
+def _cid_deviations(feature_fn, extra, layers, x, base):
     del extra
 
-    def probe(xp):
-        return distortion(grouped_features(feature_fn, layers, xp), base, layers), None
+    def dev(xp):
+        return deviations(feature_fn, layers, xp, base), None
 
-    return Problem(x=x, scale=scale, probe=probe, pixel_entropy=_log_sigma)
+    return dev
 
 
-def _log_sigma(u, xp, aux):
-    del xp, aux
-    return u
+CID = engine.Metric(
+    name="cid", result=CIDResult, deviations=_cid_deviations, entropy=None
+)
+"""CID: the entropy term is ``log sigma`` itself (``entropy=None``)."""
 
 
 def cid(
@@ -64,8 +50,10 @@ def cid(
 
     Solves paper Eq. 3-4 per image and per layer: the largest-entropy Gaussian
     input noise ``x' = x + sigma * delta`` whose feature change
-    ``E||h(x') - f||^2`` equals ``beta * delta_f^2``. The pixel-wise CID is
-    ``H_i = log sigma_i + 0.5 log(2 pi e)`` nats per input unit.
+    ``E||h(x') - f||^2`` equals ``beta * delta_f^2``, with ``f = h(x)``. The
+    pixel-wise CID is ``H_i = log sigma_i + 0.5 log(2 pi e)`` nats per input
+    unit. The result also says how linear the layer is over the noise
+    (``linearity``, ``mean_shift``, ``entropy_gain``).
 
     Args:
       feature_fn: ``feature_fn(images (B, H, W, C)) -> {layer: (B, ...)}``;
@@ -73,61 +61,40 @@ def cid(
         have its bound parameters traced rather than compiled in.
       images: ``(B, H, W, C)`` float images in ``[0, 1]``.
       key: a PRNG key (``jax.random.key``), or one key per image ``(B,)``.
-        Image ``i`` uses ``fold_in(key, i)``.
+        Image ``i`` uses ``fold_in(key, i)``; layer ``l`` of it
+        ``fold_in(., crc32(l))``.
       layers: layer names (default: every layer ``feature_fn`` returns).
       config: solver configuration.
 
     Returns:
       A :class:`CIDResult` with ``pixel (L, B, H, W)`` and friends.
 
+    Raises:
+      TypeError, ValueError: bad images, key, layers or features (NaN/inf,
+        integer-valued, batch-dependent, not depending on the input).
+
     >>> import jax, jax.numpy as jnp
     >>> import jax_infodiscard as jid
     >>> w = jnp.linspace(0.5, 2.0, 4 * 4 * 3).reshape(4, 4, 3)
     >>> fn = lambda x: {"lin": x * w}
-    >>> res = jid.cid(fn, jnp.zeros((1, 4, 4, 3)), jax.random.key(0))
+    >>> res = jid.cid(fn, jnp.full((1, 4, 4, 3), 0.5), jax.random.key(0))
     >>> res.pixel.shape, bool(res.converged.all())
     ((1, 1, 4, 4), True)
+    >>> round(float(res.linearity[0, 0]), 3)  # a linear feature: exactly 1
+    1.0
     """
-    images = check_images(images)
-    fn = as_partial(feature_fn)
-    names = resolve_layers(fn, images, layers)
-    keys = image_keys(key, images.shape[0])
-    strategy = resolve_strategy(config, len(names))
-    out = engine.run(_cid_problem, fn, None, images, keys, names, config, strategy)
-    return assemble(CIDResult, names, out, config, images.shape[-1])
-
-
-def assemble(cls, layers, out: dict, cfg: CIDConfig, channels: int):
-    """Builds a result record from the engine's ``(L, B, ...)`` outputs."""
-    pixel = out["pixel"]
-    units = 1 if cfg.per_channel else channels
-    spatial = tuple(range(2, pixel.ndim))
-    return cls(
-        layers=tuple(layers),
-        pixel=pixel,
-        mean=jnp.mean(pixel, axis=spatial),
-        total=jnp.sum(pixel, axis=spatial) * units,
-        sigma=jnp.exp(out["log_sigma"]),
-        lam=out["lam"],
-        budget=out["budget"],
-        converged=out["converged"],
-        passes=out["passes"],
-        feature_scale=out["feature_scale"],
-        capped=out["capped"],
-        beta=float(cfg.beta),
-        units=units,
-    )
+    return engine.compute(CID, feature_fn, images, key, layers, config)
 
 
 @partial(jax.jit, static_argnames=("layers", "method", "num_samples"))
 def _scales(feature_fn, images, keys, *, layers, method, num_samples):
     def one(x, k):
-        layer_keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(
-            jnp.arange(len(layers))
-        )
-        return engine.feature_scales(
-            feature_fn, layers, x, layer_keys, method, num_samples
-        )[0]
+        def draws(name):
+            kl = jax.random.fold_in(k, engine.layer_id(name))
+            return normal(kl, (num_samples, *x.shape))
+
+        deltas = jnp.stack([draws(name) for name in layers])
+        return feature_scales(feature_fn, layers, x, deltas, method)
 
     return jax.vmap(one)(images, keys).T
 
@@ -149,11 +116,11 @@ def feature_scale(
     Args:
       feature_fn: the feature function.
       images: ``(B, H, W, C)`` images.
-      key: a PRNG key or one per image; the draws are the ones :func:`cid`
-        uses with the same key.
+      key: a PRNG key or one per image.
       layers: layer names (default: all).
-      method: ``"jvp"`` (Jacobian-vector products) or ``"limit"``
-        (finite differences at shrinking ``xi``, derivative-free).
+      method: ``"jvp"`` (Jacobian-vector products; a layer with at most
+        ``num_samples`` entries is computed exactly from the basis) or
+        ``"limit"`` (finite differences at shrinking ``xi``, derivative-free).
       num_samples: noise directions ``K``.
 
     Returns:
@@ -161,11 +128,10 @@ def feature_scale(
     """
     if method not in ("jvp", "limit"):
         raise ValueError(f"method must be 'jvp' or 'limit', got {method!r}")
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    num_samples = check_int("num_samples", num_samples)
     images = check_images(images)
     fn = as_partial(feature_fn)
-    names = resolve_layers(fn, images, layers)
+    names = check_layers(fn, images, layers)
     keys = image_keys(key, images.shape[0])
     return _scales(
         fn, images, keys, layers=names, method=method, num_samples=num_samples

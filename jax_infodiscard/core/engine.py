@@ -1,18 +1,32 @@
-"""One compiled program per metric: images x layers, chunked and sharded.
+"""Orchestration only: validate, group layers, chunk, batch, shard, assemble.
 
-The engine turns a per-image, per-layer-group solver into a jitted program
-over a batch of images: ``vmap`` (or ``lax.map`` in chunks of
-``chunk_size`` images) over the image axis, and ``shard_map`` over all local
-devices when there is more than one. Randomness is keyed per image and per
-layer (``fold_in(key_image, layer_index)``), so a result does not depend on
-the batch companions of its image, nor on the layer strategy.
+One entry path serves CID and RU (:func:`compute`). For each group of layers
+the engine runs three compiled programs over a chunk of images, each
+``vmap``-ped over the images and ``shard_map``-ped over the local devices:
+
+1. ``init``: features of the clean images, Jacobian column norms, the closed
+   form and the solver state;
+2. ``steps``: the iterations of ``optimize``. On CPU they run as a host loop
+   over compiled chunks of ``step_chunk`` unrolled iterations (XLA:CPU runs
+   convolution gradients inside compiled loops 15-25x slower than at top
+   level); on accelerators all iterations run in one compiled loop;
+3. ``finish``: the level that meets the budget on held draws, the maps and
+   the regime diagnostics.
+
+Every random quantity of an (image, layer) is keyed by
+``fold_in(image_key, crc32(layer name))``, so a result depends neither on the
+batch companions of its image nor on which other layers are requested.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,232 +34,437 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jax_infodiscard.config import CIDConfig
-from jax_infodiscard.core.feature_scale import jvp_scale, limit_scale
-from jax_infodiscard.core.features import (
-    grouped_features,
-    image_features,
-    normal,
-    sq_norm,
-)
-from jax_infodiscard.core.linearized import column_norms, linear_log_sigma
-from jax_infodiscard.core.solver import Problem, solve
+from jax_infodiscard.core import diagnostics, solver
+from jax_infodiscard.core.features import image_features
+from jax_infodiscard.core.linear import closed_form, column_norms, linear_distortion
+from jax_infodiscard.core.methods import METHOD_TABLE
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey, PyTree
-
-# make_problem(feature_fn, extra, layers, x, base, scale) -> Problem
-MakeProblem = Callable[..., Problem]
+from jax_infodiscard.validation import as_partial, check_images, check_layers
+from jax_infodiscard.validation import image_keys as _image_keys
 
 ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
 """``0.5 log(2 pi e)``: entropy of a unit Gaussian minus ``log sigma`` (nats)."""
 
-# Salts for fold_in: every random quantity of a (image, layer) has its own.
-_SALT_SCALE, _SALT_LINEAR, _SALT_SOLVER = 11, 12, 13
+LINEARITY_WARNING = 1.2
+"""``method="linear"`` warns for layers whose mean ``linearity`` exceeds this."""
+
+# Iterations per compiled call on CPU (host loop), measured with
+# benchmarks/bench_cid.py: see the README, "Speed of the solver on CPU".
+_CPU_STEP_CHUNK = 2
 
 
-def sigma_shape(image_shape: tuple[int, ...], per_channel: bool) -> tuple[int, ...]:
-    """Shape of sigma for one image: ``(H, W)`` or ``(H, W, C)``."""
-    return tuple(image_shape) if per_channel else tuple(image_shape[:2])
+class Metric(NamedTuple):
+    """What differs between CID and RU (everything else is shared).
 
-
-def feature_scales(
-    feature_fn: FeatureFn,
-    layers: tuple[str, ...],
-    x: Array,
-    layer_keys: Array,
-    method: str,
-    num_samples: int,
-) -> tuple[Array, Array]:
-    """``delta_f^2`` ``(L,)`` and its cost in passes ``(L,)`` for one image.
-
-    With ``method="jvp"``, a layer with at most ``num_samples`` feature entries
-    is computed exactly from the basis (``||J||_F^2`` by vector-Jacobian
-    products); the others use ``num_samples`` random JVPs.
+    Attributes:
+      name: ``"cid"`` or ``"ru"`` (for messages).
+      result: the result class (:class:`CIDResult` or :class:`RUResult`).
+      deviations: ``deviations(feature_fn, extra, layers, x, base)`` returning
+        the :data:`solver.Deviations` function of one image.
+      entropy: ``entropy(extra, layers, x)`` returning the
+        :data:`solver.Entropy` term, or ``None`` for CID.
     """
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, _SALT_SCALE))(layer_keys)
-    deltas = jax.vmap(lambda k: normal(k, (num_samples, *x.shape)))(keys)
-    if method == "limit":
-        base = image_features(feature_fn, layers, x)
-        scale, passes = limit_scale(feature_fn, layers, x, deltas, base)
-        return scale, jnp.full((len(layers),), passes, jnp.int32)
-    sizes = feature_sizes(feature_fn, layers, x)
-    mc = [l for l, m in enumerate(sizes) if m > num_samples]
-    scale = [None] * len(layers)
-    passes = [num_samples] * len(layers)
-    if mc:
-        sub = tuple(layers[l] for l in mc)
-        est = jvp_scale(feature_fn, sub, x, deltas[jnp.array(mc)])
-        for j, l in enumerate(mc):
-            scale[l] = est[j]
-    for l, m in enumerate(sizes):
-        if m <= num_samples:
-            a, passes[l] = column_norms(feature_fn, layers[l], x, keys[l], m, False)
-            scale[l] = jnp.sum(a)
-    return jnp.stack(scale), jnp.array(passes, jnp.int32)
+
+    name: str
+    result: Any
+    deviations: Callable[..., solver.Deviations]
+    entropy: Callable[..., solver.Entropy] | None
 
 
-def feature_sizes(feature_fn: FeatureFn, layers: tuple[str, ...], x: Array):
-    """Number of feature entries of each layer for one image (static ints)."""
-    out = jax.eval_shape(lambda z: image_features(feature_fn, layers, z), x)
-    return [sum(math.prod(a.shape) for a in jax.tree.leaves(out[n])) for n in layers]
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """The static part of a configuration: what the compiled programs need.
 
-
-def linear_distortion(feature_fn: FeatureFn, layers: tuple[str, ...], x: Array):
-    """``t (L, N, H, W, C) -> ||J_l t[l, n]||^2 (L, N)`` at image ``x``.
-
-    The network is linearised once (``jax.linearize``); each call costs one
-    JVP per row.
+    ``beta``, ``chunk_size`` and ``layer_strategy`` are not here, so sweeping
+    them does not recompile.
     """
-    xs = jnp.broadcast_to(x, (len(layers), 1, *x.shape))
-    _, lin = jax.linearize(lambda z: grouped_features(feature_fn, layers, z), xs)
 
-    def apply(t):
-        out = jax.vmap(lin, in_axes=1)(t[:, :, None])  # {l: (N, 1, ...)}
-        return jnp.stack(
-            [sq_norm(jax.tree.map(lambda a: a[:, 0], out[n])) for n in layers]
+    metric: Metric
+    layers: tuple[str, ...]
+    method: str
+    center_mean: bool
+    probes: int
+    steps: int
+    samples: int
+    step_size: float
+    budget_samples: int
+    budget_tol: float
+    per_channel: bool
+    log_bounds: tuple[float, float]
+
+    @classmethod
+    def of(cls, metric: Metric, layers: tuple[str, ...], cfg: CIDConfig) -> Static:
+        return cls(
+            metric=metric,
+            layers=layers,
+            method=cfg.method,
+            center_mean=cfg.budget_center == "mean",
+            probes=cfg.probes,
+            steps=cfg.steps,
+            samples=cfg.samples,
+            step_size=cfg.step_size,
+            budget_samples=cfg.budget_samples,
+            budget_tol=cfg.budget_tol,
+            per_channel=cfg.per_channel,
+            log_bounds=(math.log(cfg.min_sigma), math.log(cfg.max_sigma)),
         )
 
-    return apply
+
+class Context(NamedTuple):
+    """What ``init`` computes once per image and layer group (a pytree)."""
+
+    base: PyTree  # {layer: features of the clean image}
+    a: Array  # (L, *S) column norms
+    scale: Array  # (L,) delta_f^2
+    u_lin: Array  # (L, *S) closed form
+    keys: Array  # (L,) typed keys
+    passes: Array  # (L,) int32, passes spent in init
 
 
-def _solve_image(
-    make_problem: MakeProblem,
-    feature_fn: FeatureFn,
-    extra: PyTree,
-    layers: tuple[str, ...],
-    layer_ids: tuple[int, ...],
-    cfg: CIDConfig,
-    beta: Array,
-    x: Array,
-    key: PRNGKey,
-) -> dict[str, Array]:
-    """Solves one image for a group of layers; every output has a layer axis."""
-    layer_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.array(layer_ids))
-    s_shape = sigma_shape(x.shape, cfg.per_channel)
-    n = math.prod(s_shape)
-    num_layers = len(layers)
-    log_lam0 = jnp.full((num_layers,), math.log(2.0 / n)) + jnp.log(beta)
-    log_min, log_max = math.log(cfg.min_sigma), math.log(cfg.max_sigma)
-    base = image_features(feature_fn, layers, x)
-    if cfg.method in ("linearized", "hybrid"):
-        # delta_f^2 = sum_i a_i from the same VJPs: a common fluctuation of the
-        # probe estimate then cancels in sigma_i^2 = beta delta_f^2 / (n a_i).
-        lin_keys = jax.vmap(lambda k: jax.random.fold_in(k, _SALT_LINEAR))(layer_keys)
-        norms, counts = zip(
-            *[
-                column_norms(
-                    feature_fn, name, x, lin_keys[l], cfg.linear_probes, cfg.per_channel
-                )
-                for l, name in enumerate(layers)
-            ],
-            strict=True,
-        )
-        a_hat = jnp.stack(norms)
-        scale = jnp.sum(a_hat, axis=tuple(range(1, a_hat.ndim)))
-        scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
-        cost = jnp.array(counts, jnp.int32)
-        u0 = linear_log_sigma(a_hat, scale, log_lam0, log_min, log_max)
-        problem = make_problem(feature_fn, extra, layers, x, base, scale)
-        problem = problem._replace(
-            linear=linear_distortion(feature_fn, layers, x), a_hat=a_hat
-        )
-    else:
-        scale, cost = feature_scales(
-            feature_fn, layers, x, layer_keys, cfg.feature_scale, cfg.scale_samples
-        )
-        scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
-        u0 = jnp.full((num_layers, *s_shape), 0.5 * jnp.log(beta), jnp.float32)
-        u0 = jnp.clip(u0, log_min, log_max)
-        problem = make_problem(feature_fn, extra, layers, x, base, scale)
-    solver_keys = jax.vmap(lambda k: jax.random.fold_in(k, _SALT_SOLVER))(layer_keys)
-    sol = solve(
-        problem,
-        u0,
-        log_lam0,
-        beta,
-        solver_keys,
-        cfg,
-        optimize=cfg.method != "linearized",
+def layer_id(name: str) -> int:
+    """A stable 31-bit id of a layer name (its CRC-32), for ``fold_in``.
+
+    >>> layer_id("logits")
+    1617906893
+    """
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def _problem(st: Static, fn, extra, beta, x, ctx: Context) -> solver.Problem:
+    """The one place where a :class:`solver.Problem` is built."""
+    entropy = (
+        None if st.metric.entropy is None else st.metric.entropy(extra, st.layers, x)
     )
-    axes = tuple(range(1, sol.log_sigma.ndim))
+    return solver.Problem(
+        x=x,
+        scale=ctx.scale,
+        a=ctx.a,
+        beta=beta,
+        deviations=st.metric.deviations(fn, extra, st.layers, x, ctx.base),
+        entropy=entropy,
+        linear=linear_distortion(fn, st.layers, x),
+        center_mean=st.center_mean,
+    )
+
+
+def _init_image(st: Static, fn, extra, beta, x, key):
+    keys = jnp.stack([jax.random.fold_in(key, layer_id(n)) for n in st.layers])
+    base = image_features(fn, st.layers, x)
+    norms, counts = zip(
+        *[
+            column_norms(
+                fn,
+                name,
+                x,
+                jax.random.fold_in(keys[l], solver.SALT_PROBES),
+                st.probes,
+                st.per_channel,
+            )
+            for l, name in enumerate(st.layers)
+        ],
+        strict=True,
+    )
+    a = jnp.stack(norms)
+    scale = jnp.sum(a, axis=tuple(range(1, a.ndim)))
+    scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
+    u_lin = closed_form(a, scale, beta, *st.log_bounds)
+    ctx = Context(base, a, scale, u_lin, keys, jnp.array(counts, jnp.int32))
+    return ctx, solver.init_state(a, scale, beta, u_lin)
+
+
+def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, ctx, s):
+    problem = _problem(st, fn, extra, beta, x, ctx)
+    body = partial(
+        solver.step,
+        problem,
+        keys=ctx.keys,
+        samples=st.samples,
+        step_size=st.step_size,
+        total_steps=st.steps,
+        log_bounds=st.log_bounds,
+    )
+    if unroll:
+        for _ in range(num_steps):
+            s = body(s)
+        return s
+    return jax.lax.fori_loop(0, num_steps, lambda _, v: body(v), s)
+
+
+def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State):
+    problem = _problem(st, fn, extra, beta, x, ctx)
+    method = METHOD_TABLE[st.method]
+    m = st.budget_samples
+    eps = solver.layer_draws(ctx.keys, solver.SALT_BUDGET, 0, m, x.shape)
+    n = math.prod(ctx.u_lin.shape[1:])
+    ndim = ctx.u_lin.ndim
+    if method.iterate:
+        u = s.acc / jnp.maximum(s.count, 1).astype(jnp.float32)
+        log_lam = -s.log_mu
+    else:
+        u = ctx.u_lin
+        log_lam = jnp.full(ctx.scale.shape, math.log(2.0 / n)) + jnp.log(beta)
+    passes = ctx.passes
+    if method.iterate:
+        # RU differentiates its entropy term too: one more backward per draw.
+        extra_backward = 0 if st.metric.entropy is None else 1
+        passes = passes + st.steps * st.samples * (solver.DRAW_PASSES + extra_backward)
+    if method.level:
+        c, r, share, _ = solver.level(problem, u, eps, beta, st.log_bounds)
+        u = solver.shift(u, c, st.log_bounds)
+        log_lam = log_lam + 2.0 * c
+        passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
+    if st.metric.entropy is not None or not method.level:
+        r, share, entropy = solver.measure(problem, u, eps)
+        passes = passes + m * solver.DRAW_PASSES
+    else:
+        entropy = u
+    diag, diag_passes = diagnostics.regime(
+        problem, ctx.u_lin, u, entropy, r, ctx.keys, m, st.log_bounds
+    )
+    axes = tuple(range(1, ndim))
     return {
-        "log_sigma": sol.log_sigma,
-        "pixel": sol.pixel + ENTROPY_CONSTANT,
-        "lam": sol.lam,
-        "budget": sol.budget,
-        "converged": sol.converged,
-        "passes": sol.passes + cost,
-        "feature_scale": scale,
-        "capped": jnp.sum(sol.log_sigma >= log_max - 1e-5, axis=axes),
+        "log_sigma": u,
+        "pixel": entropy + ENTROPY_CONSTANT,
+        "lam": jnp.exp(log_lam),
+        "budget": r,
+        "converged": jnp.abs(jnp.log(r / beta)) < st.budget_tol,
+        "passes": passes + diag_passes,
+        "feature_scale": ctx.scale,
+        "capped": jnp.sum(u >= st.log_bounds[1] - 1e-4, axis=axes),
+        "mean_shift": share,
+        **diag,
     }
 
 
-def _map_images(fn, images: Array, keys: Array, chunk_size: int | None):
-    """``vmap`` over images, or ``lax.map`` in chunks of ``chunk_size``."""
-    if chunk_size is None or chunk_size >= images.shape[0]:
-        return jax.vmap(fn)(images, keys)
-    return jax.lax.map(lambda xk: fn(*xk), (images, keys), batch_size=chunk_size)
-
-
-@partial(jax.jit, static_argnames=("make_problem", "layers", "layer_ids", "cfg"))
-def _solve_group(
-    make_problem, feature_fn, extra, images, keys, beta, *, layers, layer_ids, cfg
-):
-    fn = partial(
-        _solve_image, make_problem, feature_fn, extra, layers, layer_ids, cfg, beta
-    )
-    devices = jax.devices()
+def _over_images(fn_one: Callable, *args):
+    """``vmap`` over the leading (image) axis, ``shard_map`` over local devices."""
+    mapped = jax.vmap(fn_one)
+    devices = jax.local_devices()
     if len(devices) == 1:
-        return _map_images(fn, images, keys, cfg.chunk_size)
-    mesh = Mesh(np.array(devices), ("batch",))
+        return mapped(*args)
     spec = PartitionSpec("batch")
-    sharded = jax.shard_map(
-        lambda im, ks: _map_images(fn, im, ks, cfg.chunk_size),
-        mesh=mesh,
-        in_specs=(spec, spec),
+    return jax.shard_map(
+        mapped,
+        mesh=Mesh(np.array(devices), ("batch",)),
+        in_specs=tuple(spec for _ in args),
         out_specs=spec,
         check_vma=False,
-    )
-    return sharded(images, keys)
+    )(*args)
+
+
+@partial(jax.jit, static_argnames=("st",))
+def _init_program(fn, extra, images, keys, beta, *, st: Static):
+    return _over_images(partial(_init_image, st, fn, extra, beta), images, keys)
+
+
+@partial(
+    jax.jit, static_argnames=("st", "num_steps", "unroll"), donate_argnames=("state",)
+)
+def _steps_program(fn, extra, images, ctx, state, beta, *, st, num_steps, unroll):
+    one = partial(_steps_image, st, num_steps, unroll, fn, extra, beta)
+    return _over_images(one, images, ctx, state)
+
+
+@partial(jax.jit, static_argnames=("st",))
+def _finish_program(fn, extra, images, ctx, state, beta, *, st: Static):
+    return _over_images(partial(_finish_image, st, fn, extra, beta), images, ctx, state)
+
+
+PROGRAMS = (_init_program, _steps_program, _finish_program)
+"""The compiled programs (their caches tell whether a call recompiled)."""
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
+    """Iterations per compiled call and whether they are unrolled.
+
+    CPU: a host loop over compiled chunks of ``cfg.step_chunk`` (default
+    measured) unrolled iterations. Accelerators: one compiled loop
+    (``cfg.step_chunk`` iterations per call if given, else all of them).
+    """
+    if _backend() == "cpu":
+        return (cfg.step_chunk or _CPU_STEP_CHUNK), True
+    return (cfg.step_chunk or cfg.steps), False
+
+
+def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
+    ctx, state = _init_program(fn, extra, images, keys, beta, st=st)
+    if METHOD_TABLE[st.method].iterate:
+        chunk, unroll = step_chunk(cfg)
+        done = 0
+        while done < st.steps:
+            n = min(chunk, st.steps - done)
+            state = _steps_program(
+                fn, extra, images, ctx, state, beta, st=st, num_steps=n, unroll=unroll
+            )
+            done += n
+    return _finish_program(fn, extra, images, ctx, state, beta, st=st)
+
+
+def resolve_strategy(cfg: CIDConfig, num_layers: int) -> str:
+    """The layer strategy: ``cfg.layer_strategy`` or the measured default.
+
+    ``optimize`` runs one program per layer on CPU (XLA drops the network above
+    each layer, and the layers need different step counts to converge); the
+    closed form runs all layers in one vmapped program. On accelerators one
+    vmapped program is used (see the README, "Speed of the solver").
+    """
+    if cfg.layer_strategy != "auto":
+        return cfg.layer_strategy
+    if num_layers == 1 or not METHOD_TABLE[cfg.method].iterate:
+        return "vmap"
+    return "per_layer" if _backend() == "cpu" else "vmap"
+
+
+def _pad(x: Array, multiple: int) -> Array:
+    pad = (-x.shape[0]) % multiple
+    if not pad:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
 
 
 def run(
-    make_problem: MakeProblem,
+    metric: Metric,
     feature_fn: FeatureFn,
     extra: PyTree,
     images: Array,
     keys: Array,
     layers: tuple[str, ...],
     cfg: CIDConfig,
-    strategy: str,
-) -> dict[str, Array]:
-    """Runs the solver on every image and layer; outputs are ``(L, B, ...)``.
+) -> dict[str, np.ndarray]:
+    """Solves every image and layer; outputs are host arrays ``(L, B, ...)``.
 
-    Pads the batch to a multiple of the device count when sharding.
+    Images run in chunks of ``cfg.chunk_size`` (a host loop; ``None``: all at
+    once), each padded to a multiple of the local device count.
     """
-    num_images = images.shape[0]
-    num_dev = jax.device_count()
-    pad = (-num_images) % num_dev
-    if pad:
-        images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
-        keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, axis=0)])
+    strategy = resolve_strategy(cfg, len(layers))
+    groups = [layers] if strategy == "vmap" else [(name,) for name in layers]
+    num = images.shape[0]
+    size = cfg.chunk_size or num
     beta = jnp.float32(cfg.beta)
-    static_cfg = cfg.replace(beta=1.0, layer_strategy="auto")
-    if strategy == "vmap":
-        groups = [(layers, tuple(range(len(layers))))]
-    else:
-        groups = [((name,), (i,)) for i, name in enumerate(layers)]
-    outs = [
-        _solve_group(
-            make_problem,
-            feature_fn,
-            extra,
-            images,
-            keys,
-            beta,
-            layers=names,
-            layer_ids=ids,
-            cfg=static_cfg,
+    devices = jax.local_device_count()
+    chunks = []
+    for start in range(0, num, size):
+        im = _pad(images[start : start + size], devices)
+        ks = _pad(keys[start : start + size], devices)
+        n_real = min(size, num - start)
+        outs = [
+            _run_group(Static.of(metric, g, cfg), cfg, feature_fn, extra, im, ks, beta)
+            for g in groups
+        ]
+        merged = {
+            k: np.concatenate([np.asarray(o[k]) for o in outs], axis=1) for k in outs[0]
+        }
+        chunks.append({k: v[:n_real] for k, v in merged.items()})
+    return {
+        k: np.moveaxis(np.concatenate([c[k] for c in chunks]), 0, 1) for k in chunks[0]
+    }
+
+
+def compute(
+    metric: Metric,
+    feature_fn: FeatureFn,
+    images: Any,
+    key: PRNGKey,
+    layers: Sequence[str] | str | None,
+    config: CIDConfig,
+    extra: PyTree = None,
+    check_extra: Callable[..., PyTree] | None = None,
+):
+    """The entry path of :func:`cid` and :func:`ru`: validate, run, assemble, warn.
+
+    Args:
+      metric: CID or RU.
+      feature_fn: the feature function.
+      images: ``(B, H, W, C)`` images.
+      key: a key or one per image.
+      layers: layer names or ``None``.
+      config: the solver configuration.
+      extra: metric-specific inputs (RU: the decoders).
+      check_extra: validates ``extra`` given ``(feature_fn, extra, images,
+        layers)`` and returns it prepared (RU's decoder check).
+
+    Returns:
+      A result record of class ``metric.result``.
+    """
+    if not isinstance(config, CIDConfig):
+        raise TypeError(
+            f"config must be a {metric.result.__name__[:-6]}Config, got "
+            f"{type(config).__name__}"
         )
-        for names, ids in groups
-    ]
-    merged = {k: jnp.concatenate([o[k] for o in outs], axis=1) for k in outs[0]}
-    return {k: jnp.moveaxis(v[:num_images], 1, 0) for k, v in merged.items()}
+    images = check_images(images)
+    fn = as_partial(feature_fn)
+    names = check_layers(fn, images, layers)
+    keys = _image_keys(key, images.shape[0])
+    if check_extra is not None:
+        extra = check_extra(fn, extra, images, names)
+    out = run(metric, fn, extra, images, keys, names, config)
+    result = assemble(metric.result, names, out, config, images.shape[-1])
+    _check_and_warn(result, config, metric.name)
+    return result
+
+
+def assemble(cls, layers, out: dict, cfg: CIDConfig, channels: int):
+    """Builds a result record from the engine's ``(L, B, ...)`` outputs."""
+    pixel = out["pixel"]
+    units = 1 if cfg.per_channel else channels
+    spatial = tuple(range(2, pixel.ndim))
+    return cls(
+        layers=tuple(layers),
+        pixel=pixel,
+        mean=np.mean(pixel, axis=spatial),
+        total=np.sum(pixel, axis=spatial) * units,
+        sigma=np.exp(out["log_sigma"]),
+        lam=out["lam"],
+        budget=out["budget"],
+        converged=out["converged"],
+        passes=out["passes"],
+        feature_scale=out["feature_scale"],
+        capped=out["capped"],
+        linearity=out["linearity"],
+        mean_shift=out["mean_shift"],
+        entropy_gain=out["entropy_gain"],
+        beta=float(cfg.beta),
+        units=units,
+        method=cfg.method,
+    )
+
+
+def _check_and_warn(result, cfg: CIDConfig, metric: str) -> None:
+    """Errors for features the solver cannot use; warnings for doubtful maps."""
+    dead = np.asarray(result.feature_scale) <= np.finfo(np.float32).tiny
+    if dead.any():
+        bad = sorted({result.layers[l] for l in np.nonzero(dead)[0]})
+        raise ValueError(
+            f"layer(s) {bad}: the feature does not change with the input (zero "
+            "Jacobian); CID is undefined there"
+        )
+    lin = np.asarray(result.linearity).mean(axis=1)
+    if cfg.method == "linear":
+        far = [f"{n} ({v:.2f})" for n, v in zip(result.layers, lin, strict=True)]
+        far = [f for f, v in zip(far, lin, strict=True) if v > LINEARITY_WARNING]
+        if far:
+            warnings.warn(
+                f"{metric}: method='linear' far from the linear regime at layer(s) "
+                f"{', '.join(far)} (linearity = true budget of the closed form / "
+                "beta); the closed form spends more than the budget there: use "
+                "method='optimize'",
+                UserWarning,
+                stacklevel=3,
+            )
+    elif not np.asarray(result.converged).all():
+        conv = np.asarray(result.converged)
+        rows = [
+            f"{n} ({int((~conv[l]).sum())}/{conv.shape[1]})"
+            for l, n in enumerate(result.layers)
+            if not conv[l].all()
+        ]
+        warnings.warn(
+            f"{metric}: the budget was not met within budget_tol for "
+            f"{', '.join(rows)} maps; see result.budget and result.converged",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_infodiscard.core.features import grouped_features, sq_norm
+from jax_infodiscard.core.features import grouped_features, image_features, sq_norm
+from jax_infodiscard.core.linear import column_norms, feature_sizes
 from jax_infodiscard.types import Array, FeatureFn
 
 
@@ -125,3 +126,38 @@ def limit_scale(
     init = (jnp.int32(0), xi0, g1, est0, jnp.full(est0.shape, jnp.inf))
     it, _, _, est, _ = jax.lax.while_loop(cond, body, init)
     return est, (it + 2) * k2
+
+
+def feature_scales(
+    feature_fn: FeatureFn,
+    layers: tuple[str, ...],
+    x: Array,
+    deltas: Array,
+    method: str,
+) -> Array:
+    """``delta_f^2`` ``(L,)`` of one image by ``method`` (``"jvp"``/``"limit"``).
+
+    With ``"jvp"``, a layer with at most ``K`` feature entries
+    (``deltas`` is ``(L, K, H, W, C)``) is computed exactly from the basis
+    (``||J||_F^2`` by vector-Jacobian products); the others use the ``K``
+    random directions.
+    """
+    if method == "limit":
+        base = image_features(feature_fn, layers, x)
+        return limit_scale(feature_fn, layers, x, deltas, base)[0]
+    num_samples = deltas.shape[1]
+    sizes = feature_sizes(feature_fn, layers, x)
+    mc = [l for l, m in enumerate(sizes) if m > num_samples]
+    scale = [None] * len(layers)
+    if mc:
+        est = jvp_scale(
+            feature_fn, tuple(layers[l] for l in mc), x, deltas[jnp.array(mc)]
+        )
+        for j, l in enumerate(mc):
+            scale[l] = est[j]
+    for l, m in enumerate(sizes):
+        if m <= num_samples:
+            scale[l] = jnp.sum(
+                column_norms(feature_fn, layers[l], x, None, m, False)[0]
+            )
+    return jnp.stack(scale)

@@ -8,56 +8,11 @@ into the per-image quantities that the solvers need.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jax_infodiscard.types import Array, FeatureFn, PyTree
-
-
-def resolve_layers(
-    feature_fn: FeatureFn, images: Array, layers: Sequence[str] | str | None
-) -> tuple[str, ...]:
-    """Validates ``layers`` against the names that ``feature_fn`` returns.
-
-    Args:
-      feature_fn: the feature function.
-      images: ``(B, H, W, C)`` images (only shapes are used).
-      layers: a name, a sequence of names, or ``None`` for every layer.
-
-    Returns:
-      The tuple of layer names, in the order requested (``feature_fn``'s order
-      for ``None``).
-    """
-    spec = jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype)
-    out = jax.eval_shape(feature_fn, spec)
-    if not isinstance(out, dict) or not out:
-        raise ValueError(
-            "feature_fn must return a non-empty dict {layer_name: array}, got "
-            f"{type(out).__name__}"
-        )
-    names = tuple(out)
-    if layers is None:
-        return names
-    if isinstance(layers, str):
-        layers = (layers,)
-    layers = tuple(layers)
-    if not layers:
-        raise ValueError("layers must name at least one layer")
-    unknown = [name for name in layers if name not in out]
-    if unknown:
-        raise ValueError(f"unknown layer name(s) {unknown}; available: {list(names)}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"duplicate layer names in {list(layers)}")
-    for name in layers:
-        for leaf in jax.tree.leaves(out[name]):
-            if leaf.ndim < 1 or leaf.shape[0] != 1:
-                raise ValueError(
-                    f"layer {name!r}: every feature must have the batch as its "
-                    f"leading axis; got shape {leaf.shape} for a batch of 1"
-                )
-    return layers
 
 
 def image_features(feature_fn: FeatureFn, layers: tuple[str, ...], x: Array) -> dict:
@@ -106,11 +61,29 @@ def grouped_features(feature_fn: FeatureFn, layers: tuple[str, ...], xp: Array) 
     }
 
 
-def distortion(feats: dict, base: dict, layers: tuple[str, ...]) -> Array:
-    """``||h_l(x'_n) - f_l||^2`` for grouped features; returns ``(L, N)``."""
-    return jnp.stack(
-        [
-            sq_norm(jax.tree.map(lambda a, b: a - b[None], feats[name], base[name]))
-            for name in layers
-        ]
+def deviations(
+    feature_fn: FeatureFn,
+    layers: tuple[str, ...],
+    xp: Array,
+    base: dict,
+    feats: dict | None = None,
+) -> tuple[PyTree, ...]:
+    """``h_l(x'_n) - f_l`` for every layer: a tuple of ``L`` pytrees ``(N, ...)``.
+
+    Args:
+      feature_fn: the feature function.
+      layers: ``L`` layer names.
+      xp: ``(L, N, H, W, C)`` perturbed inputs; row ``l`` feeds layer ``l``.
+      base: the clean features ``{layer: pytree}`` (no batch axis).
+      feats: ``grouped_features(feature_fn, layers, xp)`` if already computed.
+    """
+    if feats is None:
+        feats = grouped_features(feature_fn, layers, xp)
+    return tuple(
+        jax.tree.map(
+            lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32)[None],
+            feats[name],
+            base[name],
+        )
+        for name in layers
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import tempfile
+import zipfile
 from typing import Any, ClassVar
 
 import jax
@@ -21,7 +24,12 @@ _ARRAYS = (
     "passes",
     "feature_scale",
     "capped",
+    "linearity",
+    "mean_shift",
+    "entropy_gain",
 )
+_META = ("layers", "beta", "units", "method")
+_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +45,23 @@ class _Result:
       total: ``sum_i pixel_i * units_i`` ``(L, B)`` in nats (``units_i = C``
         for a pixel-shared sigma).
       sigma: noise scales ``(L, B, H, W)`` (or ``(L, B, H, W, C)``), input units.
-      lam: Lagrange multiplier ``lambda`` ``(L, B)``.
-      budget: achieved ``E||h(x') - f||^2 / delta_f^2`` ``(L, B)``.
+      lam: Lagrange multiplier ``lambda`` of Eq. 3 ``(L, B)``.
+      budget: ``E||h(x') - f||^2 / delta_f^2`` at the solution, measured on
+        held draws ``(L, B)``; ``beta`` when the solver met the budget.
       converged: ``|log(budget / beta)| < budget_tol`` ``(L, B)`` bool.
-      passes: model passes per map ``(L, B)`` int (forward, JVP, VJP and
-        forward+backward each count as one).
+      passes: model passes per map ``(L, B)`` int (forward, VJP and
+        forward+backward each count as one), diagnostics included.
       feature_scale: ``delta_f^2`` ``(L, B)``.
       capped: sigma entries at ``max_sigma`` (ignored by the layer) ``(L, B)``.
+      linearity: true budget of the closed-form (linear-regime) sigma divided
+        by ``beta`` ``(L, B)``: 1 when the layer is linear over the noise.
+      mean_shift: share of ``E||h(x') - f||^2`` at the solution that is the
+        squared mean shift ``||E h(x') - f||^2`` ``(L, B)``.
+      entropy_gain: mean of ``pixel`` minus that of the closed form rescaled
+        to the same true budget ``(L, B)``, nats per sigma entry.
       beta: the budget the solver aimed at.
       units: input units per sigma entry (``C``, or 1 with ``per_channel``).
+      method: the solver method (``"optimize"`` or ``"linear"``).
     """
 
     layers: tuple[str, ...]
@@ -59,8 +75,12 @@ class _Result:
     passes: Any
     feature_scale: Any
     capped: Any
+    linearity: Any
+    mean_shift: Any
+    entropy_gain: Any
     beta: float
     units: int
+    method: str = "optimize"
 
     metric: ClassVar[str] = ""
 
@@ -78,43 +98,85 @@ class _Result:
         return {k: np.asarray(getattr(self, k))[i] for k in _ARRAYS}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the record to ``path`` (``.npz``; metadata as JSON inside)."""
+        """Writes the record to ``path`` (``.npz``; metadata as JSON inside).
+
+        The file is written atomically: a temporary file in the same folder,
+        then ``os.replace``, so an interrupted save leaves the old file whole.
+        """
         meta = {
+            "format": _FORMAT,
             "metric": self.metric,
             "layers": list(self.layers),
             "beta": self.beta,
             "units": self.units,
+            "method": self.method,
         }
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
-        with open(path, "wb") as f:
-            np.savez_compressed(f, __meta__=np.array(json.dumps(meta)), **arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, __meta__=np.array(json.dumps(meta)), **arrays)
+        _atomic_write(os.fspath(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike):
-        """Reads a record written by :meth:`save`."""
+        """Reads a record written by :meth:`save`.
+
+        Raises:
+          FileNotFoundError: no file at ``path``.
+          ValueError: a truncated, corrupt or inconsistent file, or a record of
+            the other metric; the message names the file and the problem.
+        """
+        path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no result file at {path}")
-        with np.load(path, allow_pickle=False) as data:
-            try:
+        try:
+            with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["__meta__"]))
                 arrays = {k: data[k] for k in _ARRAYS}
-            except KeyError as e:
-                raise ValueError(f"{path} is not a saved result (missing {e})") from e
-        if meta["metric"] != cls.metric:
+        except KeyError as e:
+            raise ValueError(f"{path} is not a saved result (missing {e})") from e
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{path} is truncated or corrupt ({e})") from e
+        if meta.get("metric") != cls.metric:
             raise ValueError(
-                f"{path} holds a {meta['metric']!r} result, not {cls.metric!r}"
+                f"{path} holds a {meta.get('metric')!r} result, not {cls.metric!r}"
+            )
+        missing = [k for k in _META if k not in meta]
+        if missing:
+            raise ValueError(f"{path} is not a saved result (missing {missing})")
+        lead = (len(meta["layers"]), arrays["pixel"].shape[1])
+        bad = [k for k, v in arrays.items() if v.shape[:2] != lead]
+        if arrays["pixel"].ndim < 4 or bad:
+            raise ValueError(
+                f"{path} is inconsistent: fields {bad or ['pixel']} do not have the "
+                f"(layers, images) = {lead} leading shape"
             )
         return cls(
             layers=tuple(meta["layers"]),
             beta=float(meta["beta"]),
             units=int(meta["units"]),
+            method=str(meta["method"]),
             **arrays,
         )
 
 
+def _atomic_write(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _register(cls):
     return jax.tree_util.register_dataclass(
-        cls, data_fields=list(_ARRAYS), meta_fields=["layers", "beta", "units"]
+        cls, data_fields=list(_ARRAYS), meta_fields=list(_META)
     )
 
 

@@ -17,38 +17,57 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import digamma
 
 from jax_infodiscard.config import RUConfig
 from jax_infodiscard.core import engine
-from jax_infodiscard.core.cid import assemble, resolve_strategy
-from jax_infodiscard.core.features import (
-    distortion,
-    grouped_features,
-    resolve_layers,
-)
+from jax_infodiscard.core.features import deviations, grouped_features
 from jax_infodiscard.core.results import RUResult
-from jax_infodiscard.core.solver import Problem
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
-from jax_infodiscard.validation import as_partial, check_images, image_keys
+from jax_infodiscard.validation import as_partial
 
 DecoderFn = Callable[[Array], Array]
 """``decoder_fn(features (N, ...)) -> reconstructions (N, H, W, C)``."""
 
 
-def _ru_problem(feature_fn, decoders, layers, x, base, scale) -> Problem:
-    def probe(xp):
+def _ru_deviations(feature_fn, decoders, layers, x, base):
+    def dev(xp):
         feats = grouped_features(feature_fn, layers, xp)
         recon = jnp.stack([decoders[name](feats[name]) for name in layers])
-        return distortion(feats, base, layers), recon
+        return deviations(feature_fn, layers, xp, base, feats=feats), recon
 
-    def pixel_entropy(u, xp, recon):
+    return dev
+
+
+def _ru_entropy(decoders, layers, x):
+    del decoders, layers
+
+    def entropy(u, xp, recon):
+        """``0.5 log E[(x - g(h(x')))^2]`` per entry, unbiased for Gaussian errors.
+
+        The squared error is averaged over the ``N`` draws (and the channels of
+        a pixel-shared sigma). ``0.5 log`` of a mean of ``k`` squared Gaussian
+        errors reads ``0.5 (psi(k/2) - log(k/2))`` low on average (about
+        ``-1 / (2k)``); that bias is added back with ``k = N/2`` draws per
+        channel, the independent pairs of the antithetic draws (exact for a
+        decoder that is linear over the noise, where a pair's errors are equal).
+        """
         del xp
         err = jnp.mean(jnp.square(recon - x), axis=1)  # (L, H, W, C)
+        k = recon.shape[1] // 2
         if u.ndim == 3:  # pixel-shared sigma: average over channels
             err = jnp.mean(err, axis=-1)
-        return 0.5 * jnp.log(jnp.maximum(err, jnp.finfo(jnp.float32).tiny))
+            k = k * recon.shape[-1]
+        bias = 0.5 * (digamma(k / 2.0) - jnp.log(k / 2.0))
+        return 0.5 * jnp.log(jnp.maximum(err, jnp.finfo(jnp.float32).tiny)) - bias
 
-    return Problem(x=x, scale=scale, probe=probe, pixel_entropy=pixel_entropy)
+    return entropy
+
+
+RU = engine.Metric(
+    name="ru", result=RUResult, deviations=_ru_deviations, entropy=_ru_entropy
+)
+"""RU: the entropy term is the decoder's reconstruction entropy."""
 
 
 def check_decoders(
@@ -90,6 +109,16 @@ def check_decoders(
                 f"decoder for layer {name!r} returns shape {got}, expected the "
                 f"image shape {want} (batch of 2)"
             )
+        if not jnp.issubdtype(rec.dtype, jnp.floating):
+            raise ValueError(
+                f"decoder for layer {name!r} returns {rec.dtype}; it must return "
+                "float images in the input's unit range"
+            )
+    clean = feature_fn(images[:2])
+    for name in layers:
+        rec = out[name](clean[name])
+        if not bool(jnp.all(jnp.isfinite(rec))):
+            raise ValueError(f"decoder for layer {name!r} returns NaN/inf values")
     return out
 
 
@@ -112,21 +141,18 @@ def ru(
         callable when one layer is requested.
       images: ``(B, H, W, C)`` float images in ``[0, 1]``.
       key: PRNG key, or one per image ``(B,)``.
-      layers: layer names (default: the decoders' layers, in
-        ``feature_fn``'s order).
+      layers: layer names (default: the decoders' layers, in their order).
       config: :class:`RUConfig` (same fields as :class:`CIDConfig`).
 
     Returns:
       An :class:`RUResult`; ``pixel`` is ``Hhat_i`` at the solution, in nats.
+
+    Raises:
+      TypeError, ValueError: bad inputs (as :func:`cid`), a decoder missing
+        for a layer, returning the wrong shape, a non-float dtype or NaN/inf.
     """
-    images = check_images(images)
-    fn = as_partial(feature_fn)
     if layers is None and isinstance(decoder_fn, Mapping):
-        every = resolve_layers(fn, images, None)
-        layers = [name for name in every if name in decoder_fn]
-    names = resolve_layers(fn, images, layers)
-    decoders = check_decoders(fn, decoder_fn, images, names)
-    keys = image_keys(key, images.shape[0])
-    strategy = resolve_strategy(config, len(names))
-    out = engine.run(_ru_problem, fn, decoders, images, keys, names, config, strategy)
-    return assemble(RUResult, names, out, config, images.shape[-1])
+        layers = [name for name in decoder_fn]
+    return engine.compute(
+        RU, feature_fn, images, key, layers, config, decoder_fn, check_decoders
+    )

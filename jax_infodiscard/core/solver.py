@@ -1,27 +1,35 @@
-"""The shared maximum-entropy solver behind CID and RU.
+"""The maximum-entropy solver shared by CID and RU (one image, ``L`` layers).
 
-One image, a group of ``L`` layers. The problem (paper Eq. 3-4 and 6-7) is
+The problem (paper Eq. 3-4 and 6-7) is, with ``s_i = sigma_i^2``,
 
-    min_u  r(u) / lambda - sum_i H_i(u)   s.t.  r(u) = beta,
+    max_s  sum_i H_i(s)   s.t.  r(s) = E||h(x + sigma delta) - f||^2 / delta_f^2 = beta,
 
-with ``u = log sigma``, ``r(u) = E||h(x + sigma * delta) - f||^2 / delta_f^2``
-(the noise budget) and ``H_i`` the pixel-wise entropy term: ``u_i`` for CID,
-the reconstruction entropy for RU. Dividing Eq. 3 by ``lambda`` leaves its
-minimiser unchanged and makes the gradient ``O(1)`` per entry.
+``H_i = 0.5 log s_i`` for CID and the reconstruction entropy for RU. Its
+stationarity condition is ``dr/ds_i = dH/ds_i / lambda``. In the linear regime
+``dr/ds_i = a_i / delta_f^2`` is a constant (the Jacobian column norms), and
+the condition is solved in closed form (``core.linear``). On a real network
+``q_i = dr/ds_i`` also carries the nonlinear part, above all the mean shift
+that ReLU rectification of zero-mean noise adds up through pooling.
 
-For a fixed ``lambda``, an optax optimiser runs ``steps`` Monte-Carlo steps
-inside ``lax.scan`` and the tail of the trajectory is averaged. The budget is
-then measured with fixed noise draws (common random numbers across
-iterations), and ``log lambda`` is updated by a bracketed secant step on
-``log r`` against ``log lambda`` that falls back to bisection when it leaves
-the bracket, inside a ``lax.while_loop``, until ``|log(r / beta)| <
-budget_tol``. The first step assumes slope 1 (the locally linear model has
-``r`` proportional to ``lambda``, exact for CID); later steps use the slope
-measured between the last two iterations, which matters for RU, where ``r``
-can grow much faster than ``lambda`` (an imperfect decoder's error floor
-makes the entropy term flat for small sigma). Between iterations sigma is
-warm-started by the linear model, ``u += (new log lambda - old log lambda) /
-2``.
+``optimize`` solves the stationarity condition as a damped fixed point with
+averaged gradients (a dual-averaging scheme):
+
+* ``q`` is the running average of Monte-Carlo estimates of ``dr/ds``
+  (pathwise gradients over ``samples`` antithetic draws per iteration),
+  weighted ``w_t = 2 / (t + 3)`` so that early iterates are forgotten, started
+  from the linear model ``a / delta_f^2``;
+* each iteration moves ``log sigma`` a fraction ``step_size`` of the way to the
+  fixed point ``s_i = (dH/ds_i s_i) / (2 mu q_i)``, where ``mu = 1 / lambda``
+  is driven by the measured budget (``mu *= r / beta``);
+* the answer is the average of the iterates over the second half (Polyak),
+  moved by one constant in ``log sigma`` until held draws meet the budget.
+
+Averaging the gradient rather than taking the logarithm of each noisy estimate
+keeps the scheme unbiased: a per-iteration Newton step on ``log(q / mean q)``
+drifts towards noisy pixels (``E log q_hat < log q``). With exact gradients the
+fixed point is reached geometrically: at rate ``1 - omega`` for linear entries
+and ``1 - 2 omega`` for purely quadratic ones. The linear model is the start,
+so a linear network is solved exactly at the first iteration.
 """
 
 from __future__ import annotations
@@ -33,14 +41,27 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_infodiscard.config import CIDConfig, make_optimizer
-from jax_infodiscard.core.features import normal
+from jax_infodiscard.core.features import normal, sq_norm
 from jax_infodiscard.types import Array, PRNGKey
 
-# probe(xp (L, N, H, W, C)) -> (dist (L, N), aux)
-Probe = Callable[[Array], tuple[Array, Any]]
-# pixel_entropy(u (L, *S), xp, aux) -> (L, *S), nats without the constant
-PixelEntropy = Callable[[Array, Array, Any], Array]
+# deviations(xp (L, N, H, W, C)) -> ({layer: pytree (N, ...)} as a tuple, aux)
+Deviations = Callable[[Array], tuple[tuple[Any, ...], Any]]
+# entropy(u (L, *S), xp, aux) -> (L, *S) nats without the constant
+Entropy = Callable[[Array, Array, Any], Array]
+
+# Salts for fold_in on a layer's key: every random quantity has its own.
+SALT_PROBES, SALT_STEPS, SALT_BUDGET, SALT_DIAGNOSTICS = 1, 2, 3, 4
+
+# Floor on the averaged gradient, relative to the linear model's: a pixel
+# whose estimated dr/ds is tiny or negative moves at most sqrt(50)x above
+# its linear sigma per fixed point (and never above max_sigma).
+_Q_FLOOR = 0.02
+LEVEL_ITERATIONS = 4
+DRAW_PASSES = 2
+"""Model passes per noise draw: the network at ``x'`` (forward, or forward and
+backward in an iteration) and the linearised network (JVP, or JVP and its
+transpose): the control variate."""
+_E_FLOOR = 1e-3
 
 
 class Problem(NamedTuple):
@@ -49,263 +70,296 @@ class Problem(NamedTuple):
     Attributes:
       x: the image ``(H, W, C)``.
       scale: ``delta_f^2`` per layer ``(L,)``.
-      probe: squared feature distances of perturbed inputs, and any auxiliary
-        output the entropy term needs.
-      pixel_entropy: the entropy term per sigma entry (without the constant
-        ``0.5 log(2 pi e)``).
-      linear: optional ``linear(t (L, N, H, W, C)) -> ||J_l t_l||^2 (L, N)``,
-        the squared feature change of the linearised network.
-      a_hat: optional column norms ``(L, *S)`` of the linearised network. With
-        ``linear`` they form a control variate: the budget is
-        ``sum_i sigma_i^2 a_i / delta_f^2`` (the linear model, exact) plus the
-        Monte-Carlo mean of the nonlinear remainder
-        ``||h(x') - f||^2 - ||J (x' - x)||^2``, which vanishes for a linear
-        network and is small for a locally linear one.
+      a: Jacobian column norms ``(L, *S)`` (``sum a = scale``).
+      beta: the budget, scalar.
+      deviations: feature deviations ``h_l(x'_n) - f_l`` of perturbed inputs
+        (and any auxiliary output the entropy term needs).
+      entropy: the RU entropy term per sigma entry, or ``None`` for CID
+        (``H = log sigma``).
+      linear: ``linear(t (L, N, H, W, C)) -> ||J_l t_ln||^2 (L, N)``, the
+        squared feature change of the linearised network, whose mean
+        ``sum_i s_i a_i`` is known: the control variate of every budget
+        estimate (exact for a linear network).
+      center_mean: budget about ``E h(x')`` (variance only) instead of ``f``.
     """
 
     x: Array
     scale: Array
-    probe: Probe
-    pixel_entropy: PixelEntropy
-    linear: Callable[[Array], Array] | None = None
-    a_hat: Array | None = None
+    a: Array
+    beta: Array
+    deviations: Deviations
+    entropy: Entropy | None
+    linear: Callable[[Array], Array]
+    center_mean: bool
 
 
-class SolverState(NamedTuple):
-    """State of the lambda search (every field has a leading layer axis).
+class State(NamedTuple):
+    """State of ``optimize`` (leading layer axis ``L`` everywhere but ``t``).
 
     Attributes:
-      it: iterations run so far, scalar int32.
-      log_lam: current ``log lambda`` ``(L,)``.
-      lo, hi: bracket of ``log lambda`` ``(L,)`` (``-inf``/``inf`` if open).
-      u: warm start for the next iteration, ``log sigma`` ``(L, *S)``.
-      u_best: last measured solution ``(L, *S)``.
-      lam_best: ``log lambda`` of ``u_best`` ``(L,)``.
-      r: budget measured at ``u_best`` ``(L,)``.
-      pixel: entropy map at ``u_best`` ``(L, *S)``.
-      done: converged ``(L,)`` bool.
-      passes: model passes per layer so far ``(L,)`` int32.
-      prev_lam, prev_err: ``log lambda`` and ``log(r / beta)`` of the previous
-        iteration ``(L,)`` (NaN before the first), for the secant slope.
+      t: iterations run, scalar int32.
+      u: current ``log sigma`` ``(L, *S)``.
+      q: averaged ``dr/ds`` ``(L, *S)``.
+      e: averaged ``s dH/ds`` ``(L, *S)`` (ones for CID).
+      log_mu: ``log(1 / lambda)`` ``(L,)``.
+      acc: sum of the iterates of the second half ``(L, *S)``.
+      count: iterates summed into ``acc``, scalar int32.
     """
 
-    it: Array
-    log_lam: Array
-    lo: Array
-    hi: Array
+    t: Array
     u: Array
-    u_best: Array
-    lam_best: Array
-    r: Array
-    pixel: Array
-    done: Array
-    passes: Array
-    prev_lam: Array
-    prev_err: Array
+    q: Array
+    e: Array
+    log_mu: Array
+    acc: Array
+    count: Array
 
 
-# Bounds on the secant slope d log r / d log lambda (1 for CID's linear model).
-_SLOPE_RANGE = (0.2, 20.0)
+def antithetic(key: PRNGKey, num: int, shape: tuple[int, ...]) -> Array:
+    """``num`` standard-normal draws of ``shape``: ``d_1..d_P, -d_1..-d_P``."""
+    d = normal(key, (num // 2, *shape))
+    return jnp.concatenate([d, -d])
 
 
-class Solution(NamedTuple):
-    """Result of :func:`solve` for one image and ``L`` layers."""
+def layer_draws(keys: Array, salt: int, index, num: int, shape) -> Array:
+    """Antithetic draws ``(L, num, *shape)``, one stream per layer key."""
 
-    log_sigma: Array  # (L, *S)
-    pixel: Array  # (L, *S) entropy term (nats, without the constant)
-    lam: Array  # (L,)
-    budget: Array  # (L,)
-    converged: Array  # (L,) bool
-    passes: Array  # (L,) int32
+    def one(k):
+        k = jax.random.fold_in(jax.random.fold_in(k, salt), index)
+        return antithetic(k, num, shape)
 
-
-def _expand(v: Array, ndim: int) -> Array:
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+    return jax.vmap(one)(keys)
 
 
-def _sigma_full(u: Array, image_shape: tuple[int, ...]) -> Array:
-    """``exp(u)`` as ``(L, 1, H, W, C)`` (broadcast over channels if pixel-shared)."""
+def sigma_full(u: Array) -> Array:
+    """``exp(u)`` as ``(L, 1, H, W, C)`` (broadcast over channels if shared)."""
     sigma = jnp.exp(u)
     if sigma.ndim == 3:  # (L, H, W): one sigma per pixel
         sigma = sigma[..., None]
     return sigma[:, None]
 
 
-def measure(problem: Problem, u: Array, eps: Array) -> tuple[Array, Array]:
-    """Budget ``r`` ``(L,)`` and entropy map ``(L, *S)`` at ``u`` with draws ``eps``.
+def budget_terms(dev: Any) -> tuple[Array, Array]:
+    """``E||d||^2`` and an unbiased ``||E d||^2`` from antithetic draws.
 
-    ``eps`` is ``(L, M, H, W, C)``.
+    Args:
+      dev: one layer's deviations ``d_n = h(x'_n) - f``, a pytree with leading
+        axis ``N`` whose halves are the ``+delta`` and ``-delta`` draws.
+
+    Returns:
+      ``(mean_n ||d_n||^2, msq)``; ``msq`` estimates the squared mean shift
+      from the ``P = N / 2`` independent pair means ``p_k`` as
+      ``(P ||mean p||^2 - mean ||p_k||^2) / (P - 1)``.
     """
-    noise = _sigma_full(u, problem.x.shape) * eps
+    dist = sq_norm(dev)
+    half = dist.shape[0] // 2
+    pairs = jax.tree.map(lambda d: 0.5 * (d[:half] + d[half:]), dev)
+    mean_pair = jax.tree.map(lambda p: jnp.mean(p, axis=0, keepdims=True), pairs)
+    m2 = sq_norm(mean_pair)[0]
+    msq = (half * m2 - jnp.mean(sq_norm(pairs))) / (half - 1)
+    return jnp.mean(dist), msq
+
+
+def measure(problem: Problem, u: Array, eps: Array):
+    """Budget and what comes with it at ``u`` with draws ``eps (L, N, H, W, C)``.
+
+    The budget is the Monte-Carlo mean of ``||h(x') - f||^2`` with the
+    linearised network as control variate: ``mean(dist) - c (mean(lin) -
+    sum_i s_i a_i)``, ``c`` the variance-minimising coefficient estimated from
+    the same draws (held fixed for gradients). It is exact for a linear
+    network (``c = 1``) and falls back to the plain mean where the
+    linearisation says nothing (``c = 0``).
+
+    Returns:
+      ``(r, mean_shift, entropy)``: the budget ``(L,)``, the mean-shift share
+      of ``E||h(x') - f||^2`` ``(L,)``, and the entropy map ``(L, *S)``
+      (``u`` for CID) without the constant ``0.5 log(2 pi e)``.
+    """
+    noise = sigma_full(u) * eps
     xp = problem.x + noise
-    dist, aux = problem.probe(xp)
-    plain = jnp.mean(dist, axis=1) / problem.scale
-    if problem.a_hat is None:
-        r = plain
-    else:
-        axes = tuple(range(1, u.ndim))
-        exact = jnp.sum(jnp.exp(2.0 * u) * problem.a_hat, axis=axes)
-        rest = jnp.mean(dist - problem.linear(noise), axis=1)
-        r = (exact + rest) / problem.scale
-        # Far from the linear regime (large sigma, saturating features) the
-        # remainder can outweigh the linear part and make the estimate
-        # negative: fall back to the plain Monte-Carlo mean there.
-        r = jnp.where(r > 0, r, plain)
-    return r, problem.pixel_entropy(u, xp, aux)
+    dev, aux = problem.deviations(xp)
+    dist, msq = _stack_terms(dev)
+    lin = problem.linear(noise)  # (L, N)
+    exact = jnp.sum(jnp.exp(2.0 * u) * problem.a, axis=tuple(range(1, u.ndim)))
+    coef = jax.lax.stop_gradient(_cv_coefficient(dev, lin))
+    tiny = jnp.finfo(jnp.float32).tiny
+    total = dist - coef * (jnp.mean(lin, axis=1) - exact)
+    if problem.center_mean:
+        total = total - msq
+    r = jnp.maximum(total, tiny) / problem.scale
+    share = jnp.clip(msq / jnp.maximum(dist, tiny), 0.0, 1.0)
+    entropy = u if problem.entropy is None else problem.entropy(u, xp, aux)
+    return r, share, entropy
 
 
-def _objective(problem: Problem, u: Array, eps: Array, inv_lam: Array) -> Array:
-    r, entropy = measure(problem, u, eps)
-    return jnp.sum(r * inv_lam) - jnp.sum(entropy)
+def _cv_coefficient(dev: tuple[Any, ...], lin: Array) -> Array:
+    """Per layer, ``Cov(dist, lin) / Var(lin)`` over antithetic pairs, in [0, 1]."""
+    dist = jnp.stack([sq_norm(d) for d in dev])  # (L, N)
+    half = dist.shape[1] // 2
+    p = 0.5 * (dist[:, :half] + dist[:, half:])
+    q = 0.5 * (lin[:, :half] + lin[:, half:])
+    p = p - jnp.mean(p, axis=1, keepdims=True)
+    q = q - jnp.mean(q, axis=1, keepdims=True)
+    var = jnp.mean(q * q, axis=1)
+    coef = jnp.mean(p * q, axis=1) / jnp.maximum(var, jnp.finfo(jnp.float32).tiny)
+    return jnp.clip(jnp.where(var > 0, coef, 1.0), 0.0, 1.0)
 
 
-def optimize_sigma(
+def _stack_terms(dev: tuple[Any, ...]) -> tuple[Array, Array]:
+    terms = [budget_terms(d) for d in dev]
+    return jnp.stack([t[0] for t in terms]), jnp.stack([t[1] for t in terms])
+
+
+def averaging_weight(t: Array, total_steps: int) -> Array:
+    """Weight of iteration ``t``'s gradient in the running average.
+
+    A burn-in of ``total_steps // 4`` iterations forgets fast (weight 1/2:
+    the start can be far from the optimum, and gradients measured there are
+    stale once it moved); afterwards the average restarts with weights
+    growing like ``t - burn_in`` (``2 / (k + 2)`` at the ``k``-th iteration
+    after the burn-in), which averages the noise down like ``1 / sqrt(k)``.
+    """
+    burn_in = total_steps // 4
+    k = (t - burn_in).astype(jnp.float32)
+    return jnp.where(t < burn_in, 0.5, 2.0 / (k + 2.0))
+
+
+def init_state(a: Array, scale: Array, beta: Array, u0: Array) -> State:
+    """The state at the closed form ``u0`` (column norms ``a``, its ``mu``)."""
+    n = math.prod(u0.shape[1:])
+    num_layers = u0.shape[0]
+    return State(
+        t=jnp.int32(0),
+        u=u0,
+        q=a / _expand(scale, u0.ndim),
+        e=jnp.ones_like(u0),
+        log_mu=jnp.full((num_layers,), math.log(n)) - jnp.log(2.0 * beta),
+        acc=jnp.zeros_like(u0),
+        count=jnp.int32(0),
+    )
+
+
+def _expand(v: Array, ndim: int) -> Array:
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def step(
     problem: Problem,
-    u0: Array,
-    log_lam: Array,
+    state: State,
     keys: Array,
-    cfg: CIDConfig,
+    *,
+    samples: int,
+    step_size: float,
+    total_steps: int,
     log_bounds: tuple[float, float],
-) -> Array:
-    """Minimises ``r(u)/lambda - sum_i H_i(u)`` for fixed ``lambda``.
+) -> State:
+    """One averaged fixed-point iteration (see the module docstring).
 
     Args:
       problem: the problem.
-      u0: initial ``log sigma`` ``(L, *S)``.
-      log_lam: ``(L,)``.
-      keys: one PRNG key per layer ``(L,)``; step ``t`` draws from
-        ``fold_in(key, t)``, so every call sees the same noise (common random
-        numbers across bisection iterations).
-      cfg: solver configuration (``steps``, ``num_samples``, optimiser).
+      state: the current state.
+      keys: per-layer keys ``(L,)``; iteration ``t`` draws from them with
+        ``SALT_STEPS`` and ``t``.
+      samples: antithetic draws per iteration.
+      step_size: damping ``omega``.
+      total_steps: iterations of the whole run (the second half is averaged).
       log_bounds: ``(log min_sigma, log max_sigma)``.
 
     Returns:
-      The average of ``u`` over the last ``tail_fraction`` of the steps.
+      The next state.
     """
-    opt = make_optimizer(cfg)
-    inv_lam = jnp.exp(-log_lam)
-    shape = (cfg.num_samples, *problem.x.shape)
-    tail_start = cfg.steps - max(1, round(cfg.tail_fraction * cfg.steps))
-    grad_fn = jax.grad(_objective, argnums=1)
+    u = state.u
+    eps = layer_draws(keys, SALT_STEPS, state.t, samples, problem.x.shape)
+    s = jnp.exp(2.0 * u)
 
-    def step(carry, t):
-        u, opt_state, acc = carry
-        eps = jax.vmap(lambda k: normal(jax.random.fold_in(k, t), shape))(keys)
-        g = grad_fn(problem, u, eps, inv_lam)
-        updates, opt_state = opt.update(g, opt_state, u)
-        u = jnp.clip(u + updates, *log_bounds)
-        acc = acc + jnp.where(t >= tail_start, u, 0.0)
-        return (u, opt_state, acc), None
+    def budget(v):
+        r, _, ent = measure(problem, v, eps)
+        return r, ent
 
-    init = (u0, opt.init(u0), jnp.zeros_like(u0))
-    (_, _, acc), _ = jax.lax.scan(step, init, jnp.arange(cfg.steps))
-    return acc / (cfg.steps - tail_start)
+    (r, ent), vjp = jax.vjp(budget, u)
+    (g,) = vjp((jnp.ones_like(r), jnp.zeros_like(ent)))
+    w = averaging_weight(state.t, total_steps)
+    q = (1.0 - w) * state.q + w * g / (2.0 * s)
+    if problem.entropy is None:
+        e = state.e
+    else:
+        (ge,) = vjp((jnp.zeros_like(r), jnp.ones_like(ent)))
+        e = (1.0 - w) * state.e + w * 0.5 * ge  # s dH/ds = 0.5 dH/du
+    log_mu = state.log_mu + jnp.log(r / problem.beta)
+    q_lin = problem.a / _expand(problem.scale, u.ndim)
+    q_c = jnp.maximum(q, _Q_FLOOR * q_lin + jnp.finfo(jnp.float32).tiny)
+    target = 0.5 * (
+        jnp.log(jnp.maximum(e, _E_FLOOR))
+        - math.log(2.0)
+        - _expand(log_mu, u.ndim)
+        - jnp.log(q_c)
+    )
+    u = jnp.clip((1.0 - step_size) * u + step_size * target, *log_bounds)
+    tail = state.t >= total_steps - max(1, total_steps // 2)
+    return State(
+        t=state.t + 1,
+        u=u,
+        q=q,
+        e=e,
+        log_mu=log_mu,
+        acc=state.acc + jnp.where(tail, u, 0.0),
+        count=state.count + tail.astype(jnp.int32),
+    )
 
 
-def solve(
+def shift(u: Array, c: Array, log_bounds: tuple[float, float]) -> Array:
+    """``u + c`` per layer, clipped; entries at the cap stay there.
+
+    An entry at ``max_sigma`` is one the layer ignores (or nearly): moving the
+    level of the others must not pull it off the cap.
+    """
+    capped = u >= log_bounds[1] - 1e-4
+    return jnp.where(capped, u, jnp.clip(u + _expand(c, u.ndim), *log_bounds))
+
+
+def level(
     problem: Problem,
-    u0: Array,
-    log_lam0: Array,
-    beta: Array,
-    key: PRNGKey,
-    cfg: CIDConfig,
-    optimize: bool,
-) -> Solution:
-    """Finds ``lambda`` with ``r = beta`` and the matching sigma (one image).
+    u: Array,
+    eps: Array,
+    target: Array,
+    log_bounds: tuple[float, float],
+) -> tuple[Array, Array, Array, Array]:
+    """The constant ``c (L,)`` with ``r(u + c) = target`` on the draws ``eps``.
 
-    Args:
-      problem: the problem for ``L`` layers.
-      u0: initial ``log sigma`` ``(L, *S)``.
-      log_lam0: initial ``log lambda`` ``(L,)``.
-      beta: the budget, scalar.
-      key: per-layer keys ``(L,)``.
-      cfg: configuration.
-      optimize: run the optax loop in each iteration; without it every
-        iteration only rescales sigma by the linear model (the ``linearized``
-        method).
+    A secant on ``log r`` against ``c`` (first slope 2, the linear model's),
+    with common random numbers. Costs ``LEVEL_ITERATIONS`` evaluations of
+    every draw.
 
     Returns:
-      The :class:`Solution`.
+      ``(c, r, mean_shift, r0)``: the best point evaluated, its budget and
+      mean-shift share, and the budget at ``u`` itself (the first evaluation).
     """
-    log_bounds = (math.log(cfg.min_sigma), math.log(cfg.max_sigma))
-    keys_opt = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
-    keys_budget = jax.vmap(lambda k: jax.random.fold_in(k, 2))(key)
-    eps_budget = jax.vmap(lambda k: normal(k, (cfg.budget_samples, *problem.x.shape)))(
-        keys_budget
-    )
-    log_beta = jnp.log(beta)
-    draws = cfg.budget_samples + (cfg.steps * cfg.num_samples if optimize else 0)
-    # A draw costs one pass, two with the control variate (forward + JVP).
-    per_iter = draws * (1 if problem.a_hat is None else 2)
-    num_layers = u0.shape[0]
+    log_t = jnp.broadcast_to(jnp.log(target), u.shape[:1])
 
-    def body(s: SolverState) -> SolverState:
-        if optimize:
-            u = optimize_sigma(problem, s.u, s.log_lam, keys_opt, cfg, log_bounds)
-        else:
-            u = s.u
-        r, pixel = measure(problem, u, eps_budget)
-        err = jnp.log(r) - log_beta
-        ok = jnp.abs(err) < cfg.budget_tol
-        hi = jnp.where(err > 0, s.log_lam, s.hi)
-        lo = jnp.where(err < 0, s.log_lam, s.lo)
-        # Secant step (slope 1 until two iterations are measured), limited
-        # to a factor e^4, bisection when it leaves the bracket.
-        slope = (err - s.prev_err) / (s.log_lam - s.prev_lam)
-        slope = jnp.where(
-            jnp.isfinite(slope) & (slope > 0), jnp.clip(slope, *_SLOPE_RANGE), 1.0
+    def at(c):
+        v = shift(u, c, log_bounds)
+        r, share, _ = measure(problem, v, eps)
+        return r, share
+
+    def body(i, carry):
+        c, err, c_prev, err_prev, best, r0 = carry
+        slope = (err - err_prev) / (c - c_prev)
+        slope = jnp.where(jnp.isfinite(slope), jnp.clip(slope, 0.5, 8.0), 2.0)
+        step = jnp.where(jnp.isfinite(err), jnp.clip(err / slope, -3.0, 3.0), 0.0)
+        c_new = c - step
+        r_new, share_new = at(c_new)
+        err_new = jnp.log(r_new) - log_t
+        better = (i == 0) | (jnp.abs(err_new) < jnp.abs(jnp.log(best[1]) - log_t))
+        best = tuple(
+            jnp.where(better, new, old)
+            for new, old in zip((c_new, r_new, share_new), best, strict=True)
         )
-        cand = s.log_lam - jnp.clip(err / slope, -4.0, 4.0)
-        bracketed = jnp.isfinite(lo) & jnp.isfinite(hi)
-        outside = (cand <= lo) | (cand >= hi)
-        cand = jnp.where(bracketed & outside, 0.5 * (lo + hi), cand)
-        cand = jnp.where(jnp.isfinite(cand), cand, s.log_lam)
-        active = ~s.done
-        new_lam = jnp.where(ok, s.log_lam, cand)
-        shift = _expand(0.5 * (new_lam - s.log_lam), u.ndim)
-        u_next = jnp.clip(u + shift, *log_bounds)
-        a_l = _expand(active, u.ndim)
-        return SolverState(
-            it=s.it + 1,
-            log_lam=jnp.where(active, new_lam, s.log_lam),
-            lo=jnp.where(active, lo, s.lo),
-            hi=jnp.where(active, hi, s.hi),
-            u=jnp.where(a_l, u_next, s.u),
-            u_best=jnp.where(a_l, u, s.u_best),
-            lam_best=jnp.where(active, s.log_lam, s.lam_best),
-            r=jnp.where(active, r, s.r),
-            pixel=jnp.where(a_l, pixel, s.pixel),
-            done=s.done | ok,
-            passes=s.passes + jnp.where(active, per_iter, 0),
-            prev_lam=jnp.where(active, s.log_lam, s.prev_lam),
-            prev_err=jnp.where(active, err, s.prev_err),
-        )
+        r0 = jnp.where(i == 0, r_new, r0)
+        return c_new, err_new, c, err, best, r0
 
-    def cond(s: SolverState) -> Array:
-        return (s.it < cfg.bisection_steps) & ~jnp.all(s.done)
-
-    inf = jnp.full((num_layers,), jnp.inf, jnp.float32)
-    init = SolverState(
-        it=jnp.int32(0),
-        log_lam=log_lam0,
-        lo=-inf,
-        hi=inf,
-        u=u0,
-        u_best=u0,
-        lam_best=log_lam0,
-        r=jnp.full((num_layers,), jnp.nan, jnp.float32),
-        pixel=jnp.zeros_like(u0),
-        done=jnp.zeros((num_layers,), bool),
-        passes=jnp.zeros((num_layers,), jnp.int32),
-        prev_lam=jnp.full((num_layers,), jnp.nan, jnp.float32),
-        prev_err=jnp.full((num_layers,), jnp.nan, jnp.float32),
-    )
-    s = jax.lax.while_loop(cond, body, init)
-    return Solution(
-        log_sigma=s.u_best,
-        pixel=s.pixel,
-        lam=jnp.exp(s.lam_best),
-        budget=s.r,
-        converged=s.done,
-        passes=s.passes,
-    )
+    # The first iteration evaluates c = 0 (err is NaN, so it does not move).
+    zero = jnp.zeros(u.shape[:1], jnp.float32)
+    nan = jnp.full_like(zero, jnp.nan)
+    init = (zero, nan, nan, nan, (zero, zero + 1.0, zero), zero)
+    *_, (c, r, share), r0 = jax.lax.fori_loop(0, LEVEL_ITERATIONS, body, init)
+    return c, r, share, r0

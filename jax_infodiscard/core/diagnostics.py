@@ -1,0 +1,64 @@
+"""Regime diagnostics: how linear the network is over the noise.
+
+Every result says which regime its layer is in, measured on held draws that
+the solver never saw:
+
+* ``linearity``: the true budget of the closed-form sigma divided by
+  ``beta``. It is 1 for a network that is linear over the noise; above 1 the
+  closed form spends more than the budget (ReLU rectification of zero-mean
+  noise adds a mean shift that pooling sums up coherently).
+* ``mean_shift`` (computed by the solver at the solution): the share of
+  ``E||h(x') - f||^2`` that is ``||E h(x') - f||^2``.
+* ``entropy_gain``: the solution's mean entropy minus that of the closed form
+  moved by one constant in ``log sigma`` until it spends the same true budget
+  as the solution (nats per sigma entry). It is what optimising on the real
+  network gains over the rescaled linear shape; about 0 in the linear regime.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jax_infodiscard.core import solver
+from jax_infodiscard.types import Array
+
+
+def regime(
+    problem: solver.Problem,
+    u_lin: Array,
+    u: Array,
+    entropy: Array,
+    budget: Array,
+    keys: Array,
+    num_draws: int,
+    log_bounds: tuple[float, float],
+) -> tuple[dict[str, Array], int]:
+    """``linearity`` and ``entropy_gain`` ``(L,)`` of one image, and their cost.
+
+    Args:
+      problem: the problem.
+      u_lin: the closed form ``(L, *S)``.
+      u: the solution ``(L, *S)``.
+      entropy: the solution's entropy map ``(L, *S)`` (nats, no constant).
+      budget: the solution's budget ``(L,)``.
+      keys: per-layer keys ``(L,)`` (diagnostic draws use their own salt).
+      num_draws: held draws per evaluation.
+      log_bounds: ``(log min_sigma, log max_sigma)``.
+
+    Returns:
+      ``({"linearity", "entropy_gain"}, passes)``.
+    """
+    eps = solver.layer_draws(
+        keys, solver.SALT_DIAGNOSTICS, 0, num_draws, problem.x.shape
+    )
+    c, _, _, r_lin = solver.level(problem, u_lin, eps, budget, log_bounds)
+    rescaled = solver.shift(u_lin, c, log_bounds)
+    passes = solver.LEVEL_ITERATIONS * num_draws * solver.DRAW_PASSES
+    if problem.entropy is None:
+        ent_lin = rescaled
+    else:
+        ent_lin = solver.measure(problem, rescaled, eps)[2]
+        passes += num_draws * solver.DRAW_PASSES
+    axes = tuple(range(1, u.ndim))
+    gain = jnp.mean(entropy, axis=axes) - jnp.mean(ent_lin, axis=axes)
+    return {"linearity": r_lin / problem.beta, "entropy_gain": gain}, passes

@@ -1,0 +1,123 @@
+"""Jacobian column norms and the closed form of the linear regime.
+
+At small noise a network is locally linear, ``h(x + e) ~ f + J e``, and the
+optimum of Eq. 3-4 is closed-form (DESIGN.md sec. 2-3): with ``a_i`` the
+squared norm of the Jacobian columns of sigma entry ``i``,
+``delta_f^2 = sum_i a_i``, ``lambda = 2 beta / n`` and
+``sigma_i^2 = lambda delta_f^2 / (2 a_i) = beta delta_f^2 / (n a_i)``.
+
+``a_i = E_v[(J^T v)_i^2]`` for probes ``v`` with independent unit-variance
+entries, so ``K`` vector-Jacobian products give every column norm at once.
+Rademacher probes have a lower variance than Gaussian ones
+(``2 (a_i^2 - sum_k J_ki^4) / K`` against ``2 a_i^2 / K``). A feature with at
+most ``K`` entries uses the basis vectors instead, which is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jax_infodiscard.core.features import grouped_features, image_features, sq_norm
+from jax_infodiscard.types import Array, FeatureFn, PRNGKey
+
+
+def feature_sizes(
+    feature_fn: FeatureFn, layers: tuple[str, ...], x: Array
+) -> list[int]:
+    """Number of feature entries of each layer for one image (static ints)."""
+    out = jax.eval_shape(lambda z: image_features(feature_fn, layers, z), x)
+    return [sum(math.prod(a.shape) for a in jax.tree.leaves(out[n])) for n in layers]
+
+
+def column_norms(
+    feature_fn: FeatureFn,
+    layer: str,
+    x: Array,
+    key: PRNGKey,
+    num_probes: int,
+    per_channel: bool,
+) -> tuple[Array, int]:
+    """Squared Jacobian column norms of one layer at one image.
+
+    Args:
+      feature_fn: feature function.
+      layer: layer name.
+      x: one image ``(H, W, C)``.
+      key: PRNG key of the probes.
+      num_probes: ``K``, the number of vector-Jacobian products.
+      per_channel: ``True`` for one entry per input unit ``(H, W, C)``;
+        otherwise channels are summed, ``(H, W)``.
+
+    Returns:
+      ``(a, passes)``: ``a`` of shape ``(H, W)`` or ``(H, W, C)`` (float32) and
+      the number of backward passes used (``K``, or the feature size when the
+      exact basis is used).
+
+    >>> w = jnp.arange(1.0, 7.0).reshape(1, 2, 3, 1)
+    >>> fn = lambda x: {"lin": (x * w).reshape(x.shape[0], -1)}
+    >>> a, passes = column_norms(fn, "lin", jnp.zeros((2, 3, 1)), None, 8, False)
+    >>> a.tolist(), passes
+    ([[1.0, 4.0, 9.0], [16.0, 25.0, 36.0]], 6)
+    """
+
+    def flat_features(z):
+        flat, _ = ravel_pytree(image_features(feature_fn, (layer,), z)[layer])
+        return flat.astype(jnp.float32)
+
+    flat, vjp = jax.vjp(flat_features, x)
+    m = flat.shape[0]
+    if m <= num_probes:
+        probes, weight, passes = jnp.eye(m, dtype=flat.dtype), 1.0, m
+    else:
+        probes = jax.random.rademacher(key, (num_probes, m), flat.dtype)
+        weight, passes = 1.0 / num_probes, num_probes
+    (cols,) = jax.vmap(vjp)(probes)  # (K, H, W, C)
+    a = weight * jnp.sum(jnp.square(cols), axis=0)
+    if not per_channel:
+        a = jnp.sum(a, axis=-1)
+    return a, passes
+
+
+def closed_form(
+    a: Array, scale: Array, beta: Array, log_min: float, log_max: float
+) -> Array:
+    """``log sigma_i = 0.5 log(beta delta_f^2 / (n a_i))``, clipped.
+
+    Args:
+      a: column norms ``(L, *S)``.
+      scale: ``delta_f^2`` per layer ``(L,)``.
+      beta: the budget, scalar.
+      log_min: lower clip of ``log sigma``.
+      log_max: upper clip of ``log sigma`` (entries with ``a_i = 0`` land here).
+
+    Returns:
+      ``(L, *S)`` float32.
+    """
+    n = math.prod(a.shape[1:])
+    expand = (slice(None),) + (None,) * (a.ndim - 1)
+    num = jnp.log(beta) + jnp.log(scale)[expand] - math.log(n)
+    u = 0.5 * (num - jnp.log(jnp.maximum(a, jnp.finfo(a.dtype).tiny)))
+    return jnp.clip(u, log_min, log_max)
+
+
+def linear_distortion(feature_fn: FeatureFn, layers: tuple[str, ...], x: Array):
+    """``t (L, N, H, W, C) -> ||J_l t[l, n]||^2 (L, N)`` at image ``x``.
+
+    The network is linearised once (``jax.linearize``); each call costs one
+    Jacobian-vector product per row. It is the solver's control variate: its
+    mean is known exactly, ``sum_i s_i a_i``.
+    """
+    xs = jnp.broadcast_to(x, (len(layers), 1, *x.shape))
+    _, lin = jax.linearize(lambda z: grouped_features(feature_fn, layers, z), xs)
+
+    def apply(t):
+        out = jax.vmap(lin, in_axes=1)(t[:, :, None])  # {l: (N, 1, ...)}
+        return jnp.stack(
+            [sq_norm(jax.tree.map(lambda a: a[:, 0], out[n])) for n in layers]
+        )
+
+    return apply

@@ -128,7 +128,7 @@ def layer_fairness(
     *,
     layer: str = "conv1",
     factor: float = 4.0,
-    cid_config: jid.CIDConfig = jid.CIDConfig(method="linearized"),
+    cid_config: jid.CIDConfig = jid.CIDConfig(),
     decoder_config: DecoderConfig | None = None,
     decoder_images=None,
 ) -> tuple[dict, Figure]:
@@ -142,7 +142,7 @@ def layer_fairness(
         layer: the rescaled layer ``l``; ``l`` and the next convolution are
             analysed.
         factor: the scale ``c``.
-        cid_config: CID configuration.
+        cid_config: CID configuration (default: the library default, `CIDConfig()`).
         decoder_config: when given, the table also has ``"ru_mean"``: RU with
             decoders trained (same keys) for each model's two layers on
             ``decoder_images`` (``float32 (N, H, W, C)``). The decoder

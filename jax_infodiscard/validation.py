@@ -25,6 +25,7 @@ __all__ = [
     "check_images",
     "check_int",
     "check_layers",
+    "check_names",
     "check_number",
     "image_keys",
 ]
@@ -153,6 +154,41 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_names(name: str, value: Any, *, unique: bool = True) -> tuple[str, ...]:
+    """One string or a non-empty sequence of strings, as a tuple.
+
+    Args:
+      name: the argument's name, for messages.
+      value: ``"conv1"`` or ``["conv1", "conv2"]``.
+      unique: also require the strings to be distinct.
+
+    Raises:
+      TypeError: not a string or a sequence of strings.
+      ValueError: empty, an empty string, or (``unique``) duplicates.
+
+    >>> check_names("layers", "conv1")
+    ('conv1',)
+    """
+    if isinstance(value, str):
+        value = (value,)
+    if isinstance(value, (bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"{name} must be a string or a sequence of strings, got {value!r}"
+        )
+    names = tuple(value)
+    bad = [v for v in names if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"{name} must contain strings only, got {bad!r}")
+    if not names:
+        raise ValueError(f"{name} must name at least one layer, got {names!r}")
+    if "" in names:
+        raise ValueError(f"{name} must not contain an empty name, got {names!r}")
+    if unique and len(set(names)) != len(names):
+        dups = sorted({v for v in names if names.count(v) > 1})
+        raise ValueError(f"{name} has duplicate names {dups}")
+    return names
 
 
 def check_number(

@@ -303,6 +303,11 @@ def test_make_dataset_validation() -> None:
         make_dataset(0, seed=0)
     with pytest.raises(ValueError, match="seed"):
         make_dataset(3, seed=-1)
+    # a fractional count used to be truncated silently (2.5 -> 2 images)
+    with pytest.raises(TypeError, match=r"num_examples must be an integer, got 2\.5"):
+        load_synthetic("test", 2.5)
+    with pytest.raises(TypeError, match="seed"):
+        make_dataset(3, seed=1.5)
 
 
 @pytest.mark.slow

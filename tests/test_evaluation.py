@@ -17,11 +17,10 @@ from jax_infodiscard.evaluation import (
     importance,
     layer_gradient,
     localization_recall,
-    rescale_pair,
 )
-from jax_infodiscard.evaluation.fairness import next_conv
 from jax_infodiscard.models import create_model, feature_fn, model_fn
 from jax_infodiscard.models.layers import ConvBN, Dense, GlobalAvgPool, MaxPool
+from jax_infodiscard.models.surgery import next_conv, rescale_pair
 
 S = 8
 

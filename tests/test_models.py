@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from jax_infodiscard.baselines import sequential
 from jax_infodiscard.models import (
+    VGG,
     available_models,
     create_model,
     feature_fn,
@@ -17,6 +21,7 @@ from jax_infodiscard.models import (
     split_fn,
 )
 from jax_infodiscard.models.layers import InputNorm, MaxPool
+from jax_infodiscard.models.sequential_adapter import to_sequential
 
 # Smallest image side each family accepts, and a tiny width for speed.
 TINY = {
@@ -333,3 +338,44 @@ def test_split_fn_errors():
         split_fn(abstract("unet"), "enc2")
     with pytest.raises(ValueError, match="unknown layer"):
         split_fn(abstract("resnet20"), "block4_1")
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_size_options_are_checked_in_every_family(name):
+    size = TINY[name]
+    build = functools.partial(create_model, name, image_size=size, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        nnx.eval_shape(lambda: build(width=0))  # was a ZeroDivisionError
+    with pytest.raises(TypeError, match="width must be an integer"):
+        nnx.eval_shape(lambda: build(width=2.5))
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        nnx.eval_shape(lambda: build(num_classes=0))
+
+
+def test_size_options_are_checked_on_direct_class_calls_too():
+    with pytest.raises(ValueError, match="width"):
+        nnx.eval_shape(lambda: VGG(width=0, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match="image_size"):
+        create_model("convnet", image_size=8.0, rngs=nnx.Rngs(0))
+
+
+# ------------------------------------------------------------ sequential form
+@pytest.mark.parametrize("name", ["convnet", "alexnet"])
+def test_to_sequential_matches_the_model(name):
+    model = tiny(name)
+    randomize_batch_stats(model)
+    x = images(2, 8)
+    layers = to_sequential(model)
+    np.testing.assert_allclose(
+        jax.jit(sequential.apply)(layers, x),
+        nnx.jit(lambda m, x: m(x))(model, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_to_sequential_refuses_skip_connections():
+    unet = nnx.eval_shape(lambda: tiny("unet", normalize=False))
+    with pytest.raises(ValueError, match="no sequential form"):
+        to_sequential(unet)

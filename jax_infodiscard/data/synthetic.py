@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jax_infodiscard.data.transforms import batch_indices
+from jax_infodiscard.validation import check_int
 
 __all__ = [
     "BLOCK_SIZE",
@@ -516,6 +517,7 @@ def make_dataset(
         ``S = config.image_size``.
 
     Raises:
+        TypeError: If ``num_examples`` or ``seed`` is not an integer (``2.5``).
         ValueError: If ``num_examples < 1`` or ``seed < 0``.
 
     Example:
@@ -525,11 +527,8 @@ def make_dataset(
         >>> bool((ds.images[0][ds.masks[0]] == ds.object_colors[0]).all())
         True
     """
-    if int(num_examples) < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    num_examples, seed = int(num_examples), int(seed)
+    num_examples = check_int("num_examples", num_examples)
+    seed = check_int("seed", seed, minimum=0)
     size = config.image_size
     images = np.empty((num_examples, size, size, 3), np.float32)
     labels = np.empty((num_examples,), np.int32)
@@ -569,12 +568,14 @@ def load_synthetic(
         A :class:`Dataset` (see :func:`make_dataset`).
 
     Raises:
-        ValueError: For an unknown split.
+        ValueError: For an unknown split or ``num_examples < 1``.
+        TypeError: For a ``num_examples`` that is not an integer (``2.5``).
     """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLIT_SEEDS)}")
     if num_examples is None:
         num_examples = _DEFAULT_SPLIT_SIZES[split]
+    num_examples = check_int("num_examples", num_examples)
     return make_dataset(num_examples, seed=SPLIT_SEEDS[split], config=config)
 
 

@@ -5,11 +5,9 @@ next convolution by ``c`` changes neither the network's function nor its
 knowledge, only feature magnitudes. CID and concentration are invariant
 (DESIGN.md sec. 2); maps built from gradients w.r.t. the features change.
 
-For a zoo ``ConvBN`` stage ``relu(BN(conv(x)))`` with inference-mode
-BatchNorm, "kernel and bias of layer ``l`` divided by ``c``" means the folded
-affine map: the BatchNorm scale and offset are divided by ``c`` (identical to
-dividing the folded kernel and bias). Between the two convolutions only
-positively homogeneous stages (ReLU, max- or average-pooling) are allowed.
+The rescaling itself (:func:`~jax_infodiscard.models.surgery.rescale_pair`)
+is model surgery and lives in :mod:`jax_infodiscard.models.surgery`; this
+module measures which quantities survive it.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from jax_infodiscard import baselines
 from jax_infodiscard.baselines import _common
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
 from jax_infodiscard.models.decoder import decoder_fn
-from jax_infodiscard.models.layers import ConvBN, GlobalAvgPool, MaxPool
+from jax_infodiscard.models.surgery import next_conv, rescale_pair
 from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
 from jax_infodiscard.types import Array, PRNGKey
 
@@ -33,76 +31,8 @@ __all__ = [
     "feature_input_gradient",
     "layer_fairness",
     "layer_gradient",
-    "next_conv",
     "plot_fairness",
-    "rescale_pair",
 ]
-
-
-def next_conv(model: nnx.Module, layer: str) -> str:
-    """The ``ConvBN`` stage after ``layer``, reached through pooling stages only.
-
-    Max and average pooling (``MaxPool``, ``GlobalAvgPool``) are positively
-    homogeneous, so a factor ``1/c`` on ``layer``'s output reaches the next
-    convolution unchanged.
-
-    Raises:
-        ValueError: ``layer`` is not a ``ConvBN`` stage, a stage other than
-            pooling comes before the next ``ConvBN`` stage, or none follows.
-    """
-    # Stages with f(h / c) = f(h) / c for c > 0: max pooling, and average
-    # pooling (linear).
-    homogeneous = (MaxPool, GlobalAvgPool)
-    stages = tuple(model.stage_names)
-    if layer not in stages or not isinstance(getattr(model, layer), ConvBN):
-        convs = [s for s in stages if isinstance(getattr(model, s), ConvBN)]
-        raise ValueError(f"layer must be a ConvBN stage, one of {convs}; got {layer!r}")
-    for name in stages[stages.index(layer) + 1 :]:
-        stage = getattr(model, name)
-        if isinstance(stage, ConvBN):
-            return name
-        if not isinstance(stage, homogeneous):
-            allowed = ", ".join(t.__name__ for t in homogeneous)
-            raise ValueError(
-                f"stage {name!r} ({type(stage).__name__}) follows {layer!r} before "
-                "any ConvBN stage: only pooling stages, which are positively "
-                f"homogeneous ({allowed}), may lie between the rescaled layer and "
-                "the convolution whose kernel absorbs the factor"
-            )
-    raise ValueError(f"no ConvBN stage follows {layer!r}")
-
-
-def rescale_pair(model: nnx.Module, layer: str, factor: float = 4.0) -> nnx.Module:
-    """A copy of ``model`` with layer ``layer`` scaled by ``1/factor``.
-
-    Layer ``l = layer``: BatchNorm scale and offset (the folded kernel and
-    bias) divided by ``factor``, so its post-ReLU output is ``h_l / factor``.
-    Next convolution: kernel multiplied by ``factor`` (its bias unchanged), so
-    every later activation and the output are unchanged.
-
-    Args:
-        model: a zoo ConvNet/AlexNet/VGG (``ConvBN`` stages); not modified.
-        layer: a ``ConvBN`` stage followed (through pooling stages) by another.
-        factor: positive scale ``c``.
-
-    Returns:
-        The rescaled copy.
-
-    Raises:
-        ValueError: bad layer or factor, or BatchNorm without scale/offset.
-    """
-    if not factor > 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
-    nxt = next_conv(model, layer)
-    out = nnx.clone(model)
-    bn = getattr(out, layer).bn
-    if bn.scale is None or bn.bias is None:
-        raise ValueError(f"layer {layer!r}: BatchNorm without scale/offset")
-    bn.scale[...] = bn.scale[...] / factor
-    bn.bias[...] = bn.bias[...] / factor
-    conv = getattr(out, nxt).conv
-    conv.kernel[...] = conv.kernel[...] * factor
-    return out
 
 
 @jax.jit
@@ -198,7 +128,7 @@ def layer_fairness(
     *,
     layer: str = "conv1",
     factor: float = 4.0,
-    cid_config: jid.CIDConfig = jid.CIDConfig(method="linearized"),
+    cid_config: jid.CIDConfig = jid.CIDConfig(),
     decoder_config: DecoderConfig | None = None,
     decoder_images=None,
 ) -> tuple[dict, Figure]:
@@ -212,7 +142,7 @@ def layer_fairness(
         layer: the rescaled layer ``l``; ``l`` and the next convolution are
             analysed.
         factor: the scale ``c``.
-        cid_config: CID configuration.
+        cid_config: CID configuration (default: the library default, `CIDConfig()`).
         decoder_config: when given, the table also has ``"ru_mean"``: RU with
             decoders trained (same keys) for each model's two layers on
             ``decoder_images`` (``float32 (N, H, W, C)``). The decoder

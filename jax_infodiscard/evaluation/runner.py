@@ -31,7 +31,6 @@ from matplotlib.figure import Figure
 
 import jax_infodiscard as jid
 from jax_infodiscard import baselines
-from jax_infodiscard.baselines.nnx_adapter import to_sequential
 from jax_infodiscard.data import (
     TFDS_SPECS,
     load_dataset,
@@ -46,6 +45,7 @@ from jax_infodiscard.evaluation.metrics import (
     localization_recall,
 )
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
+from jax_infodiscard.models.sequential_adapter import to_sequential
 from jax_infodiscard.training.decoder import DecoderConfig
 from jax_infodiscard.training.train import TrainConfig, train
 

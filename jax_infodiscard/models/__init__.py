@@ -1,5 +1,6 @@
-"""Model zoo (Flax NNX) and pure feature functions of its models."""
+"""Model zoo (Flax NNX), adapters for your own models, feature functions."""
 
+from jax_infodiscard.models.adapters import from_apply, from_linen, from_nnx
 from jax_infodiscard.models.base import LayeredModel
 from jax_infodiscard.models.convnets import VGG, AlexNet, ConvNet
 from jax_infodiscard.models.functional import (
@@ -27,6 +28,9 @@ __all__ = [
     "available_models",
     "create_model",
     "feature_fn",
+    "from_apply",
+    "from_linen",
+    "from_nnx",
     "layer_names",
     "model_fn",
     "model_metadata",

@@ -23,6 +23,10 @@ from flax import nnx
 
 from jax_infodiscard.models.layers import InputNorm
 from jax_infodiscard.types import Array
+from jax_infodiscard.validation import check_int
+
+_SIZE_OPTIONS = ("width",)
+"""Integer model options, checked to be ``>= 1`` by :meth:`LayeredModel._setup`."""
 
 __all__ = ["LayeredModel", "check_image_size"]
 
@@ -80,8 +84,10 @@ class LayeredModel(nnx.Module):
         model_kwargs: dict[str, Any] | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = check_int("num_classes", num_classes)
+        for name, value in (model_kwargs or {}).items():
+            if name in _SIZE_OPTIONS:  # before any layer is built with them
+                check_int(name, value)
         self.arch = arch
         self.num_classes = num_classes
         self.image_size = image_size

@@ -24,7 +24,9 @@ from flax import nnx
 
 from jax_infodiscard.models.convnets import VGG, AlexNet, ConvNet
 from jax_infodiscard.models.resnet import ResNet, ResNetAutoEncoder
+from jax_infodiscard.models.surgery import apply_damage
 from jax_infodiscard.models.unet import UNet
+from jax_infodiscard.validation import check_int
 
 __all__ = ["available_models", "create_model", "model_metadata"]
 
@@ -87,14 +89,20 @@ def create_model(
         rngs: parameter initialisation keys, e.g. ``nnx.Rngs(0)``. Parameters
             are drawn with ``jax.threefry_partitionable(False)`` (much faster
             to compile on CPU), so they differ from a direct class call.
-        **kwargs: model options, e.g. ``width=8`` or ``normalize=False``.
+        **kwargs: model options, e.g. ``width=8`` or ``normalize=False``;
+            ``damage=[(layer, num_filters, kernel_size), ...]`` applies
+            :func:`~jax_infodiscard.models.surgery.damage` (paper App. F.1)
+            in order, with keys from ``rngs`` (this is how the metadata of a
+            damaged model rebuilds it).
 
     Returns:
         The model (a :class:`~jax_infodiscard.models.base.LayeredModel`).
 
     Raises:
-        ValueError: unknown name (the message lists the choices) or an image
-            size the architecture cannot take.
+        ValueError: unknown name (the message lists the choices), an image
+            size the architecture cannot take, or a size option
+            (``num_classes``, ``image_size``, ``width``) below 1.
+        TypeError: a size option that is not an integer.
 
     Example:
         >>> from flax import nnx
@@ -103,13 +111,19 @@ def create_model(
         ('conv1', 'stage1', 'stage2', 'stage3', 'logits')
     """
     builder = _lookup(name)
+    check_int("num_classes", num_classes)
+    check_int("image_size", image_size)
+    if "width" in kwargs:
+        check_int("width", kwargs["width"])
+    damage = kwargs.pop("damage", ())
     # The partitionable threefry sampler (jax's default) takes seconds to
     # compile per parameter shape on XLA:CPU; the classic one compiles in
     # well under a second. Values differ, determinism given `rngs` does not.
     with jax.threefry_partitionable(False):
-        return builder(
+        model = builder(
             num_classes=num_classes, image_size=image_size, rngs=rngs, **kwargs
         )
+    return apply_damage(model, damage, rngs=rngs) if damage else model
 
 
 def model_metadata(model: nnx.Module) -> dict[str, Any]:

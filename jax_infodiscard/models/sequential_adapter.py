@@ -1,10 +1,11 @@
-"""Flax NNX adapter: the model zoo's plain convnets as sequential LRP specs.
+"""The model zoo's plain convnets as sequential layer specs (for LRP).
 
-This is the only module of :mod:`jax_infodiscard.baselines` that touches Flax
-(it is not imported by the package). :func:`to_sequential` rewrites a
-``convnet``, ``alexnet`` or ``vgg*`` model of :mod:`jax_infodiscard.models`
-as a tuple of :mod:`~jax_infodiscard.baselines.sequential` layers with the
-same inference-mode forward pass:
+:mod:`jax_infodiscard.baselines` never touches Flax: LRP-epsilon takes a
+tuple of :mod:`~jax_infodiscard.baselines.sequential` layers. This adapter
+(not imported by :mod:`jax_infodiscard.models` itself, so that the zoo does
+not load the baselines) writes a zoo model in that form: :func:`to_sequential`
+rewrites a ``convnet``, ``alexnet`` or ``vgg*`` model as a tuple of
+sequential layers with the same inference-mode forward pass:
 
 * the input centring ``(x - mean) * scale`` becomes a 1x1 convolution;
 * ``ConvBN`` becomes one convolution with the BatchNorm running statistics

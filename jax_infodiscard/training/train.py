@@ -781,6 +781,11 @@ def train(
             start_epoch = int(found.metadata.get("epoch", found.step))
             history = {k: list(v) for k, v in found.metadata.get("history", {}).items()}
 
+    # Restored arrays are committed to a device, fresh ones are not; commit
+    # both alike so that a resumed run reuses the compiled step.
+    params, rest, opt_state = jax.device_put(
+        (params, rest, opt_state), jax.devices()[0]
+    )
     step_config = dataclasses.replace(
         config, seed=0, progress=False, keep_checkpoints=None, eval_batch_size=1
     )

@@ -213,7 +213,7 @@ def _data_file(step_dir):
     [
         ("truncate", r"has \d+ of its \d+ bytes"),
         ("delete", "is missing"),
-        ("flip", "does not match its recorded SHA-256"),
+        ("flip", "does not match its recorded CRC-32"),
     ],
 )
 def test_digests_catch_truncated_deleted_and_altered_files(

@@ -21,13 +21,20 @@ from jax_infodiscard.types import Array
 
 __all__ = [
     "as_partial",
+    "check_boxes",
     "check_finite",
+    "check_image_shape",
     "check_images",
     "check_int",
     "check_layers",
+    "check_mask",
+    "check_mask_split",
     "check_names",
     "check_number",
+    "check_pixel_map",
     "image_keys",
+    "is_traced",
+    "mask_values_ok",
 ]
 
 
@@ -198,13 +205,25 @@ def check_number(
     positive: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
+    below: float | None = None,
 ) -> float:
     """``value`` as a finite ``float`` within the given bounds.
 
+    Args:
+      name: the argument's name, for messages.
+      value: the number to check.
+      positive: require ``value > 0``.
+      minimum: require ``value >= minimum``.
+      maximum: require ``value <= maximum``.
+      below: require ``value < below`` (a strict upper bound).
+
     Raises:
       TypeError: not a real number.
-      ValueError: NaN, infinite, not positive (``positive=True``) or outside
-        ``[minimum, maximum]``.
+      ValueError: NaN, infinite, not positive (``positive=True``), outside
+        ``[minimum, maximum]`` or not below ``below``.
+
+    >>> check_number("momentum", 0.9, minimum=0, below=1)
+    0.9
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -217,6 +236,8 @@ def check_number(
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    if below is not None and not v < below:
+        raise ValueError(f"{name} must be < {below}, got {value!r}")
     return v
 
 
@@ -313,3 +334,243 @@ def check_layers(
                     "inference mode and make the feature function per-image"
                 )
     return layers
+
+
+# ------------------------------------------------------------ masks and boxes
+#
+# These checks also run on traced values (inside ``jit``/``vmap``), where a
+# value cannot be inspected on the host. There, the shape and dtype checks
+# still raise at trace time; the value checks become
+# :func:`jax.experimental.checkify.debug_check` calls, which raise when the
+# caller runs the function under :func:`jax.experimental.checkify.checkify`
+# and do nothing under plain ``jit``. The functions that use them return NaN
+# for an image whose inputs failed a value check, so that a bad value never
+# yields a plausible-looking number.
+
+
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is a tracer (inside ``jit``, ``vmap``, ``grad``...)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def _as_array(value: Any, name: str, what: str) -> Array:
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise TypeError(f"{name} must be {what}, got {_describe(value)}")
+    try:
+        return jnp.asarray(value)
+    except TypeError as e:
+        raise TypeError(f"{name} must be {what}, got {_describe(value)}") from e
+
+
+def _debug_check(condition: Array, message: str) -> None:
+    """A value check on traced data (see the note above)."""
+    from jax.experimental import checkify
+
+    checkify.debug_check(condition, message.replace("{", "(").replace("}", ")"))
+
+
+def check_pixel_map(pixel_map: Any, name: str = "pixel_map") -> Array:
+    """Validates a real-valued map with ``(H, W)`` trailing axes.
+
+    Args:
+      pixel_map: array-like ``(..., H, W)`` of real numbers.
+      name: the argument's name, for messages.
+
+    Returns:
+      The map as a floating-point array (integers become ``float32``).
+
+    Raises:
+      TypeError: not an array.
+      ValueError: fewer than two axes, a boolean or complex dtype, or NaN/inf
+        values (on traced maps: a ``debug_check``, see the module note).
+
+    >>> check_pixel_map(np.zeros((2, 3))).dtype
+    dtype('float32')
+    """
+    arr = _as_array(pixel_map, name, "an array of shape (..., H, W)")
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., H, W), got shape {arr.shape}")
+    if arr.dtype == jnp.bool_ or not (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+    ):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.float32)
+    if is_traced(arr):
+        _debug_check(jnp.all(jnp.isfinite(arr)), f"{name} contains NaN/inf values")
+    else:
+        bad = int(np.sum(~np.isfinite(np.asarray(arr))))
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+    return arr
+
+
+def check_mask(mask: Any, name: str = "foreground_mask") -> Array:
+    """Validates binary masks with ``(H, W)`` trailing axes; returns them as bool.
+
+    A mask is boolean, or integer with only the values 0 and 1. Floating-point
+    masks are refused rather than thresholded: whether ``0.5`` is foreground is
+    the caller's decision (``mask > 0.5``).
+
+    Args:
+      mask: array-like ``(..., H, W)``.
+      name: the argument's name, for messages.
+
+    Returns:
+      ``bool (..., H, W)``. A traced integer mask with values other than 0/1
+      is not caught here (it maps to ``mask == 1``); see :func:`mask_values_ok`.
+
+    Raises:
+      TypeError: not an array.
+      ValueError: fewer than two axes, a non-bool non-integer dtype, or
+        integer values other than 0 and 1.
+
+    >>> check_mask(np.array([[0, 1], [1, 0]])).dtype
+    dtype('bool')
+    """
+    arr = _as_array(mask, name, "a boolean array of shape (..., H, W)")
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., H, W), got shape {arr.shape}")
+    if arr.dtype == jnp.bool_:
+        return arr
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise ValueError(
+            f"{name} must be boolean (or integer 0/1), got dtype {arr.dtype}; "
+            "threshold it explicitly, e.g. mask > 0.5"
+        )
+    if is_traced(arr):
+        _debug_check(mask_values_ok(arr).all(), f"{name} must hold only 0 and 1")
+    else:
+        host = np.asarray(arr)
+        odd = np.unique(host[(host != 0) & (host != 1)])
+        if odd.size:
+            raise ValueError(
+                f"{name} must hold only 0 and 1, got also {odd[:5].tolist()}"
+            )
+    return arr == 1
+
+
+def mask_values_ok(mask: Array) -> Array:
+    """``bool (...)``: whether each ``(H, W)`` mask holds only 0/1 (or is bool)."""
+    if mask.dtype == jnp.bool_:
+        return jnp.ones(mask.shape[:-2], bool)
+    return jnp.all((mask == 0) | (mask == 1), axis=(-2, -1))
+
+
+def check_mask_split(mask: Array, name: str = "foreground_mask") -> None:
+    """Requires foreground and background pixels in every ``(H, W)`` mask.
+
+    Args:
+      mask: ``bool (..., H, W)`` (from :func:`check_mask`).
+      name: the argument's name, for messages.
+
+    Raises:
+      ValueError: some mask is all background or all foreground (the indices
+        of the first such masks are named); on traced masks a
+        ``debug_check``.
+    """
+    count = jnp.sum(mask, axis=(-2, -1))
+    size = mask.shape[-2] * mask.shape[-1]
+    if is_traced(mask):
+        _debug_check(jnp.all(count > 0), f"{name} is all background for some image")
+        _debug_check(jnp.all(count < size), f"{name} is all foreground for some image")
+        return
+    count = np.asarray(count)
+    for bad, what in ((count == 0, "background"), (count == size, "foreground")):
+        if np.any(bad):
+            where = [tuple(int(i) for i in ix) for ix in np.argwhere(bad)[:3]]
+            at = f" (at index {', '.join(map(str, where))})" if count.ndim else ""
+            raise ValueError(f"{name} is all {what} for some image{at}")
+
+
+def check_image_shape(image_shape: Any, name: str = "image_shape") -> tuple[int, int]:
+    """``(H, W)`` as a pair of positive ints.
+
+    Raises:
+      TypeError: not a sequence of integers.
+      ValueError: not two entries (``(H, W, C)`` included), or an entry < 1.
+
+    >>> check_image_shape((32, 28))
+    (32, 28)
+    """
+    if isinstance(image_shape, (str, bytes, dict)) or not hasattr(
+        image_shape, "__len__"
+    ):
+        raise TypeError(f"{name} must be a pair (H, W), got {image_shape!r}")
+    shape = tuple(image_shape)
+    if len(shape) != 2:
+        hint = "; pass images.shape[1:3]" if len(shape) == 3 else ""
+        raise ValueError(f"{name} must be a pair (H, W), got {shape}{hint}")
+    h, w = (check_int(f"{name}[{i}]", v) for i, v in enumerate(shape))
+    return h, w
+
+
+def check_boxes(boxes: Any, image_shape: tuple[int, int], name: str = "boxes") -> Array:
+    """Validates ``(..., 4)`` boxes ``(y0, x0, y1, x1)`` inside an image.
+
+    Boxes are whole pixels, half-open, non-empty and inside the image:
+    ``0 <= y0 < y1 <= H`` and ``0 <= x0 < x1 <= W``.
+
+    Args:
+      boxes: array-like ``(..., 4)`` of integers (or integral floats).
+      image_shape: ``(H, W)`` (already checked).
+      name: the argument's name, for messages.
+
+    Returns:
+      The boxes as an integer array (a traced float array is returned as is).
+
+    Raises:
+      TypeError: not an array.
+      ValueError: a last axis other than 4, a non-numeric dtype, NaN/inf or
+        fractional coordinates, or an inverted, empty or out-of-image box (the
+        first one is named); on traced boxes the value checks are
+        ``debug_check`` calls.
+
+    >>> check_boxes([[0, 1, 2, 3]], (4, 4)).tolist()
+    [[0, 1, 2, 3]]
+    """
+    arr = _as_array(boxes, name, "an array of shape (..., 4)")
+    if arr.ndim == 0 or arr.shape[-1] != 4:
+        raise ValueError(
+            f"{name} must have shape (..., 4) as (y0, x0, y1, x1), got shape "
+            f"{arr.shape}"
+        )
+    if arr.dtype == jnp.bool_ or not (
+        jnp.issubdtype(arr.dtype, jnp.integer)
+        or jnp.issubdtype(arr.dtype, jnp.floating)
+    ):
+        raise ValueError(f"{name} must hold pixel coordinates, got dtype {arr.dtype}")
+    h, w = image_shape
+    rule = f"0 <= y0 < y1 <= {h} and 0 <= x0 < x1 <= {w}"
+    if is_traced(arr):
+        y0, x0, y1, x1 = (arr[..., i] for i in range(4))
+        inside = (0 <= y0) & (y0 < y1) & (y1 <= h) & (0 <= x0) & (x0 < x1) & (x1 <= w)
+        _debug_check(jnp.all(inside), f"{name} must satisfy {rule}")
+        return arr
+    host = np.asarray(arr)
+    flat = host.reshape(-1, 4)
+
+    def first(bad: np.ndarray) -> str:
+        i = int(np.argmax(bad))
+        index = np.unravel_index(i, host.shape[:-1]) if host.ndim > 1 else ()
+        at = f"[{', '.join(str(int(j)) for j in index)}]" if index else ""
+        return f"{name}{at} = {tuple(flat[i].tolist())}"
+
+    if not np.issubdtype(host.dtype, np.integer):
+        bad = ~np.isfinite(flat).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{first(bad)} is not finite")
+        bad = (flat != np.round(flat)).any(axis=1)
+        if bad.any():
+            raise ValueError(f"{first(bad)} is not in whole pixels; round it first")
+    y0, x0, y1, x1 = flat.T
+    bad = (y1 <= y0) | (x1 <= x0)
+    if bad.any():
+        raise ValueError(
+            f"{first(bad)} is inverted or empty (needs y0 < y1 and x0 < x1)"
+        )
+    bad = (y0 < 0) | (x0 < 0) | (y1 > h) | (x1 > w)
+    if bad.any():
+        raise ValueError(f"{first(bad)} lies outside the ({h}, {w}) image ({rule})")
+    return jnp.asarray(host.astype(np.int32))

@@ -738,3 +738,41 @@ def test_explanation_is_a_pytree_with_static_budget():
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
     assert rebuilt.model_calls == 1 and rebuilt.method == "gradient"
     assert all(leaf.shape[0] == B for leaf in leaves)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: gradient.explain(m, x),
+        lambda m, x: smoothgrad.explain(m, x, KEY, samples=2),
+        lambda m, x: integrated_gradients.explain(m, x, steps=4),
+        lambda m, x: lime.explain(m, x, KEY, samples=4),
+    ],
+    ids=["gradient", "smoothgrad", "integrated_gradients", "lime"],
+)
+def test_bad_nan_image_fails_in_check_images_before_the_model(call, bad, monkeypatch):
+    """A NaN/inf pixel is refused by the shared check before the model runs
+    (LIME: before any SLIC segmentation)."""
+    _, weights = _linear_model()
+    calls = []
+
+    def model(x):
+        calls.append(x.shape)
+        return _linear_apply((weights, jnp.zeros(K)), x)
+
+    def no_segmentation(*args, **kwargs):
+        raise AssertionError("superpixels ran on a bad image")
+
+    monkeypatch.setattr(lime, "superpixels", no_segmentation)
+    images = _images().at[1, 2, 3, 0].set(bad)
+    with pytest.raises(ValueError, match=r"images contain 1 NaN/inf value\(s\)"):
+        call(model, images)
+    assert calls == []
+    # Without the bad pixel the checks pass and the model runs (LIME reaches
+    # the segmentation, which the stub refuses).
+    try:
+        call(model, _images())
+    except AssertionError as err:
+        assert "superpixels ran" in str(err)
+    assert calls

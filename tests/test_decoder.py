@@ -264,6 +264,24 @@ def test_config_defaults_and_validation():
             DecoderConfig(**bad)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("beta", math.inf, ValueError, "beta must be finite"),
+        ("beta", math.nan, ValueError, "beta must be finite"),
+        ("noise_std", math.inf, ValueError, "noise_std must be finite"),
+        ("noise_std", -0.1, ValueError, "noise_std must be >= 0"),
+        ("learning_rate", math.nan, ValueError, "learning_rate must be finite"),
+        ("holdout_fraction", math.nan, ValueError, "holdout_fraction must be finite"),
+        ("steps", 2.5, TypeError, "steps must be an integer"),
+        ("width", "8", TypeError, "width must be an integer"),
+    ],
+)
+def test_bad_config_values_fail_at_construction(field, value, error, message):
+    with pytest.raises(error, match=message):
+        DecoderConfig(**{field: value})
+
+
 def test_training_reconstructs_identity_feature(trained):
     images, _, dec, m = trained
     assert isinstance(m, DecoderMetrics)
@@ -434,3 +452,184 @@ def test_decoder_reconstructs_embedded_data_better_than_upsampling():
     assert mse < 0.9 * bilinear
     assert mse < 0.2 * np.var(test_images)
     np.testing.assert_allclose(mse, m.heldout_mse, rtol=0.2)
+
+
+# --------------------------------------------------------------------------
+# Never silent: NaN features and losses, cache folders, corrupt checkpoints.
+
+UNTRAINED = dataclasses.replace(TINY, steps=0, eval_images=16)
+
+
+def test_nan_features_are_refused_naming_the_layer():
+    images = smooth_images(8)
+
+    def nan_features(x):
+        return {"id": x * jnp.nan}
+
+    with pytest.raises(ValueError, match="NaN/inf values for layer 'id'"):
+        train_decoder(
+            nan_features, "id", images, UNTRAINED, key=jax.random.key(0), progress=False
+        )
+
+
+def test_nan_loss_stops_decoder_training_naming_the_step(tmp_path):
+    from jax_infodiscard.training.decoder import _split_for_training
+
+    n, key = 64, jax.random.key(0)
+    images = 0.5 * smooth_images(n)
+    images[-1, 0, 0, 0] = 0.99  # the only pixel above 0.9
+
+    def poisoned(x):  # NaN for the last image, exact identity for the others
+        return {"id": x + 0.0 * jnp.log(0.9 - x[:, :1, :1, :1])}
+
+    config = dataclasses.replace(
+        TINY, steps=40, eval_images=8, holdout_fraction=0.0, log_every=10
+    )
+    # The steps that sample the last image, drawn as train_decoder draws them
+    # (no hold-out: the training images are the images in order, and the
+    # statistics use only the first 8).
+    k_train = _split_for_training(key, n)[2]
+    sampled = [
+        n - 1
+        in jax.random.randint(
+            jax.random.split(jax.random.fold_in(k_train, step))[0],
+            (config.batch_size,),
+            0,
+            n,
+        )
+        for step in range(config.steps)
+    ]
+    first = sampled.index(True) + 1
+    assert 1 < first < config.steps  # the key makes the test meaningful
+    with pytest.raises(
+        FloatingPointError, match=rf"layer 'id' diverged: .* at step {first};"
+    ):
+        train_decoder(
+            poisoned,
+            "id",
+            images,
+            config,
+            key=key,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert not decoder_checkpoint_path(tmp_path, "id").exists()  # nothing saved
+
+
+def _named_features(x):
+    return {"a/b": x, "a_b": 0.5 * x}
+
+
+def test_cache_folders_of_similar_layer_names_do_not_collide(tmp_path):
+    images = smooth_images(16)
+    key = jax.random.key(0)
+    paths = {decoder_checkpoint_path(tmp_path, n) for n in ("a/b", "a_b", "a:b")}
+    assert len(paths) == 3
+    trained = {}
+    for i, layer in enumerate(("a/b", "a_b")):
+        trained[layer] = load_or_train_decoder(
+            _named_features,
+            layer,
+            images,
+            UNTRAINED,
+            key=jax.random.fold_in(key, i),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )[1]
+    for layer in ("a/b", "a_b"):  # each reads back its own decoder
+        _, meta = load_decoder(tmp_path, layer)
+        assert meta["layer"] == layer
+        assert DecoderMetrics.from_dict(meta["metrics"]) == trained[layer]
+    assert trained["a/b"] != trained["a_b"]
+
+
+def test_pre_hash_cache_folders_are_still_read(tmp_path):
+    images = smooth_images(16)
+    key = jax.random.key(0)
+    _, metrics = load_or_train_decoder(
+        _named_features,
+        "a/b",
+        images,
+        UNTRAINED,
+        key=key,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    legacy = tmp_path / "decoder_a_b"  # the old name of both layers
+    decoder_checkpoint_path(tmp_path, "a/b").rename(legacy)
+    _, meta = load_decoder(tmp_path, "a/b")
+    assert DecoderMetrics.from_dict(meta["metrics"]) == metrics
+    reused = load_or_train_decoder(
+        _named_features,
+        "a/b",
+        images,
+        UNTRAINED,
+        key=jax.random.key(99),  # a retrained decoder would differ
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )[1]
+    assert reused == metrics
+    # The legacy folder holds 'a/b': it is not taken for 'a_b'.
+    with pytest.raises(
+        FileNotFoundError, match="no decoder checkpoint for layer 'a_b'"
+    ):
+        load_decoder(tmp_path, "a_b")
+
+
+def _truncate_largest(folder):
+    target = max(
+        (p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_corrupt_decoder_cache_falls_back_with_one_warning_line(
+    trained, tmp_path, capfd, how
+):
+    import shutil
+
+    from jax_infodiscard.training.checkpoint import CheckpointFallbackWarning
+
+    images, ckpt, _, _ = trained
+    key = jax.random.key(1)
+    kwargs = dict(key=key, checkpoint_dir=tmp_path, progress=False)
+    _, original = load_or_train_decoder(
+        identity_features, "id", images, UNTRAINED, **kwargs
+    )
+    folder = decoder_checkpoint_path(tmp_path, "id")
+    # A corrupt step of this configuration is trained again, identically.
+    state = folder / "0" / "state"
+    if how == "truncate":
+        _truncate_largest(state)
+    else:
+        next(
+            p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"
+        ).unlink()
+    capfd.readouterr()
+    with pytest.warns(CheckpointFallbackWarning) as record:
+        _, metrics = load_or_train_decoder(
+            identity_features, "id", images, UNTRAINED, **kwargs
+        )
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "\n" not in message
+    assert (
+        "step 0 in" in message and "training the decoder of layer 'id' again" in message
+    )
+    assert capfd.readouterr().err == ""  # no orbax or TensorStore output
+    assert metrics == dataclasses.replace(
+        original, seconds=metrics.seconds, steps_per_second=metrics.steps_per_second
+    )
+    _, meta = load_decoder(tmp_path, "id", step=0)  # rewritten intact
+    # load_decoder falls back to the newest intact step.
+    shutil.copytree(
+        decoder_checkpoint_path(ckpt, "id") / str(TINY.steps), folder / str(TINY.steps)
+    )
+    _truncate_largest(folder / str(TINY.steps) / "state")
+    with pytest.warns(CheckpointFallbackWarning) as record:
+        _, meta = load_decoder(tmp_path, "id")
+    assert len(record) == 1 and meta["steps"] == 0
+    assert f"step {TINY.steps} in" in str(record[0].message)
+    assert "using step 0" in str(record[0].message)

@@ -56,6 +56,74 @@ def test_config_validation():
         FAST.epochs = 4  # type: ignore[misc]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("learning_rate", float("inf"), ValueError, "learning_rate must be finite"),
+        ("learning_rate", float("nan"), ValueError, "learning_rate must be finite"),
+        ("learning_rate", 0.0, ValueError, "learning_rate must be > 0"),
+        ("weight_decay", float("nan"), ValueError, "weight_decay must be finite"),
+        ("weight_decay", -1e-4, ValueError, "weight_decay must be >= 0"),
+        ("momentum", 1.0, ValueError, "momentum must be < 1"),
+        ("warmup_epochs", float("inf"), ValueError, "warmup_epochs must be finite"),
+        ("label_smoothing", float("nan"), ValueError, "label_smoothing"),
+        ("epochs", 2.5, TypeError, "epochs must be an integer"),
+        ("seed", -1, ValueError, "seed must be >= 0"),
+        ("crop_padding", -2, ValueError, "crop_padding must be >= 0"),
+        ("learning_rate", "0.1", TypeError, "learning_rate must be a number"),
+        ("augment", 1, TypeError, "augment must be a bool"),
+    ],
+)
+def test_bad_config_values_fail_at_construction(field, value, error, message):
+    with pytest.raises(error, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_bad_nan_pixel_in_the_data_is_refused():
+    images, labels = toy_data(32)
+    images[5, 2, 3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"train_data images contain 1 NaN/inf"):
+        train("convnet", (images, labels), None, FAST, **CONVNET)
+    clean, _ = toy_data(32)
+    with pytest.raises(ValueError, match=r"test_data images contain 1 NaN/inf"):
+        train("convnet", (clean, labels), (images, labels), FAST, **CONVNET)
+    with pytest.raises(TypeError, match="config must be a TrainConfig"):
+        train("convnet", (clean, labels), None, {"epochs": 1}, **CONVNET)
+
+
+class _Poisoned(nnx.Module):
+    """A linear classifier whose logits are NaN for an image whose pixel
+    ``(0, 0)`` has red value exactly 1 (``0 * log(0)``), finite otherwise."""
+
+    num_classes = 2
+
+    def __init__(self, *, rngs):
+        self.linear = nnx.Linear(8 * 8 * 3, 2, rngs=rngs)
+
+    def __call__(self, x, train=False):
+        poison = jnp.log1p(-x[:, 0, 0, :1])  # -inf where the pixel is 1
+        return self.linear(x.reshape(x.shape[0], -1)) + 0.0 * poison
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_nan_loss_stops_training_naming_the_step(tmp_path, progress):
+    images, labels = toy_data(64)
+    config = dataclasses.replace(FAST, progress=progress)
+    # The epoch-0 batches, drawn as train() draws them.
+    with jax.threefry_partitionable(False):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+        batches = np.asarray(jax.random.permutation(key, 64)).reshape(4, 16)
+    images[batches[2, 5], 0, 0, 0] = 1.0  # in the third step of epoch 1
+    model = _Poisoned(rngs=nnx.Rngs(0))
+    before = np.asarray(model.linear.kernel[...])
+    with pytest.raises(
+        FloatingPointError, match=r"epoch 1, step 3 of 4 \(optimizer step 3\)"
+    ):
+        train(model, (images, labels), None, config, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(model.linear.kernel[...], before)  # untouched
+    assert ckpt.all_steps(tmp_path) == ()  # nothing of the failed epoch saved
+
+
 def test_augment_identity_flip_and_crop():
     x = jax.random.uniform(jax.random.key(0), (6, 5, 5, 2))
     key = jax.random.key(1)
@@ -136,30 +204,177 @@ def test_evaluate_matches_manual_and_ignores_padding():
         assert scores["loss"] == pytest.approx(manual_loss, rel=1e-5)
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path):
+RESUME = dataclasses.replace(FAST, augment=True, keep_checkpoints=None)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A 3-epoch run with every epoch's checkpoint: (folder, data, model, history)."""
+    folder = tmp_path_factory.mktemp("run")
     data = toy_data(64)
-    config = dataclasses.replace(FAST, augment=True, keep_checkpoints=None)
-    full, hist_full = train(
-        "convnet", data, None, config, checkpoint_dir=tmp_path, **CONVNET
+    model, history = train(
+        "convnet", data, None, RESUME, checkpoint_dir=folder, **CONVNET
     )
-    assert ckpt.all_steps(tmp_path) == (1, 2, 3)
+    assert ckpt.all_steps(folder) == (1, 2, 3)
+    return folder, data, model, history
+
+
+def _copy(run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run[0], folder)
+    return folder
+
+
+def test_resume_reproduces_uninterrupted_run(finished_run, tmp_path):
+    _, data, full, hist_full = finished_run
+    folder = _copy(finished_run, tmp_path)
     # forget the last epoch, then resume from epoch 2
-    shutil.rmtree(tmp_path / "3")
+    shutil.rmtree(folder / "3")
     resumed, hist = train(
-        "convnet", data, None, config, checkpoint_dir=tmp_path, **CONVNET
+        "convnet", data, None, RESUME, checkpoint_dir=folder, **CONVNET
     )
     assert hist["epoch"] == [1, 2, 3]
-    np.testing.assert_allclose(hist["train_loss"], hist_full["train_loss"], rtol=1e-5)
+    np.testing.assert_array_equal(hist["train_loss"], hist_full["train_loss"])
     x = jnp.asarray(data[0][:8])
-    np.testing.assert_allclose(resumed(x), full(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(resumed(x), full(x))  # bit-identical
     # a finished run only reloads
     again, hist_again = train(
-        "convnet", data, None, config, checkpoint_dir=tmp_path, **CONVNET
+        "convnet", data, None, RESUME, checkpoint_dir=folder, **CONVNET
     )
     assert hist_again["epoch"] == [1, 2, 3]
     np.testing.assert_array_equal(again(x), resumed(x))
-    meta = ckpt.read_metadata(tmp_path)
+    meta = ckpt.read_metadata(folder)
     assert meta["model"] == "convnet" and meta["epoch"] == 3
+    assert meta["run"]["train_config"]["seed"] == 0 and meta["run"]["epochs"] == 3
+    assert meta["run"]["data"]["num_images"] == 64
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _largest_file(folder):
+    return max(
+        (p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "resumed_from"),
+    [
+        ({3: "truncate"}, 2),
+        ({3: "delete"}, 2),
+        ({3: "delete", 2: "truncate"}, 1),
+    ],
+    ids=["truncated", "deleted", "two-corrupt"],
+)
+def test_corrupt_latest_checkpoint_falls_back_with_one_warning_line(
+    finished_run, tmp_path, capfd, corrupt, resumed_from
+):
+    _, data, full, hist_full = finished_run
+    folder = _copy(finished_run, tmp_path)
+    for step, how in corrupt.items():
+        target = _largest_file(folder / str(step) / "state")
+        _truncate(target) if how == "truncate" else target.unlink()
+    capfd.readouterr()
+    with pytest.warns(ckpt.CheckpointFallbackWarning) as record:
+        resumed, hist = train(
+            "convnet", data, None, RESUME, checkpoint_dir=folder, **CONVNET
+        )
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "\n" not in message and len(message) < 600
+    steps = ", ".join(str(s) for s in sorted(corrupt, reverse=True))
+    assert f"step{'s' if len(corrupt) > 1 else ''} {steps} in" in message
+    assert f"resuming from step {resumed_from}" in message
+    assert "is missing" in message or "bytes" in message
+    _, err = capfd.readouterr()
+    assert err == "", err  # no orbax or TensorStore output
+    # The same model as resuming from the intact step: the uninterrupted run.
+    x = jnp.asarray(data[0][:8])
+    np.testing.assert_array_equal(resumed(x), full(x))
+    np.testing.assert_array_equal(hist["train_loss"], hist_full["train_loss"])
+    # The corrupt steps were set aside and rewritten; the folder reads clean.
+    assert ckpt.all_steps(folder) == (1, 2, 3)
+    assert sorted(p.name for p in folder.glob("*.corrupt-*")) == [
+        f"{s}.corrupt-0" for s in sorted(corrupt)
+    ]
+    for step in (1, 2, 3):
+        assert ckpt.verify_checkpoint(folder, step)
+
+
+def test_every_step_corrupt_trains_from_scratch(finished_run, tmp_path):
+    _, data, full, _ = finished_run
+    folder = _copy(finished_run, tmp_path)
+    for step in (1, 2, 3):
+        (folder / str(step) / "metadata" / "metadata").unlink()
+    with pytest.warns(ckpt.CheckpointFallbackWarning, match="training from scratch"):
+        again, hist = train(
+            "convnet", data, None, RESUME, checkpoint_dir=folder, **CONVNET
+        )
+    assert hist["epoch"] == [1, 2, 3]
+    x = jnp.asarray(data[0][:8])
+    np.testing.assert_array_equal(again(x), full(x))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 2}, r"trained for 3 epochs, more than the epochs=2 .*epochs=3"),
+        ({"epochs": 4}, r"planned for 3 epochs .*cosine.*pass epochs=3"),
+        ({"seed": 1}, r"another training run \(seed: 0 there, 1 here\)"),
+        ({"learning_rate": 0.02}, r"learning_rate: 0.01 there, 0.02 here"),
+        ({"data": 48}, r"data.num_images: 64 there, 48 here"),
+        ({"data": "other"}, r"data.channel_mean"),
+        ({"width": 8}, r"model.model_kwargs.width: 4 there, 8 here"),
+    ],
+)
+def test_resume_refuses_another_run(finished_run, tmp_path, change, message):
+    _, data, _, _ = finished_run
+    folder = _copy(finished_run, tmp_path)
+    change = dict(change)
+    if "data" in change:
+        what = change.pop("data")
+        data = toy_data(what) if isinstance(what, int) else toy_data(64, seed=3)
+    kwargs = {"model_kwargs": {"width": change.pop("width", 4)}}
+    config = dataclasses.replace(RESUME, **change)
+    with pytest.raises(ValueError, match=message) as info:
+        train("convnet", data, None, config, checkpoint_dir=folder, **kwargs)
+    assert "another checkpoint_dir" in str(info.value)
+    assert ckpt.all_steps(folder) == (1, 2, 3)  # nothing touched
+
+
+def test_resume_false_replaces_the_old_run(finished_run, tmp_path):
+    _, data, _, _ = finished_run
+    folder = _copy(finished_run, tmp_path)
+    # Starting over: the old steps go when the first new one is saved, so the
+    # folder never mixes two runs.
+    reseeded = dataclasses.replace(RESUME, seed=5)
+    train(
+        "convnet", data, None, reseeded, checkpoint_dir=folder, resume=False, **CONVNET
+    )
+    assert ckpt.all_steps(folder) == (1, 2, 3)
+    for step in (1, 2, 3):
+        meta = ckpt.read_metadata(folder, step=step)
+        assert meta["run"]["train_config"]["seed"] == 5
+
+
+@pytest.mark.slow
+def test_constant_schedule_run_can_be_extended(tmp_path):
+    """~30-50 s on 2 shared cores: two step configurations compile."""
+    data = toy_data(64)
+    constant = dataclasses.replace(RESUME, schedule="constant", epochs=2)
+    train("convnet", data, None, constant, checkpoint_dir=tmp_path, **CONVNET)
+    longer = dataclasses.replace(constant, epochs=3)
+    extended, hist = train(
+        "convnet", data, None, longer, checkpoint_dir=tmp_path, **CONVNET
+    )
+    straight, hist_straight = train("convnet", data, None, longer, **CONVNET)
+    assert hist["epoch"] == [1, 2, 3]
+    np.testing.assert_array_equal(hist["train_loss"], hist_straight["train_loss"])
+    x = jnp.asarray(data[0][:8])
+    np.testing.assert_array_equal(extended(x), straight(x))
 
 
 def test_evaluate_autoencoder_reports_mse():

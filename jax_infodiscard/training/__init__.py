@@ -1,12 +1,16 @@
 """Training loops and orbax checkpoints for the model zoo."""
 
 from jax_infodiscard.training.checkpoint import (
+    CheckpointFallbackWarning,
+    CorruptCheckpointError,
     all_steps,
     latest_step,
     read_metadata,
     restore_checkpoint,
     restore_extra,
+    restore_newest_intact,
     save_checkpoint,
+    verify_checkpoint,
 )
 from jax_infodiscard.training.train import (
     TrainConfig,
@@ -17,6 +21,8 @@ from jax_infodiscard.training.train import (
 )
 
 __all__ = [
+    "CheckpointFallbackWarning",
+    "CorruptCheckpointError",
     "TrainConfig",
     "all_steps",
     "augment_batch",
@@ -26,6 +32,8 @@ __all__ = [
     "read_metadata",
     "restore_checkpoint",
     "restore_extra",
+    "restore_newest_intact",
     "save_checkpoint",
     "train",
+    "verify_checkpoint",
 ]

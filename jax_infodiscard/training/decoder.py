@@ -34,13 +34,15 @@ number of trained steps and the metrics.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import pathlib
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +55,10 @@ from tqdm.auto import tqdm
 from jax_infodiscard import validation
 from jax_infodiscard.models.decoder import Decoder, create_decoder, decoder_fn
 from jax_infodiscard.training.checkpoint import (
+    CheckpointFallbackWarning,
+    CorruptCheckpointError,
     all_steps,
+    describe_skipped,
     read_metadata,
     restore_checkpoint,
     save_checkpoint,
@@ -122,33 +127,20 @@ class DecoderConfig:
 
     def __post_init__(self):
         for name in ("num_blocks", "width", "batch_size", "eval_images", "log_every"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            validation.check_int(name, getattr(self, name))
         for name in ("steps", "warmup_steps"):
-            value = getattr(self, name)
-            if int(value) != value or value < 0:
-                raise ValueError(
-                    f"{name} must be a non-negative integer, got {value!r}"
-                )
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"learning_rate must be positive, got {self.learning_rate!r}"
-            )
+            validation.check_int(name, getattr(self, name), minimum=0)
+        validation.check_number("learning_rate", self.learning_rate, positive=True)
         if self.schedule not in _SCHEDULES:
             raise ValueError(
                 f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
             )
-        if not self.beta > 0:
-            raise ValueError(f"beta must be positive, got {self.beta!r}")
-        if self.noise_std is not None and not self.noise_std >= 0:
-            raise ValueError(
-                f"noise_std must be non-negative or None, got {self.noise_std!r}"
-            )
-        if not 0 <= self.holdout_fraction < 1:
-            raise ValueError(
-                f"holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}"
-            )
+        validation.check_number("beta", self.beta, positive=True)
+        if self.noise_std is not None:
+            validation.check_number("noise_std", self.noise_std, minimum=0)
+        validation.check_number(
+            "holdout_fraction", self.holdout_fraction, minimum=0, below=1
+        )
 
     @property
     def training_noise_std(self) -> float:
@@ -245,21 +237,49 @@ def decoder_checkpoint_path(
 ) -> pathlib.Path:
     """Checkpoint directory of ``layer``'s decoder inside ``checkpoint_dir``.
 
-    Characters other than letters, digits, ``.``, ``_`` and ``-`` in the layer
-    name become ``_`` (the metadata keeps the exact name and is checked on
-    load).
+    The folder name is a readable slug of the layer name (characters other
+    than letters, digits, ``.``, ``_`` and ``-`` become ``_``, at most 64 of
+    them) followed by the first 12 hex digits of the SHA-256 of the exact
+    name, so that layers such as ``a/b`` and ``a_b`` never share a folder.
+    The metadata keeps the exact name and is checked on load. Caches written
+    before the hash was added (``decoder_<slug>``) are still read when their
+    metadata names the same layer.
 
     Args:
         checkpoint_dir: directory holding the decoders of one model.
         layer: layer name.
 
     Returns:
-        ``checkpoint_dir / f"decoder_{safe_layer}"``.
+        ``checkpoint_dir / f"decoder_{slug}-{hash}"``.
+
+    Raises:
+        ValueError: ``layer`` is not a non-empty string.
+
+    >>> decoder_checkpoint_path("ck", "a/b").name
+    'decoder_a_b-c14cddc033f6'
+    >>> decoder_checkpoint_path("ck", "a_b").name
+    'decoder_a_b-648fa9b31bc7'
     """
     if not isinstance(layer, str) or not layer:
         raise ValueError(f"layer must be a non-empty string, got {layer!r}")
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
-    return pathlib.Path(checkpoint_dir) / f"decoder_{safe}"
+    slug = _slug(layer)[:64]
+    digest = hashlib.sha256(layer.encode("utf-8")).hexdigest()[:12]
+    return pathlib.Path(checkpoint_dir) / f"decoder_{slug}-{digest}"
+
+
+def _slug(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+
+
+def _candidate_paths(
+    checkpoint_dir: str | pathlib.Path, layer: str
+) -> list[pathlib.Path]:
+    """The current folder of ``layer``, then the pre-hash one if it exists."""
+    paths = [decoder_checkpoint_path(checkpoint_dir, layer)]
+    legacy = pathlib.Path(checkpoint_dir) / f"decoder_{_slug(layer)}"
+    if legacy.is_dir():
+        paths.append(legacy)
+    return paths
 
 
 # --------------------------------------------------------------------------
@@ -303,7 +323,8 @@ def _train_step(
     layer: str,
     config: DecoderConfig,
 ) -> tuple[nnx.State, optax.OptState, Array]:
-    """One Adam step on a fresh batch and fresh noise; returns the batch loss.
+    """One Adam step on a fresh batch and fresh noise; returns the batch loss
+    (NaN when a gradient or an updated parameter is not finite).
 
     The step is a single compiled call (the Python loop around it costs well
     under a millisecond per step): XLA:CPU runs the gradient convolutions
@@ -323,7 +344,33 @@ def _train_step(
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params = optax.apply_updates(params, updates)
+    # A NaN/inf gradient or parameter makes the reported loss NaN, so that the
+    # loop's existing read-back of the losses catches it at no extra sync.
+    finite = _all_finite(grads) & _all_finite(params)
+    return params, opt_state, jnp.where(finite, loss, jnp.nan)
+
+
+def _all_finite(tree: Any) -> Array:
+    """``bool ()``: every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _raise_if_diverged(losses: np.ndarray, first_step: int, layer: str) -> None:
+    """``FloatingPointError`` naming the first step with a NaN/inf loss."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise FloatingPointError(
+            f"decoder training of layer {layer!r} diverged: NaN/inf in the loss, "
+            f"gradients or parameters at step {first_step + int(bad[0]) + 1}; "
+            "nothing was saved. Lower learning_rate, or check the feature "
+            "function for NaN/inf values"
+        )
 
 
 def _padded_batches(images: np.ndarray, batch_size: int):
@@ -388,6 +435,11 @@ def _feature_stats(
         np.sum(np.stack(parts), axis=0, dtype=np.float64)
         for parts in zip(*jax.device_get(sums), strict=True)
     )
+    if not (np.isfinite(s1).all() and np.isfinite(s2).all()):
+        raise ValueError(
+            f"feature_fn returns NaN/inf values for layer {layer!r} on the "
+            "(noisy) training images; the decoder cannot be trained on them"
+        )
     mean = s1 / count
     var = np.maximum(s2 / count - mean**2, 0.0)
     scale = np.sqrt(var + 1e-4 * np.mean(var) + 1e-12)
@@ -534,11 +586,17 @@ def train_decoder(
         :class:`DecoderMetrics`.
 
     Raises:
-        ValueError: bad images, config, unknown layer or unsupported feature.
+        ValueError: bad images, config, unknown layer, unsupported feature,
+            features with NaN/inf values, or a ``checkpoint_dir`` whose folder
+            for ``layer`` holds another layer's decoder.
+        FloatingPointError: a NaN/inf loss, gradient or parameter during
+            training (the message names the step; nothing is saved).
     """
     start_time = time.perf_counter()
     if not isinstance(config, DecoderConfig):
         raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
+    if checkpoint_dir is not None:
+        _check_folder_is_free(decoder_checkpoint_path(checkpoint_dir, layer), layer)
     images = _check_images(images)
     feature_fn = _as_feature_fn(feature_fn)
     image_shape = tuple(images.shape[1:])
@@ -602,12 +660,14 @@ def train_decoder(
             )
             chunk_losses.append(loss)
             if step == 0:  # the first step compiles: time the others
-                jax.block_until_ready(loss)
+                _raise_if_diverged(np.asarray(jax.device_get(loss))[None], 0, layer)
                 timer_start = time.perf_counter()
             else:
                 timed_steps += 1
             if len(chunk_losses) == config.log_every or step == config.steps - 1:
-                history.append(float(np.mean(jax.device_get(chunk_losses))))
+                losses = np.asarray(jax.device_get(chunk_losses))
+                _raise_if_diverged(losses, step + 1 - len(losses), layer)
+                history.append(float(np.mean(losses)))
                 bar.update(len(chunk_losses))
                 bar.set_postfix(loss=f"{history[-1]:.3g}")
                 chunk_losses = []
@@ -625,6 +685,12 @@ def train_decoder(
         heldout_mse = _mse(
             g, feature_fn, eval_hold, k_ho, batch_size=eval_batch, **eval_kwargs
         )
+    for name, mse in (("train", train_mse), ("held-out", heldout_mse)):
+        if mse is not None and not math.isfinite(mse):
+            raise ValueError(
+                f"the {name} reconstruction MSE of layer {layer!r} is {mse}: "
+                "feature_fn returns NaN/inf values for some of those images"
+            )
     evaluated = np.concatenate([eval_train, eval_hold])
     metrics = DecoderMetrics(
         layer=layer,
@@ -682,6 +748,70 @@ def _builder(metadata: Mapping[str, Any]) -> Decoder:
     )
 
 
+class _Candidate(NamedTuple):
+    path: pathlib.Path
+    step: int
+    metadata: dict[str, Any]
+
+
+def _is_decoder_of(metadata: Mapping[str, Any], layer: str) -> bool:
+    return metadata.get("kind") == _KIND and metadata.get("layer") == layer
+
+
+def _candidates(
+    checkpoint_dir: str | pathlib.Path, layer: str, skipped: list
+) -> list[_Candidate]:
+    """Steps holding a decoder of exactly ``layer``: current folder first, then
+    the pre-hash one; newest first in each. Steps whose metadata is corrupt
+    are appended to ``skipped`` as ``(path, step, reason)``."""
+    found = []
+    for path in _candidate_paths(checkpoint_dir, layer):
+        for step in reversed(all_steps(path)):
+            try:
+                metadata = read_metadata(path, step=step)
+            except CorruptCheckpointError as err:
+                skipped.append((path, step, err.reason))
+                continue
+            if _is_decoder_of(metadata, layer):
+                found.append(_Candidate(path, step, metadata))
+    return found
+
+
+def _describe(skipped: list) -> str:
+    """One line naming the corrupt steps of one or two folders."""
+    folders: dict[pathlib.Path, list] = {}
+    for path, step, reason in skipped:
+        folders.setdefault(path, []).append((step, reason))
+    return "; ".join(describe_skipped(path, items) for path, items in folders.items())
+
+
+def _restore(candidate: _Candidate) -> tuple[Decoder, dict[str, Any]]:
+    decoder, metadata = restore_checkpoint(
+        candidate.path, step=candidate.step, builder=_builder
+    )
+    decoder.trained_steps = int(metadata.get("steps", 0))
+    return decoder, metadata
+
+
+def _check_folder_is_free(path: pathlib.Path, layer: str) -> None:
+    """Refuses to write ``layer``'s decoder into a folder of another layer.
+
+    Two layer names share a folder only if the first 12 hex digits of their
+    SHA-256 agree (and their slugs); the metadata settles it.
+    """
+    for step in all_steps(path):
+        try:
+            metadata = read_metadata(path, step=step)
+        except CorruptCheckpointError:
+            continue  # replaced when the same step is saved
+        if metadata.get("layer") not in (None, layer):
+            raise ValueError(
+                f"{path} holds the decoder of layer {metadata.get('layer')!r}, not "
+                f"{layer!r} (their folder names collide); use another "
+                "checkpoint_dir for one of them"
+            )
+
+
 def load_decoder(
     checkpoint_dir: str | pathlib.Path, layer: str, *, step: int | None = None
 ) -> tuple[Decoder, dict[str, Any]]:
@@ -691,31 +821,54 @@ def load_decoder(
         checkpoint_dir: the model's decoder directory (as given to
             :func:`train_decoder`).
         layer: layer name.
-        step: checkpoint step (trained steps); ``None`` for the latest.
+        step: checkpoint step (trained steps); ``None`` for the newest intact
+            one (corrupt newer steps are skipped with one
+            :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
+            line).
 
     Returns:
         ``(decoder, metadata)``; ``metadata["metrics"]`` holds the
         :class:`DecoderMetrics` as a dict.
 
     Raises:
-        FileNotFoundError: no decoder checkpoint for ``layer``.
-        ValueError: the checkpoint is not a decoder of ``layer`` or is corrupt.
+        FileNotFoundError: no decoder checkpoint for ``layer`` (or none at
+            ``step``).
+        CorruptCheckpointError: the requested step, or every step, is
+            corrupt.
     """
     path = decoder_checkpoint_path(checkpoint_dir, layer)
-    if not all_steps(path):
-        raise FileNotFoundError(
-            f"no decoder checkpoint for layer {layer!r} in {path}; train it with "
-            "train_decoder(..., checkpoint_dir=...) first"
-        )
-    metadata = read_metadata(path, step=step)
-    if metadata.get("kind") != _KIND or metadata.get("layer") != layer:
-        raise ValueError(
-            f"checkpoint {path} is not a decoder of layer {layer!r} (metadata "
-            f"kind={metadata.get('kind')!r}, layer={metadata.get('layer')!r})"
-        )
-    decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
-    decoder.trained_steps = int(metadata.get("steps", 0))
-    return decoder, metadata
+    skipped: list = []
+    candidates = _candidates(checkpoint_dir, layer, skipped)
+    if step is not None:
+        candidates = [c for c in candidates if c.step == step]
+        skipped = [s for s in skipped if s[1] == step]
+        if not candidates and skipped:
+            where, _, reason = skipped[0]
+            raise CorruptCheckpointError(where / str(step), step, reason)
+    for candidate in candidates:
+        try:
+            decoder, metadata = _restore(candidate)
+        except CorruptCheckpointError as err:
+            if step is not None:
+                raise
+            skipped.append((candidate.path, candidate.step, err.reason))
+            continue
+        newer = [s for s in skipped if s[1] > candidate.step]
+        if newer:
+            warnings.warn(
+                f"{_describe(newer)}; using step {candidate.step}",
+                CheckpointFallbackWarning,
+                stacklevel=2,
+            )
+        return decoder, metadata
+    if skipped:
+        reason = f"no intact step ({_describe(skipped)})"
+        raise CorruptCheckpointError(path, None, reason)
+    at = "" if step is None else f" at step {step}"
+    raise FileNotFoundError(
+        f"no decoder checkpoint for layer {layer!r}{at} in {path}; train it with "
+        "train_decoder(..., checkpoint_dir=...) first"
+    )
 
 
 def _matches(
@@ -764,9 +917,19 @@ def load_or_train_decoder(
         checkpoint_dir: the model's decoder directory.
         progress: show a progress bar when training.
 
+    Corrupt checkpoints (a missing, truncated or altered file) are passed
+    over: when no intact matching one remains, the decoder is trained again
+    (and saved over the corrupt step), with one
+    :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
+    line.
+
     Returns:
         ``(decoder, metrics)`` as :func:`train_decoder` returns them (restored
         from the metadata when the checkpoint is reused).
+
+    Raises:
+        ValueError: as :func:`train_decoder`.
+        FloatingPointError: as :func:`train_decoder`.
     """
     if not isinstance(config, DecoderConfig):
         raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
@@ -774,13 +937,22 @@ def load_or_train_decoder(
     fn = _as_feature_fn(feature_fn)
     image_shape = tuple(images.shape[1:])
     feature_shape = _feature_shape(fn, layer, image_shape)
-    path = decoder_checkpoint_path(checkpoint_dir, layer)
-    for step in reversed(all_steps(path)):
-        metadata = read_metadata(path, step=step)
-        if _matches(metadata, layer, feature_shape, image_shape, config):
-            decoder, metadata = restore_checkpoint(path, step=step, builder=_builder)
-            decoder.trained_steps = int(metadata.get("steps", 0))
-            return decoder, DecoderMetrics.from_dict(metadata["metrics"])
+    skipped: list = []
+    for candidate in _candidates(checkpoint_dir, layer, skipped):
+        if not _matches(candidate.metadata, layer, feature_shape, image_shape, config):
+            continue
+        try:
+            decoder, metadata = _restore(candidate)
+        except CorruptCheckpointError as err:
+            skipped.append((candidate.path, candidate.step, err.reason))
+            continue
+        return decoder, DecoderMetrics.from_dict(metadata["metrics"])
+    if skipped:  # one of them may have been the matching decoder
+        warnings.warn(
+            f"{_describe(skipped)}; training the decoder of layer {layer!r} again",
+            CheckpointFallbackWarning,
+            stacklevel=2,
+        )
     return train_decoder(
         fn,
         layer,

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jax_infodiscard import validation
 from jax_infodiscard.models import create_model, model_metadata
 from jax_infodiscard.training import checkpoint as ckpt
 from jax_infodiscard.types import Array, PRNGKey
@@ -104,15 +106,12 @@ class TrainConfig:
     keep_checkpoints: int | None = 2
 
     def __post_init__(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            positive_int(name)
+            validation.check_int(name, getattr(self, name))
+        validation.check_int("seed", self.seed, minimum=0)
+        validation.check_int("crop_padding", self.crop_padding, minimum=0)
         if self.keep_checkpoints is not None:
-            positive_int("keep_checkpoints")
+            validation.check_int("keep_checkpoints", self.keep_checkpoints)
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}"
@@ -121,17 +120,16 @@ class TrainConfig:
             raise ValueError(
                 f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
             )
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.crop_padding < 0:
-            raise ValueError(
-                "weight_decay, warmup_epochs and crop_padding must be >= 0, got "
-                f"{self.weight_decay}, {self.warmup_epochs}, {self.crop_padding}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(
-                f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
-            )
+        validation.check_number("learning_rate", self.learning_rate, positive=True)
+        validation.check_number("momentum", self.momentum, minimum=0, below=1)
+        validation.check_number("weight_decay", self.weight_decay, minimum=0)
+        validation.check_number("warmup_epochs", self.warmup_epochs, minimum=0)
+        validation.check_number(
+            "label_smoothing", self.label_smoothing, minimum=0, below=1
+        )
+        for name in ("augment", "flip", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 # --------------------------------------------------------------------- pieces
@@ -219,20 +217,54 @@ def _loss_and_metrics(
     return loss, correct, jnp.zeros_like(loss)
 
 
+def _all_finite(tree: Any) -> Array:
+    """``bool ()``: every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _Totals(NamedTuple):
+    """Per-epoch accumulators carried through the compiled step (on device).
+
+    Attributes:
+        loss: sum of the step losses, float32 ``()``.
+        correct: sum of the correct predictions, float32 ``()``.
+        first_bad: index of the first step whose loss, gradients or updated
+            parameters held a NaN/inf, int32 ``()``; -1 while none did.
+    """
+
+    loss: Array
+    correct: Array
+    first_bad: Array
+
+    @classmethod
+    def zeros(cls) -> _Totals:
+        return cls(jnp.zeros(()), jnp.zeros(()), jnp.full((), -1, jnp.int32))
+
+
 @functools.lru_cache(maxsize=16)
 def _make_train_step(
     graphdef: Any, task: str, config: TrainConfig, steps_per_epoch: int
 ) -> Callable:
-    """Jitted ``step(params, rest, opt_state, images, labels, batches, i, key)``.
+    """Jitted ``step(params, rest, opt_state, images, labels, batches, i, key,
+    totals)``.
 
     ``images``/``labels`` are the whole training set, ``batches`` the
-    ``(steps, batch_size)`` index table of the epoch and ``i`` the step.
-    Cached, so that runs with the same model and settings share one compiled
-    step (callers pass a ``config`` with ``seed``/``progress`` normalised).
+    ``(steps, batch_size)`` index table of the epoch, ``i`` the step and
+    ``totals`` the epoch's :class:`_Totals`, returned updated with this step:
+    the finiteness check costs one reduction over the gradients and the new
+    parameters inside the step, and the host reads the flag only where the
+    loop already reads values back. Cached, so that runs with the same model
+    and settings share one compiled step (callers pass a ``config`` with
+    ``seed``/``progress`` normalised).
     """
     tx = make_optimizer(config, steps_per_epoch)
 
-    def step(params, rest, opt_state, all_images, all_labels, batches, i, key):
+    def step(params, rest, opt_state, all_images, all_labels, batches, i, key, totals):
         idx = batches[i]
         images = all_images[idx]
         labels = all_labels[idx]
@@ -255,7 +287,13 @@ def _make_train_step(
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, new_rest, opt_state, loss, correct
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        totals = _Totals(
+            totals.loss + loss,
+            totals.correct + correct,
+            jnp.where((totals.first_bad < 0) & ~finite, i, totals.first_bad),
+        )
+        return params, new_rest, opt_state, loss, totals
 
     return jax.jit(step)
 
@@ -346,17 +384,13 @@ def _as_arrays(data: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
                 f"{name} must be (images, labels), a mapping or a data set with "
                 f".images/.labels, got {type(data).__name__}"
             ) from err
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+    images = np.asarray(
+        validation.check_images(images, f"{name} images", unit_range=True)
+    )
+    if images.shape[-1] != 3:
         raise ValueError(
-            f"{name} images must have shape (N, H, W, 3) with N >= 1, got "
-            f"{images.shape}"
+            f"{name} images must have shape (N, H, W, 3), got {images.shape}"
         )
-    if not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"{name} images must be float in [0, 1], got {images.dtype}")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"{name} images must lie in [0, 1], got [{lo}, {hi}]")
     if labels is None:
         labels = np.zeros(images.shape[0], np.int32)
     labels = np.asarray(labels)
@@ -387,14 +421,55 @@ def _build_model(
     )
 
 
+# Settings that do not change the trained model (a run may resume with others).
+_NOT_IDENTITY = ("epochs", "progress", "eval_batch_size", "keep_checkpoints")
+
+
+def _run_identity(
+    model: nnx.Module, config: TrainConfig, images: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """What identifies a training run, as stored in every checkpoint.
+
+    The architecture, every setting that changes the trained model (seed,
+    optimizer, learning rate, augmentation...; ``epochs`` separately, see
+    :func:`_check_resume`) and a description of the training data that does
+    not depend on its order: image count and shape, label counts and the mean
+    of each channel.
+    """
+    arch = (
+        model_metadata(model)
+        if hasattr(model, "arch")
+        else {"model": type(model).__name__}
+    )
+    settings = dataclasses.asdict(config)
+    data = {
+        "num_images": int(images.shape[0]),
+        "image_shape": list(images.shape[1:]),
+        "label_counts": np.bincount(labels).tolist(),
+        "channel_mean": images.mean(axis=(0, 1, 2), dtype=np.float64).tolist(),
+    }
+    identity = {
+        "model": arch,
+        "train_config": {k: v for k, v in settings.items() if k not in _NOT_IDENTITY},
+        "epochs": config.epochs,
+        "data": data,
+    }
+    return json.loads(json.dumps(identity))  # as it reads back from the JSON
+
+
 def _metadata(
-    model: nnx.Module, config: TrainConfig, epoch: int, history: dict
+    model: nnx.Module,
+    config: TrainConfig,
+    epoch: int,
+    history: dict,
+    identity: dict[str, Any],
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if hasattr(model, "arch"):
         meta.update(model_metadata(model))
     meta["epoch"] = epoch
     meta["train_config"] = dataclasses.asdict(config)
+    meta["run"] = identity
     meta["history"] = history
     for key in ("test_accuracy", "test_loss", "train_loss"):
         if history.get(key):
@@ -402,25 +477,136 @@ def _metadata(
     return meta
 
 
-def _check_resume(meta: dict[str, Any], model: nnx.Module, config: TrainConfig):
-    arch = getattr(model, "arch", None)
-    if arch is not None and meta.get("model") not in (None, arch):
-        raise ValueError(
-            f"checkpoint holds model {meta.get('model')!r}, cannot resume {arch!r}"
-        )
-    stored = dict(meta.get("train_config", {}))
-    current = dataclasses.asdict(config)
-    ignore = {"progress", "eval_batch_size", "keep_checkpoints"}
-    changed = sorted(
-        k
-        for k in current
-        if k not in ignore and k in stored and stored[k] != current[k]
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):  # data means: summation order
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_resume(
+    meta: dict[str, Any],
+    identity: dict[str, Any],
+    config: TrainConfig,
+    directory: pathlib.Path,
+) -> None:
+    """Raises ``ValueError`` unless ``meta`` is a checkpoint of this very run.
+
+    Older checkpoints without a ``"run"`` record are compared on what they
+    stored: the model name and the training configuration.
+    """
+    stored = meta.get("run")
+    if stored is None:  # written before run records existed
+        settings = dict(meta.get("train_config", {}))
+        stored = {
+            "model": {k: meta[k] for k in identity["model"] if k in meta},
+            "train_config": {
+                k: v for k, v in settings.items() if k not in _NOT_IDENTITY
+            },
+        }
+        if "epochs" in settings:
+            stored["epochs"] = settings["epochs"]
+    there, here = _flatten(stored), _flatten(identity)
+    differ = [
+        f"{key.removeprefix('train_config.')}: {_short(there[key])} there, "
+        f"{_short(here[key])} here"
+        for key in here
+        if key in there and key != "epochs" and not _same(there[key], here[key])
+    ]
+    how = (
+        "use another checkpoint_dir, pass the matching arguments, or "
+        "resume=False to train from scratch in this folder"
     )
-    if changed:
+    if differ:
+        raise ValueError(
+            f"checkpoint_dir {directory} holds another training run "
+            f"({'; '.join(differ)}); {how}"
+        )
+    done = int(meta.get("epoch", 0))
+    planned = stored.get("epochs")
+    if done > config.epochs:
+        raise ValueError(
+            f"checkpoint_dir {directory} holds a model trained for {done} epochs, "
+            f"more than the epochs={config.epochs} asked for; pass epochs="
+            f"{planned or done} to load it, or use another checkpoint_dir"
+        )
+    if planned not in (None, config.epochs) and config.schedule != "constant":
+        raise ValueError(
+            f"checkpoint_dir {directory} holds a run planned for {planned} "
+            f"epochs ({done} done); its {config.schedule} learning-rate schedule "
+            f"depends on that length, so it cannot continue as a run of "
+            f"{config.epochs}; pass epochs={planned}, or use another checkpoint_dir"
+        )
+
+
+def _resume(
+    directory: pathlib.Path,
+    net: nnx.Module,
+    opt_state: Any,
+    identity: dict[str, Any],
+    config: TrainConfig,
+) -> ckpt.Restored | None:
+    """The newest intact checkpoint of this run in ``directory``, or ``None``.
+
+    Corrupt newer steps are set aside (renamed, see
+    :func:`~jax_infodiscard.training.checkpoint.set_aside_steps`) with one
+    warning line; ``None`` (train from scratch) when no step is intact.
+
+    Raises:
+        ValueError: the folder holds another run (see :func:`_check_resume`).
+    """
+    check = functools.partial(
+        _check_resume, identity=identity, config=config, directory=directory
+    )
+    try:
+        found = ckpt.restore_newest_intact(
+            directory, net, extra=opt_state, check=check, warn=False
+        )
+    except ckpt.CorruptCheckpointError as err:
+        moved = ckpt.set_aside_steps(directory, ckpt.all_steps(directory))
         warnings.warn(
-            f"resuming with a changed training configuration ({', '.join(changed)})",
+            f"{err}; training from scratch (the corrupt steps are kept as "
+            f"{', '.join(moved)})",
+            ckpt.CheckpointFallbackWarning,
             stacklevel=3,
         )
+        return None
+    if found.skipped:
+        moved = ckpt.set_aside_steps(directory, [s for s, _ in found.skipped])
+        warnings.warn(
+            f"{ckpt.describe_skipped(directory, found.skipped)}; resuming from "
+            f"step {found.step} (the corrupt steps are kept as {', '.join(moved)})",
+            ckpt.CheckpointFallbackWarning,
+            stacklevel=3,
+        )
+    return found
+
+
+def _raise_if_diverged(first_bad: int, epoch: int, steps: int) -> None:
+    """Raises ``FloatingPointError`` naming the first non-finite step, if any."""
+    if first_bad < 0:
+        return
+    raise FloatingPointError(
+        f"training diverged: NaN/inf in the loss, gradients or parameters at "
+        f"epoch {epoch + 1}, step {first_bad + 1} of {steps} (optimizer step "
+        f"{epoch * steps + first_bad + 1}); nothing of this epoch was saved. "
+        "Lower learning_rate, or check the model for unstable operations"
+    )
 
 
 def _train_epoch(
@@ -454,8 +640,7 @@ def _train_epoch(
     perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n)
     batches = perm[: steps * bs].reshape(steps, bs)
     t0 = time.perf_counter()
-    loss_sum = jnp.zeros(())
-    correct_sum = jnp.zeros(())
+    totals = _Totals.zeros()
     bar = tqdm(
         range(steps),
         desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -463,7 +648,7 @@ def _train_epoch(
         leave=False,
     )
     for i in bar:
-        params, rest, opt_state, loss, correct = train_step(
+        params, rest, opt_state, loss, totals = train_step(
             params,
             rest,
             opt_state,
@@ -471,17 +656,19 @@ def _train_epoch(
             batches,
             i,
             jax.random.fold_in(epoch_key, i + 1),
+            totals,
         )
-        loss_sum += loss
-        correct_sum += correct
         if config.progress and (i % 10 == 0 or i == steps - 1):
-            bar.set_postfix(loss=f"{float(loss):.4f}")
-    loss_sum.block_until_ready()
-    record = {"epoch": epoch + 1, "train_loss": float(loss_sum) / steps}
-    if classify:
-        record["train_accuracy"] = float(correct_sum) / (steps * bs)
-    record["epoch_seconds"] = time.perf_counter() - t0
+            loss_now, first_bad = jax.device_get((loss, totals.first_bad))
+            _raise_if_diverged(int(first_bad), epoch, steps)
+            bar.set_postfix(loss=f"{float(loss_now):.4f}")
+    totals = jax.device_get(totals)
     bar.close()
+    _raise_if_diverged(int(totals.first_bad), epoch, steps)
+    record = {"epoch": epoch + 1, "train_loss": float(totals.loss) / steps}
+    if classify:
+        record["train_accuracy"] = float(totals.correct) / (steps * bs)
+    record["epoch_seconds"] = time.perf_counter() - t0
     return (params, rest, opt_state), record
 
 
@@ -510,8 +697,20 @@ def train(
         config: hyper-parameters.
         checkpoint_dir: if given, a checkpoint (model, optimizer state and
             history in the metadata) is written after every epoch, step =
-            completed epochs.
-        resume: continue from the latest checkpoint in ``checkpoint_dir``.
+            completed epochs. Its metadata records what identifies the run
+            (``"run"``: architecture, settings, seed, a description of the
+            training data and the planned ``epochs``).
+        resume: continue from the newest intact checkpoint in
+            ``checkpoint_dir`` (a finished run is only reloaded). It must be a
+            checkpoint of the same run: same architecture, settings, seed and
+            training data, at most ``config.epochs`` epochs done, and planned
+            for ``config.epochs`` epochs (the cosine schedule depends on it;
+            a ``"constant"`` schedule may be extended). Corrupt newer steps
+            are renamed ``<step>.corrupt-<n>`` and the run resumes from the
+            newest intact one (or from scratch), with one
+            :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
+            line. ``False``: train from scratch; the steps already in
+            ``checkpoint_dir`` are deleted when the first new one is saved.
         num_classes: classes of a model built by name (default: max label + 1).
         image_size: image side of a model built by name (default: from data).
         model_kwargs: extra options for a model built by name (``width``...).
@@ -524,9 +723,17 @@ def train(
         compilation included in the first) to per-epoch lists.
 
     Raises:
-        ValueError: malformed data, labels out of range, fewer training images
-            than ``config.batch_size``, or a checkpoint of another model.
+        TypeError: ``config`` is not a :class:`TrainConfig`.
+        ValueError: malformed data (NaN/inf or values outside ``[0, 1]``
+            included), labels out of range, fewer training images than
+            ``config.batch_size``, or a ``checkpoint_dir`` holding another run
+            or more epochs than asked for (the message says what differs).
+        FloatingPointError: a NaN/inf loss, gradient or parameter; the message
+            names the epoch and step. Checkpoints of the completed epochs are
+            kept, nothing of the failing epoch is saved.
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     images, labels = _as_arrays(train_data, "train_data")
     test = None if test_data is None else _as_arrays(test_data, "test_data")
     if num_classes is None:
@@ -555,20 +762,30 @@ def train(
         raise ValueError(f"{n} training images < batch_size={config.batch_size}")
     tx = make_optimizer(config, steps)
 
-    history: dict[str, list[float]] = {}
-    start_epoch = 0
-    last = None if checkpoint_dir is None else ckpt.latest_step(checkpoint_dir)
-    if resume and last is not None and last > 0:
-        restored, meta = ckpt.restore_checkpoint(checkpoint_dir, net)
-        _check_resume(meta, net, config)
-        nnx.update(net, nnx.state(restored))
-        start_epoch = int(meta.get("epoch", last))
-        history = {k: list(v) for k, v in meta.get("history", {}).items()}
-
+    identity = _run_identity(
+        net, config, images, labels if task == "classification" else labels * 0
+    )
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     opt_state = tx.init(params)
-    if start_epoch > 0:
-        opt_state = ckpt.restore_extra(checkpoint_dir, opt_state)
+    history: dict[str, list[float]] = {}
+    start_epoch = 0
+    directory = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
+    on_disk = () if directory is None else ckpt.all_steps(directory)
+    replace = on_disk if on_disk and not resume else ()
+    if on_disk and resume:
+        found = _resume(directory, net, opt_state, identity, config)
+        if found is not None:
+            nnx.update(net, nnx.state(found.model))
+            graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+            opt_state = found.extra
+            start_epoch = int(found.metadata.get("epoch", found.step))
+            history = {k: list(v) for k, v in found.metadata.get("history", {}).items()}
+
+    # Restored arrays are committed to a device, fresh ones are not; commit
+    # both alike so that a resumed run reuses the compiled step.
+    params, rest, opt_state = jax.device_put(
+        (params, rest, opt_state), jax.devices()[0]
+    )
     step_config = dataclasses.replace(
         config, seed=0, progress=False, keep_checkpoints=None, eval_batch_size=1
     )
@@ -604,11 +821,14 @@ def train(
                 history.setdefault(key, []).append(value)
             if config.progress:
                 tqdm.write(", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-            if checkpoint_dir is not None:
+            if directory is not None:
+                if replace:  # resume=False: the new run replaces the old one
+                    ckpt.delete_steps(directory, replace)
+                    replace = ()
                 ckpt.save_checkpoint(
-                    checkpoint_dir,
+                    directory,
                     net,
-                    metadata=_metadata(net, config, epoch + 1, history),
+                    metadata=_metadata(net, config, epoch + 1, history, identity),
                     step=epoch + 1,
                     extra=opt_state,
                     max_to_keep=config.keep_checkpoints,

@@ -192,7 +192,7 @@ def _solve_group(
     fn = partial(
         _solve_image, make_problem, feature_fn, extra, layers, layer_ids, cfg, beta
     )
-    devices = jax.devices()
+    devices = jax.local_devices()  # each process solves its own images
     if len(devices) == 1:
         return _map_images(fn, images, keys, cfg.chunk_size)
     mesh = Mesh(np.array(devices), ("batch",))
@@ -222,7 +222,7 @@ def run(
     Pads the batch to a multiple of the device count when sharding.
     """
     num_images = images.shape[0]
-    num_dev = jax.device_count()
+    num_dev = jax.local_device_count()
     pad = (-num_images) % num_dev
     if pad:
         images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])

@@ -211,6 +211,21 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(
     assert read_manifest(out)["resumed"]
 
 
+def test_bad_layer_names_fail_before_the_run_folder_exists(
+    checkpoint, tmp_path, capsys
+):
+    from jax_infodiscard.cli import main
+
+    out = tmp_path / "never"
+    argv = _argv(checkpoint, out)
+    argv[argv.index("--layers") + 1] = "conv9"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "conv9" in err and "conv1" in err  # names the available layers
+    assert not out.exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))

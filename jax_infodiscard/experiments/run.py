@@ -330,46 +330,66 @@ def run_dataset(
                 f"num_images={config.num_images} exceeds the {split_len} images of "
                 f"{config.dataset!r} split {config.split!r}"
             )
-    shard = config.shard_size
-    num_shards = math.ceil(total / shard)
-
-    # 1. Process 0 opens the folder; the others learn whether it could.
-    folder, error = None, None
-    if pid == 0:
-        try:
-            folder = RunFolder.open(
-                out,
-                command="run",
-                config=dataclasses.asdict(config) | {"num_images": total},
-                overwrite=overwrite,
-                resume=resume,
-                argv=argv,
-                keep=[cache_dir] if cache_dir else (),
-                extra={"processes": nproc},
-            )
-        except (ValueError, OSError) as e:
-            error = e
-    if not distributed.all_ok(error is None):
-        if error is not None:
-            raise error
-        raise RunFolderError(f"process 0 could not open the run folder {out}")
-    if folder is None:
-        folder = RunFolder.attach(out)
-
-    context = folder.running() if pid == 0 else contextlib.nullcontext(folder)
-    with context:
-        return _run(folder, config, total, shard, num_shards, cache_dir, progress)
-
-
-def _run(folder, config, total, shard, num_shards, cache_dir, progress) -> dict:
-    pid, nproc = distributed.process_index(), distributed.process_count()
-    t_start = time.perf_counter()
+    # 1. Process 0 checks the folder before anything slow (training a model).
+    manifest_config = dataclasses.asdict(config) | {"num_images": total}
+    _on_process_0(
+        lambda: RunFolder.check(
+            out,
+            command="run",
+            config=manifest_config,
+            overwrite=overwrite,
+            resume=resume,
+        ),
+        f"process 0 refused the run folder {out}",
+    )
+    # 2. Model, layers and decoders (bad names fail here, in every process).
     model = _load_model(config, cache_dir, progress and pid == 0)
     fn = feature_fn(model, config.layers)  # validates the layer names
     layers = config.layers or tuple(
         getattr(model, "default_layers", layer_names(model))
     )
     decoders = _load_decoders(config, layers)
+    # 3. Process 0 opens the folder; the others attach to it.
+    folder = _on_process_0(
+        lambda: RunFolder.open(
+            out,
+            command="run",
+            config=manifest_config,
+            overwrite=overwrite,
+            resume=resume,
+            argv=argv,
+            keep=[cache_dir] if cache_dir else (),
+            extra={"processes": nproc},
+        ),
+        f"process 0 could not open the run folder {out}",
+    )
+    if folder is None:
+        folder = RunFolder.attach(out)
+    context = folder.running() if pid == 0 else contextlib.nullcontext(folder)
+    with context:
+        return _run(folder, config, total, fn, layers, decoders, progress)
+
+
+def _on_process_0(action, message: str):
+    """Runs ``action`` on process 0; every process raises if it failed there."""
+    result, error = None, None
+    if distributed.process_index() == 0:
+        try:
+            result = action()
+        except (ValueError, OSError) as e:
+            error = e
+    if not distributed.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise RunFolderError(message)
+    return result
+
+
+def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
+    pid, nproc = distributed.process_index(), distributed.process_count()
+    shard = config.shard_size
+    num_shards = math.ceil(total / shard)
+    t_start = time.perf_counter()
     masks_exist = dataset_has_masks(config.dataset)
     stores = {"cid": ArrayStore(folder.path / "cid.zarr")}
     if decoders is not None:
@@ -393,7 +413,7 @@ def _run(folder, config, total, shard, num_shards, cache_dir, progress) -> dict:
         folder.record(SHARDS)
         (folder.path / SHARDS).mkdir(exist_ok=True)
 
-    # 2. Every process lists the finished shards, then takes its share.
+    # 4. Every process lists the finished shards, then takes its share.
     distributed.barrier("jax_infodiscard-run-list")
     done = _done_shards(folder.path)
     todo = [s for s in range(num_shards) if s not in done]
@@ -455,7 +475,7 @@ def _run(folder, config, total, shard, num_shards, cache_dir, progress) -> dict:
     bar.close()
     elapsed = time.perf_counter() - t_start
 
-    # 3. Process 0 merges once every process has finished.
+    # 5. Process 0 merges once every process has finished.
     distributed.barrier("jax_infodiscard-run-end")
     if pid != 0:
         return {}

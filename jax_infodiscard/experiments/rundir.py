@@ -241,6 +241,56 @@ class RunFolder:
           ValueError: ``path`` is a file or not writable; both ``overwrite``
             and ``resume``.
         """
+        folder, cfg, previous = cls._check(path, command, config, overwrite, resume)
+        folder.mkdir(parents=True, exist_ok=True)
+        now = _now()
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "run_id": uuid.uuid4().hex,
+            "command": command,
+            "config": cfg,
+            "argv": list(argv) if argv is not None else None,
+            "status": "running",
+            "started": now,
+            "updated": now,
+            "finished": None,
+            "versions": package_versions(),
+            "git": git_info(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "files": [],
+            **io.jsonable(dict(extra or {}), fallback=repr),
+        }
+        if previous is not None and resume:
+            manifest["run_id"] = previous.get("run_id", manifest["run_id"])
+            manifest["started"] = previous.get("started", now)
+            manifest["files"] = list(previous.get("files", []))
+            manifest["resumed"] = [*previous.get("resumed", []), now]
+        run = cls(folder, manifest)
+        run._write_manifest()
+        if overwrite:
+            run._clear(keep)
+        return run
+
+    @classmethod
+    def check(
+        cls,
+        path: str | os.PathLike,
+        *,
+        command: str,
+        config: Mapping[str, Any],
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
+        """Raises what :meth:`open` would raise, and writes nothing.
+
+        Lets a job refuse a folder before slow preparations (loading a
+        model) that come before it opens the folder.
+        """
+        cls._check(path, command, config, overwrite, resume)
+
+    @staticmethod
+    def _check(path, command, config, overwrite, resume):
         if overwrite and resume:
             raise ValueError("overwrite and resume exclude each other; pick one")
         folder = check_output_dir(path)
@@ -272,35 +322,7 @@ class RunFolder:
                     f"cannot resume {folder}: its run used other settings "
                     f"({', '.join(changed)}); use the same flags, or --overwrite"
                 )
-        folder.mkdir(parents=True, exist_ok=True)
-        now = _now()
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "run_id": uuid.uuid4().hex,
-            "command": command,
-            "config": cfg,
-            "argv": list(argv) if argv is not None else None,
-            "status": "running",
-            "started": now,
-            "updated": now,
-            "finished": None,
-            "versions": package_versions(),
-            "git": git_info(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "files": [],
-            **io.jsonable(dict(extra or {}), fallback=repr),
-        }
-        if previous is not None and resume:
-            manifest["run_id"] = previous.get("run_id", manifest["run_id"])
-            manifest["started"] = previous.get("started", now)
-            manifest["files"] = list(previous.get("files", []))
-            manifest["resumed"] = [*previous.get("resumed", []), now]
-        run = cls(folder, manifest)
-        run._write_manifest()
-        if overwrite:
-            run._clear(keep)
-        return run
+        return folder, cfg, previous
 
     @classmethod
     def attach(cls, path: str | os.PathLike) -> RunFolder:

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 import jax_infodiscard as jid
 from jax_infodiscard import baselines
 from jax_infodiscard.data import load_synthetic
-from jax_infodiscard.evaluation.runner import EvaluateConfig, train_model
+from jax_infodiscard.experiments.evaluate import EvaluateConfig, train_model
 from jax_infodiscard.models import feature_fn, model_fn
 
 
@@ -204,7 +204,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="out/bench_explainers")
-    p.add_argument("--cache", default="out/evaluate/checkpoints")
+    p.add_argument(
+        "--cache", default=None, help="model cache (default: the shared job cache)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.repeats = min(args.images, 2), 1
@@ -213,7 +215,8 @@ def main(argv=None) -> int:
 
     # The model of `jax-infodiscard evaluate` (same cache): 8 epochs, ~93%.
     model_cfg = EvaluateConfig.fast() if args.quick else EvaluateConfig()
-    model, accuracy = train_model(model_cfg, args.cache, progress=False)
+    trained = train_model(model_cfg, args.cache, progress=False)
+    model, accuracy = trained.model, trained.accuracy
     test = load_synthetic("test", args.images)
     images = jnp.asarray(test.images)
     labels = np.asarray(test.labels)

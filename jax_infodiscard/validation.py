@@ -10,6 +10,9 @@ one input is judged by one rule everywhere.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import tempfile
 from typing import Any
 
 import jax
@@ -31,6 +34,7 @@ __all__ = [
     "check_mask_split",
     "check_names",
     "check_number",
+    "check_output_dir",
     "check_pixel_map",
     "image_keys",
     "is_traced",
@@ -574,3 +578,54 @@ def check_boxes(boxes: Any, image_shape: tuple[int, int], name: str = "boxes") -
     if bad.any():
         raise ValueError(f"{first(bad)} lies outside the ({h}, {w}) image ({rule})")
     return jnp.asarray(host.astype(np.int32))
+
+
+def _writable(folder: pathlib.Path) -> bool:
+    """Whether a file can be created in ``folder`` (probed: exact for root and
+    read-only mounts, where :func:`os.access` says yes)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_output_dir(path: Any, name: str = "out") -> pathlib.Path:
+    """``path`` as a :class:`pathlib.Path` if it can be an output folder.
+
+    The folder may exist (then it must be a writable directory) or not (then
+    its nearest existing parent must be a writable directory, so that it can
+    be created). Writability is probed with a temporary file, which is
+    removed at once; nothing else is created.
+
+    Raises:
+      TypeError: not a string or path.
+      ValueError: empty, an existing file, a non-writable folder, or a
+        parent that is a file or not writable.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as f:
+    ...     check_output_dir(f.name, "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: out: ... is an existing file, not a folder
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder path, got {_describe(path)}")
+    if not str(path):
+        raise ValueError(f"{name} must be a folder path, got an empty string")
+    p = pathlib.Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ValueError(f"{name}: {p} is an existing file, not a folder")
+        if not _writable(p):
+            raise ValueError(f"{name}: folder {p} is not writable")
+        return p
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name}: cannot create {p}: {parent} is a file")
+    if not _writable(parent):
+        raise ValueError(f"{name}: cannot create {p}: {parent} is not writable")
+    return p

@@ -10,6 +10,7 @@ import pytest
 import jax_infodiscard as jid
 from jax_infodiscard.cli import main
 from jax_infodiscard.experiments.demo import DemoConfig, run_demo
+from jax_infodiscard.experiments.rundir import RunFolderError, read_manifest
 
 
 def test_demo_writes_figures_and_summary(tmp_path):
@@ -21,25 +22,35 @@ def test_demo_writes_figures_and_summary(tmp_path):
         decoder_steps=10,
         cid=jid.CIDConfig(layer_strategy="vmap"),
     )
-    summary = run_demo(tmp_path, cfg, progress=False)
-    for name in (
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    summary = run_demo(out, cfg, cache_dir=cache, progress=False)
+    outputs = (
         "pixel_maps.png",
         "layer_curves.png",
         "summary.json",
         "cid.npz",
         "ru.npz",
-    ):
-        assert (tmp_path / name).stat().st_size > 0, name
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    )
+    for name in outputs:
+        assert (out / name).stat().st_size > 0, name
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["command"] == "demo"
+    assert sorted(manifest["files"]) == sorted(outputs)
+    assert manifest["config"]["num_images"] == 2
+    on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["layers"].keys() == summary["layers"].keys()
-    cid = jid.CIDResult.load(tmp_path / "cid.npz")
+    cid = jid.CIDResult.load(out / "cid.npz")
     assert cid.pixel.shape[1:] == (2, 32, 32)
     assert np.isfinite(cid.pixel).all()
     for row in on_disk["layers"].values():
         assert np.isfinite(row["cid_mean"]) and np.isfinite(row["ru_mean"])
+    # The folder holds a complete run: refused without overwrite.
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        run_demo(out, cfg, cache_dir=cache, progress=False)
     # A second run reuses the cached model and decoders.
-    again = run_demo(tmp_path, cfg, progress=False)
+    again = run_demo(out, cfg, cache_dir=cache, progress=False, overwrite=True)
     assert again["test_accuracy"] == summary["test_accuracy"]
+    assert again["timings_s"]["train_s"] < summary["timings_s"]["train_s"]
 
 
 def test_cli_rejects_unknown_model(tmp_path, capsys):
@@ -52,5 +63,8 @@ def test_cli_rejects_unknown_model(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_demo_fast(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--fast", "--no-progress"]) == 0
-    assert (tmp_path / "pixel_maps.png").exists()
+    out = tmp_path / "out"
+    argv = ["demo", "--out", str(out), "--fast", "--no-progress"]
+    assert main([*argv, "--cache", str(tmp_path / "cache")]) == 0
+    assert (out / "pixel_maps.png").exists()
+    assert read_manifest(out)["argv"][1:] == [*argv, "--cache", str(tmp_path / "cache")]

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from jax_infodiscard.evaluation.runner import (
+from jax_infodiscard.experiments.evaluate import (
     DESCRIPTIVE_METHODS,
     LOCALIZATION_METHODS,
     EvaluateConfig,
     load_data,
     run_evaluate,
 )
+from jax_infodiscard.experiments.rundir import read_manifest
 
 
 def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
@@ -27,7 +28,8 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
         fairness_images=2,
         fairness_decoder_steps=3,
     )
-    res = run_evaluate(tmp_path, cfg, progress=False)
+    out = tmp_path / "out"
+    res = run_evaluate(out, cfg, cache_dir=tmp_path / "cache", progress=False)
     for name in (
         "results.md",
         "results.json",
@@ -36,8 +38,9 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
         "localization.csv",
         "localization.json",
     ):
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert json.loads((tmp_path / "results.json").read_text())["num_images"] == 4
+        assert (out / name).stat().st_size > 0, name
+    assert read_manifest(out)["status"] == "complete"
+    assert json.loads((out / "results.json").read_text())["num_images"] == 4
     assert set(res["descriptive_accuracy"]) == set(DESCRIPTIVE_METHODS)
     assert set(res["localization"]) == set(LOCALIZATION_METHODS)
     for row in res["descriptive_accuracy"].values():
@@ -65,7 +68,7 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
         q[second]["gradient_wrt_feature"]["ratio"], 1.0, rtol=1e-3
     )
 
-    report = (tmp_path / "results.md").read_text()
+    report = (out / "results.md").read_text()
     assert "| cid |" in report and "ru_mean" in report and "Layer fairness" in report
 
 
@@ -85,14 +88,16 @@ def test_evaluate_job_on_a_tfds_data_set(tmp_path):
     )
     with tfds.testing.mock_data(num_examples=32):
         data = load_data(cfg, "test", 4)
-        res = run_evaluate(tmp_path, cfg, progress=False)
+        res = run_evaluate(
+            tmp_path / "out", cfg, cache_dir=tmp_path / "cache", progress=False
+        )
     assert data.images.shape == (4, 32, 32, 3) and data.masks.shape == (4, 32, 32)
     assert res["dataset"] == "oxford_iiit_pet" and res["num_images"] == 4
     boxes = data.boxes
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 32**2
     np.testing.assert_allclose(res["box_fraction"], area.mean(), rtol=1e-6)
     assert "ru_mean" not in res["layer_fairness"]["quantities"]["conv1"]
-    assert "oxford_iiit_pet" in (tmp_path / "results.md").read_text()
+    assert "oxford_iiit_pet" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_evaluate_rejects_data_without_boxes():

@@ -10,25 +10,37 @@ writes:
 * ``layer_curves.png``: layer-wise mean CID / RU and concentration;
 * ``summary.json``: accuracy, per-layer means, concentration, budgets,
   passes and timings;
-* ``cid.npz`` (and ``ru.npz``): the full results (:meth:`CIDResult.load`).
+* ``cid.npz`` (and ``ru.npz``): the full results (:meth:`CIDResult.load`);
+* ``manifest.json``: settings, versions, status (see
+  :mod:`jax_infodiscard.experiments.rundir`).
+
+The model and the RU decoders come from the shared cache
+(:mod:`jax_infodiscard.experiments.cache`): a second demo with the same
+settings reuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
+import os
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jax_infodiscard as jid
-from jax_infodiscard.data import SyntheticConfig, load_synthetic
+from jax_infodiscard.experiments.cache import (
+    ModelSpec,
+    decoder_cache_dir,
+    train_or_load,
+)
+from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import feature_fn as make_feature_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
-from jax_infodiscard.training.train import TrainConfig, train
+from jax_infodiscard.training.train import TrainConfig
+from jax_infodiscard.validation import check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +78,30 @@ class DemoConfig:
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("num_train", "num_test", "num_images", "epochs", "image_size"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("decoder_steps", "decoder_width", "ru_steps"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0)
+        if self.num_images > self.num_test:
+            raise ValueError(
+                f"num_images={self.num_images} exceeds the {self.num_test} test "
+                "images (num_test)"
+            )
+        if not isinstance(self.cid, jid.CIDConfig):
+            raise TypeError(f"cid must be a CIDConfig, got {type(self.cid).__name__}")
+
+    def model_spec(self) -> ModelSpec:
+        """The cache key of the demo's model."""
+        return ModelSpec(
+            model=self.model,
+            image_size=self.image_size,
+            num_train=self.num_train,
+            num_test=self.num_test,
+            train=TrainConfig(epochs=self.epochs, seed=self.seed),
+        )
+
     @classmethod
     def fast(cls, **changes) -> DemoConfig:
         """A short configuration (small data, short training; ~1.5 min on 2 cores)."""
@@ -76,48 +112,54 @@ class DemoConfig:
 
 
 def run_demo(
-    out_dir: str | pathlib.Path,
+    out_dir: str | os.PathLike,
     config: DemoConfig = DemoConfig(),
     *,
-    cache_dir: str | pathlib.Path | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    argv: Sequence[str] | None = None,
 ) -> dict:
     """Runs the demo and writes its figures and summary into ``out_dir``.
 
     Args:
-      out_dir: output folder (created).
+      out_dir: output folder (created); a folder holding a previous run is
+        refused unless ``overwrite``.
       config: the job's settings.
-      cache_dir: where model and decoder checkpoints are kept between runs
-        (default ``out_dir / "checkpoints"``).
+      cache_dir: model and decoder cache (default:
+        :func:`jax_infodiscard.experiments.cache.default_cache_dir`).
       progress: show progress bars.
+      overwrite: replace a previous run in ``out_dir``.
+      argv: the command line, recorded in the manifest.
 
     Returns:
       The summary dict (also written as ``summary.json``).
+
+    Raises:
+      RunFolderError: ``out_dir`` holds a previous run (and not
+        ``overwrite``) or is a non-empty folder that is not a run folder.
     """
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = pathlib.Path(cache_dir) if cache_dir else out / "checkpoints"
-    timings: dict[str, float] = {}
-    data_cfg = SyntheticConfig(image_size=config.image_size)
-
-    t0 = time.perf_counter()
-    train_set = load_synthetic("train", config.num_train, config=data_cfg)
-    test_set = load_synthetic("test", config.num_test, config=data_cfg)
-    timings["data_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    tag = f"{config.model}-{config.image_size}px-{config.num_train}-e{config.epochs}"
-    model, history = train(
-        config.model,
-        (train_set.images, train_set.labels),
-        (test_set.images, test_set.labels),
-        TrainConfig(epochs=config.epochs, seed=config.seed, progress=progress),
-        checkpoint_dir=cache / tag,
-        num_classes=data_cfg.num_classes,
-        image_size=config.image_size,
+    folder = RunFolder.open(
+        out_dir,
+        command="demo",
+        config=dataclasses.asdict(config),
+        overwrite=overwrite,
+        argv=argv,
+        keep=[cache_dir] if cache_dir else (),
     )
+    with folder.running():
+        summary = _demo(folder, config, cache_dir, progress)
+        folder.complete(summary={k: summary[k] for k in ("test_accuracy", "layers")})
+    return summary
+
+
+def _demo(folder: RunFolder, config: DemoConfig, cache_dir, progress: bool) -> dict:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    trained = train_or_load(config.model_spec(), cache_dir, progress=progress)
     timings["train_s"] = time.perf_counter() - t0
-    accuracy = (history.get("test_accuracy") or [float("nan")])[-1]
+    model, accuracy = trained.model, trained.accuracy
+    train_set, test_set = trained.train_data, trained.test_data
 
     layers = tuple(model.default_layers)
     fn = make_feature_fn(model, layers)
@@ -131,7 +173,7 @@ def run_demo(
     jax.block_until_ready(cid.pixel)
     timings["cid_s"] = time.perf_counter() - t0
     cid = cid.to_numpy()
-    cid.save(out / "cid.npz")
+    folder.save_result("cid.npz", cid)
     maps = {"CID": cid.pixel}
     curves = {
         "CID mean": cid.mean,
@@ -160,14 +202,16 @@ def run_demo(
             steps=config.decoder_steps, width=config.decoder_width, beta=config.cid.beta
         )
         decoders, mses = {}, {}
+        dec_images = train_set.images[: min(4000, config.num_train)]
+        dec_dir = decoder_cache_dir(trained.path, num_images=len(dec_images))
         for i, name in enumerate(layers):
             dec, metrics = load_or_train_decoder(
                 fn,
                 name,
-                train_set.images[: min(4000, config.num_train)],
+                dec_images,
                 dec_cfg,
                 key=jax.random.fold_in(key, 100 + i),
-                checkpoint_dir=cache / f"{tag}-decoders",
+                checkpoint_dir=dec_dir,
                 progress=progress,
             )
             decoders[name] = decoder_fn(dec)
@@ -187,7 +231,7 @@ def run_demo(
         jax.block_until_ready(ru.pixel)
         timings["ru_s"] = time.perf_counter() - t0
         ru = ru.to_numpy()
-        ru.save(out / "ru.npz")
+        folder.save_result("ru.npz", ru)
         maps["RU"] = ru.pixel
         curves["RU mean"] = ru.mean
         curves["RU concentration"] = np.asarray(jid.concentration(ru.pixel, masks))
@@ -198,11 +242,11 @@ def run_demo(
                 decoder_test_mse=mses[name],
             )
 
-    plot_pixel_maps(images, maps, layers, out / "pixel_maps.png", masks=masks)
+    plot_pixel_maps(images, maps, layers, folder.record("pixel_maps.png"), masks=masks)
     plot_layer_curves(
         layers,
         curves,
-        out / "layer_curves.png",
+        folder.record("layer_curves.png"),
         title=f"{config.model} on the embedded data set",
     )
     summary = {
@@ -215,5 +259,5 @@ def run_demo(
         "timings_s": timings,
         "devices": [str(d) for d in jax.devices()],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.write_json("summary.json", summary)
     return summary

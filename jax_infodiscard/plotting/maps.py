@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from jax_infodiscard.io import write_figure
+
 
 def _normalise(m: np.ndarray) -> np.ndarray:
     lo, hi = float(m.min()), float(m.max())
@@ -36,7 +38,7 @@ def plot_pixel_maps(
       maps: ``{metric name: (L, B, H, W) map in nats}``, e.g.
         ``{"CID": cid.pixel, "RU": ru.pixel}``.
       layers: the ``L`` layer names.
-      path: output file (PNG).
+      path: output file (PNG), written atomically.
       masks: optional ``(B, H, W)`` foreground masks (drawn as a contour).
       max_images: rows to draw.
     """
@@ -85,7 +87,7 @@ def plot_pixel_maps(
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    write_figure(path, fig, dpi=110, bbox_inches="tight")
 
 
 def plot_layer_curves(
@@ -102,7 +104,7 @@ def plot_layer_curves(
       curves: ``{label: (L, B) values}``; the mean over images is drawn with a
         band of one standard deviation. Labels sharing the text before " "
         (e.g. "CID mean", "RU mean") share a panel.
-      path: output file (PNG).
+      path: output file (PNG), written atomically.
       title: figure title.
     """
     panels: dict[str, list[str]] = {}
@@ -124,4 +126,4 @@ def plot_layer_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    write_figure(path, fig, dpi=110, bbox_inches="tight")

@@ -184,11 +184,15 @@ def _to_storable(tree: PyTree) -> PyTree:
 def _abstract(tree: PyTree) -> PyTree:
     """``ShapeDtypeStruct`` template of ``tree`` as stored on disk."""
 
+    # Restore onto this process's first device, not onto the device recorded
+    # at save time (which another process of a multi-process run may own).
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
     def leaf(x: Any) -> jax.ShapeDtypeStruct:
         if _is_key(x):
             shape = jax.eval_shape(jax.random.key_data, x)
-            return jax.ShapeDtypeStruct(shape.shape, shape.dtype)
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+            return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=local)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=local)
 
     return jax.tree.map(leaf, tree)
 

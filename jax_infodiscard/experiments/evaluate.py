@@ -12,17 +12,22 @@ then writes to ``out``:
 * ``layer_fairness.png``: the ``w/4, 4w`` rescaling check (paper Sec. 3.4),
   with RU from decoders trained separately for the original and the rescaled
   model;
-* ``results.md``: the tables of all three, as printed by the command.
+* ``results.md``: the tables of all three, as printed by the command;
+* ``manifest.json``: settings, versions, status (see
+  :mod:`jax_infodiscard.experiments.rundir`).
+
+The model comes from the shared cache (:mod:`jax_infodiscard.experiments.cache`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import pathlib
+import io as _stdio
+import os
 import time
-from typing import NamedTuple
+import warnings
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,12 +36,7 @@ from matplotlib.figure import Figure
 
 import jax_infodiscard as jid
 from jax_infodiscard import baselines
-from jax_infodiscard.data import (
-    TFDS_SPECS,
-    load_dataset,
-    load_synthetic,
-    num_classes,
-)
+from jax_infodiscard.data import TFDS_SPECS
 from jax_infodiscard.evaluation.fairness import layer_fairness
 from jax_infodiscard.evaluation.metrics import (
     DEFAULT_FRACTIONS,
@@ -44,10 +44,14 @@ from jax_infodiscard.evaluation.metrics import (
     importance,
     localization_recall,
 )
+from jax_infodiscard.experiments.cache import ModelSpec, TrainedModel, train_or_load
+from jax_infodiscard.experiments.data import Examples, load_examples
+from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
 from jax_infodiscard.models.sequential_adapter import to_sequential
 from jax_infodiscard.training.decoder import DecoderConfig
-from jax_infodiscard.training.train import TrainConfig, train
+from jax_infodiscard.training.train import TrainConfig
+from jax_infodiscard.validation import check_int
 
 __all__ = [
     "EvalData",
@@ -113,6 +117,41 @@ class EvaluateConfig:
     fairness_images: int = 8
     fairness_decoder_steps: int = 150
     seed: int = 0
+
+    def __post_init__(self):
+        for name in (
+            "image_size",
+            "num_train",
+            "num_test",
+            "num_images",
+            "epochs",
+            "ig_steps",
+            "lime_samples",
+            "fairness_images",
+        ):
+            check_int(name, getattr(self, name), 1)
+        check_int("fairness_decoder_steps", self.fairness_decoder_steps, 0)
+        check_int("seed", self.seed, 0)
+        if self.dataset != "synthetic" and (
+            self.dataset not in TFDS_SPECS or not TFDS_SPECS[self.dataset].annotated
+        ):
+            annotated = [k for k, v in TFDS_SPECS.items() if v.annotated]
+            raise ValueError(
+                f"dataset must be 'synthetic' or an annotated tfds data set "
+                f"{annotated} (localisation needs object boxes); got {self.dataset!r}"
+            )
+
+    def model_spec(self) -> ModelSpec:
+        """The cache key of the evaluated model."""
+        return ModelSpec(
+            model=self.model,
+            dataset=self.dataset,
+            image_size=self.image_size,
+            num_train=self.num_train,
+            num_test=self.num_test,
+            crop_scale=None if self.dataset == "synthetic" else 1.5,
+            train=TrainConfig(epochs=self.epochs, seed=self.seed),
+        )
 
     @classmethod
     def fast(cls, **changes) -> EvaluateConfig:
@@ -245,105 +284,99 @@ def results_markdown(results: dict) -> str:
     )
 
 
-class EvalData(NamedTuple):
-    """Images ``float32 (N, H, W, 3)`` in [0, 1], labels ``int32 (N,)``, masks
-    ``bool (N, H, W)`` and boxes ``int32 (N, 4)`` ``(y0, x0, y1, x1)``."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    boxes: np.ndarray
+EvalData = Examples
+"""The job's data: :class:`jax_infodiscard.experiments.data.Examples`."""
 
 
-def load_data(config: EvaluateConfig, split: str, n: int) -> EvalData:
+def load_data(config: EvaluateConfig, split: str, n: int) -> Examples:
     """``n`` examples (or the whole split, if smaller) of the job's data set.
+
+    tfds data sets are cropped to 1.5x the object box, as in the paper.
 
     Raises:
       ValueError: unknown data set, or one without object boxes (CIFAR-10):
         localisation and concentration need them.
     """
-    if config.dataset == "synthetic":
-        d = load_synthetic(split, n)
-        return EvalData(d.images, d.labels, d.masks, d.boxes)
-    if config.dataset not in TFDS_SPECS or not TFDS_SPECS[config.dataset].annotated:
-        annotated = [k for k, v in TFDS_SPECS.items() if v.annotated]
-        raise ValueError(
-            f"dataset must be 'synthetic' or an annotated tfds data set "
-            f"{annotated} (localisation needs object boxes); got {config.dataset!r}"
-        )
-    batches = list(
-        load_dataset(
-            config.dataset,
-            split,
-            image_size=config.image_size,
-            batch_size=256,
-            num_examples=n,
-            crop_scale=1.5,
-        )
+    spec = config.model_spec()
+    data = load_examples(
+        config.dataset,
+        split,
+        n,
+        image_size=config.image_size,
+        crop_scale=spec.crop_scale,
     )
-    if not batches:
+    if data.images.shape[0] == 0:
         raise ValueError(f"{config.dataset!r} split {split!r} has no examples")
-
-    def cat(key):
-        return np.concatenate([b[key] for b in batches])
-
-    return EvalData(cat("image"), cat("label"), cat("mask"), cat("box"))
+    return data
 
 
 def train_model(
-    config: EvaluateConfig, cache_dir: str | pathlib.Path, *, progress: bool = True
-) -> tuple:
-    """Trains ``config.model`` on the embedded data, or loads it from the cache.
+    config: EvaluateConfig,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+) -> TrainedModel:
+    """Trains ``config.model`` on the job's data, or loads it from the cache.
 
     Returns:
-      ``(model, test_accuracy)``; the checkpoint lives in
-      ``cache_dir / "{model}-32px-{num_train}-e{epochs}"`` (the demo's naming).
+      A :class:`jax_infodiscard.experiments.cache.TrainedModel` (model,
+      test accuracy, checkpoint folder, data).
     """
-    tr = load_data(config, "train", config.num_train)
-    te = load_data(config, "test", config.num_test)
-    size = tr.images.shape[1]
-    tag = f"{config.model}-{size}px-{config.num_train}-e{config.epochs}"
-    if config.dataset != "synthetic":
-        tag = f"{config.dataset}-{tag}"
-    model, history = train(
-        config.model,
-        (tr.images, tr.labels),
-        (te.images, te.labels),
-        TrainConfig(epochs=config.epochs, seed=config.seed, progress=progress),
-        checkpoint_dir=pathlib.Path(cache_dir) / tag,
-        num_classes=num_classes(config.dataset),
-        image_size=size,
-    )
-    return model, float((history.get("test_accuracy") or [np.nan])[-1])
+    return train_or_load(config.model_spec(), cache_dir, progress=progress)
 
 
 def run_evaluate(
-    out_dir: str | pathlib.Path,
+    out_dir: str | os.PathLike,
     config: EvaluateConfig = EvaluateConfig(),
     *,
-    cache_dir: str | pathlib.Path | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    argv: Sequence[str] | None = None,
 ) -> dict:
     """Runs the evaluation and writes its files into ``out_dir``.
 
     Args:
-      out_dir: output folder (created).
+      out_dir: output folder (created); a folder holding a previous run is
+        refused unless ``overwrite``.
       config: the job's settings.
-      cache_dir: model checkpoint cache (default ``out_dir / "checkpoints"``).
+      cache_dir: model cache (default:
+        :func:`jax_infodiscard.experiments.cache.default_cache_dir`).
       progress: show training progress bars.
+      overwrite: replace a previous run in ``out_dir``.
+      argv: the command line, recorded in the manifest.
 
     Returns:
       The results dict (also written as ``results.json``).
     """
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = pathlib.Path(cache_dir) if cache_dir else out / "checkpoints"
+    folder = RunFolder.open(
+        out_dir,
+        command="evaluate",
+        config=dataclasses.asdict(config),
+        overwrite=overwrite,
+        argv=argv,
+        keep=[cache_dir] if cache_dir else (),
+    )
+    with folder.running():
+        results = _evaluate(folder, config, cache_dir, progress)
+        folder.complete()
+    return results
+
+
+def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) -> dict:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    model, accuracy = train_model(config, cache, progress=progress)
+    trained = train_model(config, cache_dir, progress=progress)
+    model, accuracy = trained.model, trained.accuracy
     timings["train"] = time.perf_counter() - t0
     te = load_data(config, "test", max(config.num_test, config.num_images))
     n = min(config.num_images, te.images.shape[0])
+    if n < config.num_images:
+        warnings.warn(
+            f"{config.dataset!r} has only {n} test images; evaluating {n}, not "
+            f"num_images={config.num_images}",
+            stacklevel=2,
+        )
     images, labels = jnp.asarray(te.images[:n]), np.asarray(te.labels[:n])
     key = jax.random.key(config.seed)
     mfn = model_fn(model)
@@ -393,7 +426,7 @@ def run_evaluate(
             if config.fairness_decoder_steps
             else None
         ),
-        decoder_images=load_data(config, "train", 2_000).images,
+        decoder_images=trained.train_data.images[:2_000],
     )
     timings["fairness"] = time.perf_counter() - t0
 
@@ -422,16 +455,17 @@ def run_evaluate(
             "fractions": list(DEFAULT_FRACTIONS),
         },
     }
-    _plot_curves(curves, agreement).savefig(out / "descriptive_accuracy.png", dpi=120)
-    fair_fig.savefig(out / "layer_fairness.png", dpi=120)
-    (out / "localization.json").write_text(json.dumps(loc, indent=2))
-    with open(out / "localization.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["method", "recall_mean", "recall_sem"])
-        for name, row in loc.items():
-            writer.writerow(
-                [name, f"{row['recall_mean']:.4f}", f"{row['recall_sem']:.4f}"]
-            )
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_markdown(results) + "\n")
+    folder.write_figure(
+        "descriptive_accuracy.png", _plot_curves(curves, agreement), dpi=120
+    )
+    folder.write_figure("layer_fairness.png", fair_fig, dpi=120)
+    folder.write_json("localization.json", loc)
+    buf = _stdio.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["method", "recall_mean", "recall_sem"])
+    for name, row in loc.items():
+        writer.writerow([name, f"{row['recall_mean']:.4f}", f"{row['recall_sem']:.4f}"])
+    folder.write_text("localization.csv", buf.getvalue())
+    folder.write_json("results.json", results)
+    folder.write_text("results.md", results_markdown(results) + "\n")
     return results

@@ -1,0 +1,268 @@
+"""The paper's analyses as jobs: ``jax-infodiscard analyze NAME --out DIR``.
+
+Each analysis is an :class:`Analysis` in the registry :data:`ANALYSES`
+(its name is a choice of the ``analyze`` command). Its ``run`` function gets
+a :class:`~jax_infodiscard.experiments.rundir.RunFolder` to write figures
+into and an :class:`AnalysisOptions`, and returns an
+:class:`AnalysisResult`: a JSON-able ``results`` dict and the
+:class:`Verdict` of each paper claim it tests. :func:`run_analysis` does the
+rest for every analysis alike: it opens the run folder (manifest, refusal
+of a previous run unless ``overwrite``), writes ``results.json`` and
+``report.md`` (a verdict table: claim, paper figure, our numbers, outcome,
+rule) and marks the run complete.
+
+Sizes: ``scale="full"`` (the default command, sized for about 30 minutes
+on a 2-core CPU), ``"fast"`` (``--fast``, a few minutes) and ``"toy"``
+(tests: seconds).
+
+To add an analysis, write ``run(folder, options) -> AnalysisResult`` in a
+module of this package and call :func:`register` at its end; then import
+the module below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from jax_infodiscard.config import CIDConfig
+from jax_infodiscard.data import DATASET_NAMES
+from jax_infodiscard.experiments.rundir import RunFolder
+from jax_infodiscard.validation import check_int
+
+__all__ = [
+    "ANALYSES",
+    "OUTCOMES",
+    "Analysis",
+    "AnalysisOptions",
+    "AnalysisResult",
+    "Verdict",
+    "paired_outcome",
+    "register",
+    "run_analysis",
+    "verdict_table",
+]
+
+Scale = Literal["toy", "fast", "full"]
+SCALES: tuple[str, ...] = ("toy", "fast", "full")
+OUTCOMES: tuple[str, ...] = ("held", "did not hold", "inconclusive")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """Settings shared by every analysis (the ``analyze`` flags).
+
+    Attributes:
+      scale: ``"full"``, ``"fast"`` (``--fast``) or ``"toy"`` (tests).
+      dataset: data set name (``--dataset``).
+      image_size: image side in pixels.
+      seed: seed of training and of the solver keys.
+      cid: CID configuration (``--beta``, ``--method``).
+      cache_dir: model cache (``None``: the shared default).
+      progress: progress bars.
+    """
+
+    scale: Scale = "full"
+    dataset: str = "synthetic"
+    image_size: int = 32
+    seed: int = 0
+    cid: CIDConfig = dataclasses.field(default_factory=CIDConfig)
+    cache_dir: str | os.PathLike | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(
+                f"unknown data set {self.dataset!r}; choose one of "
+                f"{list(DATASET_NAMES)}"
+            )
+        check_int("image_size", self.image_size, 1)
+        check_int("seed", self.seed, 0)
+
+    def manifest_config(self) -> dict[str, Any]:
+        """The settings that shape results (for the run manifest)."""
+        cfg = dataclasses.asdict(self)
+        cfg.pop("progress")
+        cfg.pop("cache_dir")
+        return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether one claim of the paper held in our measurement.
+
+    Attributes:
+      claim: the claim, in one sentence.
+      figure: where the paper makes it (``"Fig. 3b"``).
+      measured: our numbers, as text (with their spread).
+      outcome: one of :data:`OUTCOMES`.
+      rule: the decision rule used.
+    """
+
+    claim: str
+    figure: str
+    measured: str
+    outcome: str
+    rule: str
+
+    def __post_init__(self):
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisResult:
+    """What an analysis returns.
+
+    Attributes:
+      results: JSON-able numbers (written as ``results.json``).
+      verdicts: one :class:`Verdict` per claim tested.
+      notes: extra Markdown for ``report.md`` (setting, caveats).
+    """
+
+    results: dict[str, Any]
+    verdicts: tuple[Verdict, ...] = ()
+    notes: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """A registered analysis.
+
+    Attributes:
+      name: the ``analyze`` choice.
+      summary: one line for ``--help``.
+      paper: the paper's figures/tables it reproduces.
+      run: ``run(folder, options) -> AnalysisResult``; writes its figures
+        with ``folder.write_figure``.
+      datasets: data sets it supports.
+    """
+
+    name: str
+    summary: str
+    paper: str
+    run: Callable[[RunFolder, AnalysisOptions], AnalysisResult]
+    datasets: tuple[str, ...] = DATASET_NAMES
+
+
+ANALYSES: dict[str, Analysis] = {}
+"""Registered analyses by name (the ``analyze`` command's choices)."""
+
+
+def register(analysis: Analysis) -> Analysis:
+    """Adds ``analysis`` to :data:`ANALYSES` (names must be unique)."""
+    if analysis.name in ANALYSES:
+        raise ValueError(f"analysis {analysis.name!r} is already registered")
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def paired_outcome(
+    differences: Any, *, expect: Literal["positive", "negative"], sigmas: float = 2.0
+) -> tuple[str, float, float]:
+    """Outcome of "the mean of paired differences has the expected sign".
+
+    Rule: held if the mean lies beyond ``sigmas`` standard errors on the
+    expected side of 0, did not hold if beyond them on the other side,
+    inconclusive otherwise (also with fewer than two differences).
+
+    Args:
+      differences: per-image (or per-seed) differences ``(N,)``.
+      expect: the sign the paper claims.
+      sigmas: standard errors required.
+
+    Returns:
+      ``(outcome, mean, standard error)``.
+
+    >>> paired_outcome([1.0, 1.2, 0.9, 1.1], expect="positive")[0]
+    'held'
+    >>> paired_outcome([1.0, -1.0], expect="positive")[0]
+    'inconclusive'
+    """
+    d = np.asarray(differences, dtype=float).ravel()
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return "inconclusive", float(d.mean()) if d.size else math.nan, math.nan
+    mean = float(d.mean())
+    sem = float(d.std(ddof=1) / math.sqrt(d.size))
+    sign = 1.0 if expect == "positive" else -1.0
+    if sign * mean > sigmas * sem:
+        return "held", mean, sem
+    if -sign * mean > sigmas * sem:
+        return "did not hold", mean, sem
+    return "inconclusive", mean, sem
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> str:
+    """Markdown table: claim, paper figure, our numbers, outcome, rule."""
+    lines = [
+        "| claim | paper | measured | verdict | rule |",
+        "|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        cells = [v.claim, v.figure, v.measured, f"**{v.outcome}**", v.rule]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def run_analysis(
+    name: str,
+    out_dir: str | os.PathLike,
+    options: AnalysisOptions = AnalysisOptions(),
+    *,
+    overwrite: bool = False,
+    argv: Sequence[str] | None = None,
+) -> AnalysisResult:
+    """Runs analysis ``name`` into the run folder ``out_dir``.
+
+    Writes the analysis' figures, ``results.json``, ``report.md`` and the
+    manifest.
+
+    Raises:
+      ValueError: unknown analysis, or a data set it does not support.
+      RunFolderError: ``out_dir`` holds a previous run (and not
+        ``overwrite``).
+    """
+    if name not in ANALYSES:
+        raise ValueError(f"unknown analysis {name!r}; choose one of {sorted(ANALYSES)}")
+    analysis = ANALYSES[name]
+    if options.dataset not in analysis.datasets:
+        raise ValueError(
+            f"analysis {name!r} supports the data sets {list(analysis.datasets)}, "
+            f"not {options.dataset!r}"
+        )
+    folder = RunFolder.open(
+        out_dir,
+        command=f"analyze {name}",
+        config=options.manifest_config(),
+        overwrite=overwrite,
+        argv=argv,
+        keep=[options.cache_dir] if options.cache_dir else (),
+    )
+    with folder.running():
+        result = analysis.run(folder, options)
+        verdicts = [dataclasses.asdict(v) for v in result.verdicts]
+        folder.write_json(
+            "results.json",
+            {"analysis": name, "paper": analysis.paper, "verdicts": verdicts}
+            | result.results,
+        )
+        report = [f"# {name}: {analysis.summary}", "", f"Paper: {analysis.paper}."]
+        if result.notes:
+            report += ["", result.notes]
+        if result.verdicts:
+            report += ["", verdict_table(result.verdicts)]
+        folder.write_text("report.md", "\n".join(report) + "\n")
+        folder.complete(verdicts={v.claim: v.outcome for v in result.verdicts})
+    return result
+
+
+# Registered analyses (each module calls ``register`` on import).
+from jax_infodiscard.experiments.analyses import layerwise  # noqa: E402, F401

@@ -1,0 +1,202 @@
+"""Train-or-load: one model cache shared by every job.
+
+A trained model is identified by what shaped its weights: the architecture
+(and its options), the data (data set, image size, number of training
+images, crop), and the training configuration (seed included). That key
+maps to one folder, ``CACHE/models/<readable name>-<hash>``; the
+hash covers the whole key, the readable part is for people. Training and
+its orbax checkpoints are :func:`jax_infodiscard.training.train`'s: this
+module only chooses the folder, so a second job with the same key reuses
+the model (and an interrupted training resumes), while any other setting
+trains into a folder of its own.
+
+The cache lives in ``$JAX_INFODISCARD_CACHE`` if set, else
+``$XDG_CACHE_HOME/jax_infodiscard`` (``~/.cache/jax_infodiscard``); every
+job takes ``cache_dir=`` (``--cache DIR``) to use another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+from typing import Any, NamedTuple
+
+from jax_infodiscard import io
+from jax_infodiscard.data import num_classes
+from jax_infodiscard.experiments.data import Examples, load_examples
+from jax_infodiscard.training.train import TrainConfig, train
+
+__all__ = [
+    "ModelSpec",
+    "TrainedModel",
+    "decoder_cache_dir",
+    "default_cache_dir",
+    "model_cache_dir",
+    "train_or_load",
+]
+
+# Settings of TrainConfig that do not change the weights.
+_NOT_IN_KEY = ("progress", "eval_batch_size", "keep_checkpoints")
+
+
+def default_cache_dir() -> pathlib.Path:
+    """``$JAX_INFODISCARD_CACHE``, else ``$XDG_CACHE_HOME/jax_infodiscard``."""
+    env = os.environ.get("JAX_INFODISCARD_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return pathlib.Path(xdg).expanduser() / "jax_infodiscard"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a cached model is trained on and how (its cache key).
+
+    Attributes:
+      model: zoo model name.
+      dataset: data set name (``"synthetic"`` or a tfds name).
+      image_size: image side in pixels.
+      num_train: training images (the first ones of the train split).
+      num_test: test images used for the reported accuracy.
+      crop_scale: tfds sets with boxes: crop factor around the box, or None.
+      train: training configuration (its ``seed`` seeds the model).
+      model_kwargs: extra architecture options, as sorted ``(name, value)``
+        pairs (a tuple keeps the spec hashable).
+    """
+
+    model: str
+    dataset: str = "synthetic"
+    image_size: int = 32
+    num_train: int = 10_000
+    num_test: int = 1_000
+    crop_scale: float | None = None
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def key(self) -> dict[str, Any]:
+        """The cache key as a JSON-able dict."""
+        train_cfg = {
+            k: v
+            for k, v in dataclasses.asdict(self.train).items()
+            if k not in _NOT_IN_KEY
+        }
+        return io.jsonable(
+            {
+                "model": self.model,
+                "model_kwargs": dict(self.model_kwargs),
+                "dataset": self.dataset,
+                "image_size": self.image_size,
+                "num_train": self.num_train,
+                "crop_scale": self.crop_scale,
+                "train": train_cfg,
+            }
+        )
+
+    def folder_name(self) -> str:
+        """``<model>-<dataset>-<S>px-n<N>-e<epochs>-s<seed>-<hash>``."""
+        digest = hashlib.sha256(
+            json.dumps(self.key(), sort_keys=True).encode()
+        ).hexdigest()[:10]
+        name = (
+            f"{self.model}-{self.dataset}-{self.image_size}px-n{self.num_train}"
+            f"-e{self.train.epochs}-s{self.train.seed}"
+        )
+        return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{digest}"
+
+
+def model_cache_dir(
+    spec: ModelSpec, cache_dir: str | os.PathLike | None = None
+) -> pathlib.Path:
+    """The checkpoint folder of ``spec`` inside the cache."""
+    root = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+    return root / "models" / spec.folder_name()
+
+
+def decoder_cache_dir(model_dir: str | os.PathLike, **data: Any) -> pathlib.Path:
+    """Folder of the RU decoders of a cached model, trained on ``data``.
+
+    ``load_or_train_decoder`` checks layer, shapes and decoder config but
+    not the training images, so the folder is keyed by a description of
+    them (e.g. ``num_images=4000``) next to the model's folder.
+
+    >>> decoder_cache_dir("/c/models/convnet-x", num_images=4000).name
+    'num_images=4000'
+    """
+    model_dir = pathlib.Path(model_dir)
+    tag = ",".join(f"{k}={v}" for k, v in sorted(data.items())) or "default"
+    return model_dir.with_name(model_dir.name + ".decoders") / tag
+
+
+class TrainedModel(NamedTuple):
+    """A trained (or loaded) model with its data.
+
+    Attributes:
+      model: the Flax NNX module.
+      accuracy: test accuracy after the last epoch (NaN without a test set).
+      history: per-epoch training history (see ``train``).
+      path: its checkpoint folder.
+      train_data: the :class:`Examples` it was trained on.
+      test_data: the test :class:`Examples` of the accuracy.
+    """
+
+    model: Any
+    accuracy: float
+    history: dict
+    path: pathlib.Path
+    train_data: Examples
+    test_data: Examples
+
+
+def train_or_load(
+    spec: ModelSpec,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = True,
+    test_data: Examples | None = None,
+) -> TrainedModel:
+    """Loads ``spec``'s model from the cache, or trains (and caches) it.
+
+    Args:
+      spec: the model and its training (the cache key).
+      cache_dir: the cache (default :func:`default_cache_dir`).
+      progress: progress bars while training.
+      test_data: the test examples, if the caller already holds them
+        (default: the first ``spec.num_test`` of the test split).
+
+    Returns:
+      A :class:`TrainedModel`.
+    """
+    train_data = load_examples(
+        spec.dataset,
+        "train",
+        spec.num_train,
+        image_size=spec.image_size,
+        crop_scale=spec.crop_scale,
+    )
+    if test_data is None:
+        test_data = load_examples(
+            spec.dataset,
+            "test",
+            spec.num_test,
+            image_size=spec.image_size,
+            crop_scale=spec.crop_scale,
+        )
+    path = model_cache_dir(spec, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(path.with_name(path.name + ".json"), spec.key())
+    model, history = train(
+        spec.model,
+        (train_data.images, train_data.labels),
+        (test_data.images[: spec.num_test], test_data.labels[: spec.num_test]),
+        dataclasses.replace(spec.train, progress=progress),
+        checkpoint_dir=path,
+        num_classes=num_classes(spec.dataset),
+        image_size=spec.image_size,
+        model_kwargs=dict(spec.model_kwargs) or None,
+    )
+    accuracy = float((history.get("test_accuracy") or [float("nan")])[-1])
+    return TrainedModel(model, accuracy, history, path, train_data, test_data)

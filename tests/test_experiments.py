@@ -1,0 +1,259 @@
+"""Shared job machinery: run folders, the model cache, data slices, analyses."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from jax_infodiscard.experiments import rundir
+from jax_infodiscard.experiments.analyses import (
+    ANALYSES,
+    OUTCOMES,
+    AnalysisOptions,
+    Verdict,
+    paired_outcome,
+    run_analysis,
+    verdict_table,
+)
+from jax_infodiscard.experiments.cache import (
+    ModelSpec,
+    decoder_cache_dir,
+    model_cache_dir,
+    train_or_load,
+)
+from jax_infodiscard.experiments.data import load_examples
+from jax_infodiscard.experiments.rundir import RunFolder, RunFolderError, read_manifest
+from jax_infodiscard.training.train import TrainConfig
+
+
+# ------------------------------------------------------------- run folder
+def test_run_folder_manifest_lifecycle(tmp_path):
+    out = tmp_path / "run"
+    folder = RunFolder.open(out, command="job", config={"n": 2}, argv=["x", "y"])
+    m = read_manifest(out)
+    assert m["status"] == "running" and m["finished"] is None
+    assert m["command"] == "job" and m["config"] == {"n": 2}
+    assert m["argv"] == ["x", "y"]
+    assert m["versions"]["jax"] and m["versions"]["python"]
+    git = m["git"]  # the tests run from a checkout
+    assert git is None or re.fullmatch(r"[0-9a-f]{40}", git["commit"])
+    folder.write_json("results.json", {"v": 1})
+    folder.write_text("report.md", "# r\n")
+    folder.write_npz("a.npz", x=np.ones(2))
+    folder.complete(summary={"v": 1})
+    m = read_manifest(out)
+    assert m["status"] == "complete" and m["finished"] >= m["started"]
+    assert m["files"] == ["a.npz", "report.md", "results.json"]
+    assert m["summary"] == {"v": 1}
+
+
+def test_a_complete_run_is_not_overwritten_silently(tmp_path):
+    RunFolder.open(tmp_path, command="job", config={"n": 1}).complete()
+    with pytest.raises(RunFolderError, match=r"holds complete 'job' run.*--overwrite"):
+        RunFolder.open(tmp_path, command="job", config={"n": 1})
+
+
+def test_a_killed_run_is_refused_too_and_says_so(tmp_path):
+    RunFolder.open(tmp_path, command="job", config={})  # never completed
+    with pytest.raises(RunFolderError, match="unfinished"):
+        RunFolder.open(tmp_path, command="job", config={})
+
+
+def test_overwrite_clears_stale_outputs_but_keeps_the_cache(tmp_path):
+    first = RunFolder.open(tmp_path, command="job", config={"n": 1})
+    first.write_json("old.json", {})
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x").write_text("x")
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    first.complete()
+    second = RunFolder.open(
+        tmp_path,
+        command="job",
+        config={"n": 2},
+        overwrite=True,
+        keep=[tmp_path / "cache"],
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "manifest.json"]
+    assert (tmp_path / "cache" / "models").is_dir()
+    m = read_manifest(tmp_path)
+    assert m["status"] == "running" and m["run_id"] == second.manifest["run_id"]
+    assert m["run_id"] != first.manifest["run_id"] and m["files"] == []
+
+
+def test_overwrite_marks_the_folder_running_before_removing_anything(
+    tmp_path, monkeypatch
+):
+    # Killed (here: failing) while clearing: the old outputs may remain, but
+    # the manifest no longer claims a complete run.
+    old = RunFolder.open(tmp_path, command="job", config={})
+    old.write_json("results.json", {"old": True})
+    old.complete()
+
+    def boom(*args, **kwargs):
+        raise OSError("killed while clearing")
+
+    monkeypatch.setattr(rundir.pathlib.Path, "unlink", boom)
+    with pytest.raises(OSError, match="killed"):
+        RunFolder.open(tmp_path, command="job", config={}, overwrite=True)
+    assert read_manifest(tmp_path)["status"] == "running"
+
+
+def test_resume_needs_the_same_command_and_config(tmp_path):
+    first = RunFolder.open(tmp_path, command="run", config={"a": 1, "b": {"c": 2}})
+    first.write_json("part.json", {})
+    run_id = first.manifest["run_id"]
+    again = RunFolder.open(
+        tmp_path, command="run", config={"a": 1, "b": {"c": 2}}, resume=True
+    )
+    assert again.manifest["run_id"] == run_id
+    assert (tmp_path / "part.json").exists()
+    assert again.manifest["files"] == ["part.json"] and again.manifest["resumed"]
+    with pytest.raises(RunFolderError, match=r"other settings \(b\.c\)"):
+        RunFolder.open(
+            tmp_path, command="run", config={"a": 1, "b": {"c": 3}}, resume=True
+        )
+    with pytest.raises(RunFolderError, match="'run' run, not 'demo'"):
+        RunFolder.open(tmp_path, command="demo", config={"a": 1}, resume=True)
+    with pytest.raises(ValueError, match="exclude"):
+        RunFolder.open(tmp_path, command="run", config={}, resume=True, overwrite=True)
+
+
+def test_foreign_or_broken_folders_are_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        RunFolder.open(tmp_path, command="job", config={}, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{truncated")
+    with pytest.raises(RunFolderError, match=r"not valid JSON.*--overwrite"):
+        RunFolder.open(broken, command="job", config={})
+    RunFolder.open(broken, command="job", config={}, overwrite=True)
+    assert read_manifest(broken)["status"] == "running"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match="existing file"):
+        RunFolder.open(afile, command="job", config={})
+
+
+def test_a_failing_job_is_marked_failed(tmp_path):
+    folder = RunFolder.open(tmp_path, command="job", config={})
+    with pytest.raises(ZeroDivisionError), folder.running():
+        _ = 1 / 0
+    m = read_manifest(tmp_path)
+    assert m["status"] == "failed" and m["error"].startswith("ZeroDivisionError")
+
+
+# ------------------------------------------------------------------ data
+def test_slices_are_slices_of_the_whole_split():
+    whole = load_examples("synthetic", "test", 40, image_size=16)
+    part = load_examples("synthetic", "test", 7, start=30, image_size=16)
+    for a, b in zip(part, whole, strict=True):
+        np.testing.assert_array_equal(a, b[30:37])
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_examples("mnist", "test", 4)
+    with pytest.raises(ValueError, match="split"):
+        load_examples("synthetic", "validation", 4)
+
+
+# ----------------------------------------------------------------- cache
+def _spec(**changes) -> ModelSpec:
+    base = ModelSpec(
+        model="convnet",
+        image_size=16,
+        num_train=64,
+        num_test=32,
+        train=TrainConfig(epochs=1, batch_size=32),
+        model_kwargs=(("width", 4),),
+    )
+    return ModelSpec(**{**base.__dict__, **changes})
+
+
+def test_cache_key_covers_what_shapes_the_weights(tmp_path):
+    spec = _spec()
+    assert spec.folder_name().startswith("convnet-synthetic-16px-n64-e1-s0-")
+    same = _spec(train=TrainConfig(epochs=1, batch_size=32, progress=False))
+    assert same.folder_name() == spec.folder_name()  # progress is not a setting
+    others = [
+        _spec(train=TrainConfig(epochs=1, batch_size=32, seed=1)),
+        _spec(train=TrainConfig(epochs=2, batch_size=32)),
+        _spec(train=TrainConfig(epochs=1, batch_size=32, learning_rate=1e-3)),
+        _spec(num_train=96),
+        _spec(image_size=32),
+        _spec(model_kwargs=(("width", 8),)),
+        _spec(model="alexnet"),
+    ]
+    names = {o.folder_name() for o in others}
+    assert len(names) == len(others) and spec.folder_name() not in names
+    assert model_cache_dir(spec, tmp_path).parent == tmp_path / "models"
+    assert decoder_cache_dir(model_cache_dir(spec, tmp_path), num_images=8) == (
+        tmp_path / "models" / (spec.folder_name() + ".decoders") / "num_images=8"
+    )
+
+
+def test_train_or_load_trains_once_then_loads(tmp_path):
+    spec = _spec()
+    first = train_or_load(spec, tmp_path, progress=False)
+    key = json.loads(first.path.with_name(first.path.name + ".json").read_text())
+    assert key == spec.key()
+    second = train_or_load(spec, tmp_path, progress=False)
+    assert second.path == first.path
+    assert second.history == first.history  # read back, not retrained
+    np.testing.assert_array_equal(
+        np.asarray(second.model.conv1.conv.kernel[...]),
+        np.asarray(first.model.conv1.conv.kernel[...]),
+    )
+
+
+# -------------------------------------------------------------- analyses
+def test_paired_outcome_rule():
+    assert paired_outcome([1.0, 1.1, 0.9], expect="positive")[0] == "held"
+    assert paired_outcome([-1.0, -1.1, -0.9], expect="positive")[0] == "did not hold"
+    assert paired_outcome([-1.0, -1.1, -0.9], expect="negative")[0] == "held"
+    outcome, mean, sem = paired_outcome([1.0, -0.5, 0.2, np.nan], expect="positive")
+    assert outcome == "inconclusive"
+    np.testing.assert_allclose(mean, 0.7 / 3)
+    np.testing.assert_allclose(sem, np.std([1.0, -0.5, 0.2], ddof=1) / np.sqrt(3))
+    assert paired_outcome([2.0], expect="positive")[0] == "inconclusive"
+
+
+def test_verdict_table_and_outcomes():
+    v = Verdict("a | b", "Fig. 1", "+0.1 ± 0.01", "held", "rule")
+    table = verdict_table([v])
+    assert (
+        table.splitlines()[2] == "| a \\| b | Fig. 1 | +0.1 ± 0.01 | **held** | rule |"
+    )
+    with pytest.raises(ValueError, match="outcome"):
+        Verdict("c", "f", "m", "maybe", "r")
+    assert set(OUTCOMES) == {"held", "did not hold", "inconclusive"}
+
+
+def test_analysis_registry_and_unknown_names(tmp_path):
+    assert "layerwise" in ANALYSES
+    for name, a in ANALYSES.items():
+        assert a.name == name and a.summary and a.paper and callable(a.run)
+    with pytest.raises(ValueError, match="unknown analysis 'nope'"):
+        run_analysis("nope", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="scale"):
+        AnalysisOptions(scale="huge")
+
+
+@pytest.mark.slow
+def test_layerwise_analysis_end_to_end(tmp_path):
+    options = AnalysisOptions(scale="toy", cache_dir=tmp_path / "cache", progress=False)
+    result = run_analysis("layerwise", tmp_path / "out", options)
+    out = tmp_path / "out"
+    for name in ("results.json", "report.md", "layer_curves.png", "cid.npz"):
+        assert (out / name).stat().st_size > 0, name
+    assert read_manifest(out)["status"] == "complete"
+    (verdict,) = result.verdicts
+    assert verdict.outcome in OUTCOMES
+    res = json.loads((out / "results.json").read_text())
+    assert res["analysis"] == "layerwise" and res["verdicts"][0]["outcome"]
+    assert set(res["layers"]) == {"conv1", "conv3", "conv5", "logits"}
+    report = (out / "report.md").read_text()
+    assert "| claim | paper | measured | verdict | rule |" in report

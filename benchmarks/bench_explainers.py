@@ -1,7 +1,7 @@
 """Explainer cost benchmark: model calls and wall time per map (table, JSON, PNG).
 
 On the demo model (zoo ConvNet trained on the embedded data, cached) and the
-same test images, for CID (linearized, hybrid, optimize; last default layer),
+same test images, for CID (every method; last default layer),
 IG (300 steps), LIME (5000 samples), SmoothGrad (50 samples) and Gradient:
 model calls per map and steady-state wall time per map (compilation excluded,
 ``block_until_ready``). Side by side in the same run, the established
@@ -50,7 +50,7 @@ def ours(model, images, labels, key, args) -> list[dict]:
     ffn = feature_fn(model, layer)
     b = images.shape[0]
     rows = []
-    for method in ("linearized", "hybrid", "optimize"):
+    for method in jid.config.METHODS:
         cfg = jid.CIDConfig(method=method)
         first, steady, res = _timed(
             lambda cfg=cfg: jid.cid(ffn, images, key, config=cfg), args.repeats

@@ -139,7 +139,7 @@ def test_rescaled_model_same_outputs_same_cid_scaled_gradients():
     f0, f1 = feature_fn(model, ["conv1"])(x), feature_fn(scaled, ["conv1"])(x)
     np.testing.assert_allclose(f1["conv1"] * 4.0, f0["conv1"], rtol=1e-5, atol=1e-6)
 
-    cfg = jid.CIDConfig(method="linearized", layer_strategy="vmap")
+    cfg = jid.CIDConfig(method="linear", layer_strategy="vmap")
     layers = ("conv1", "conv2")
     key = jax.random.key(3)
     c0 = jid.cid(feature_fn(model, layers), x, key, config=cfg)

@@ -58,9 +58,8 @@ class DemoConfig:
       decoder_steps: optimiser steps per RU decoder.
       decoder_width: channels of the RU decoders (16 keeps a decoder step
         around 0.2 s on a 2-core CPU).
-      ru_steps: optax steps per lambda iteration of the RU solver (2 noise
-        draws each); convolution gradients inside compiled loops are slow on
-        XLA:CPU, so the demo keeps this small.
+      ru_steps: iterations of the RU solver (each differentiates the network
+        and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.
       seed: seed of the training run and of the CID/RU keys.
     """
@@ -74,7 +73,7 @@ class DemoConfig:
     ru: bool = True
     decoder_steps: int = 300
     decoder_width: int = 16
-    ru_steps: int = 8
+    ru_steps: int = 48
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
 
@@ -220,11 +219,10 @@ def _demo(folder: RunFolder, config: DemoConfig, cache_dir, progress: bool) -> d
         t0 = time.perf_counter()
         ru_cfg = jid.RUConfig(
             steps=config.ru_steps,
-            num_samples=2,
             **{
                 f.name: getattr(config.cid, f.name)
                 for f in dataclasses.fields(config.cid)
-                if f.name not in ("steps", "num_samples", "method")
+                if f.name != "steps"
             },
         )
         ru = jid.ru(fn, decoders, images, key, layers=layers, config=ru_cfg)

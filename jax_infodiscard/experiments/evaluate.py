@@ -420,7 +420,7 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
         masks[pick],
         jax.random.fold_in(key, 7),
         layer=config.fairness_layer,
-        cid_config=config.cid.replace(method="linearized"),
+        cid_config=config.cid,
         decoder_config=(
             DecoderConfig(steps=config.fairness_decoder_steps, width=16)
             if config.fairness_decoder_steps

@@ -13,6 +13,7 @@ Usage: ``python benchmarks/regime.py [--images 8] [--out docs/results/regime]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
@@ -34,7 +35,15 @@ def main():
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--out", default="docs/results/regime")
     ap.add_argument("--cache", default=None)
+    ap.add_argument(
+        "--plot-only", action="store_true", help="redraw the PNG from the JSON"
+    )
     args = ap.parse_args()
+    if args.plot_only:
+        with open(os.path.join(args.out, "regime.json")) as f:
+            report = json.load(f)
+        _plot(report["layers"], report, os.path.join(args.out, "regime.png"))
+        return
     demo = DemoConfig()
     trained = train_or_load(demo.model_spec(), cache_dir=args.cache, progress=False)
     fn = feature_fn(trained.model)
@@ -147,7 +156,7 @@ def _plot(rows, report, path):
     ax1.legend(fontsize=7)
     ax2.semilogy(x, [r["linearity"] for r in rows], "o-")
     ax2.axhline(1.0, color="grey", lw=0.8)
-    ax2.set_title("linearity (closed-form budget / beta)")
+    ax2.set_title("linearity (log scale)")
     ax3.errorbar(
         x,
         [r["concentration_optimize"] for r in rows],
@@ -159,13 +168,14 @@ def _plot(rows, report, path):
         x, [r["concentration_closed_form"] for r in rows], "s--", label="closed form"
     )
     ax3.axhline(0.0, color="grey", lw=0.8)
-    ax3.set_title("concentration (nats; > 0: background discarded more)")
+    ax3.set_title("concentration (nats)")
     ax3.legend(fontsize=7)
     for ax in (ax1, ax2, ax3):
         ax.set_xticks(x, names)
     fig.suptitle(
         f"{report['model']} ({report['test_accuracy']:.1%} test accuracy), "
-        f"{report['images']} images, beta = {report['beta']}; bars: ±1 sd over images",
+        f"{report['images']} images, beta = {report['beta']}; bars: ±1 sd over "
+        "images; linearity: true budget of the closed form / beta",
         fontsize=9,
     )
     io.write_figure(path, fig, dpi=110)

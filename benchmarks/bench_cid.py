@@ -640,6 +640,8 @@ def bench_model(name: str, args, report: dict) -> None:
             flush=True,
         )
     out["reference"] = ref_info
+    if args.refs_only:
+        return
 
     rows = []
     print(HEADER)
@@ -830,8 +832,15 @@ def main():
         default=None,
         help="held-out budget draws (1024; quick 256)",
     )
-    ap.add_argument("--torch-passes", default="100,400,1600")
+    ap.add_argument(
+        "--torch-passes",
+        default=None,
+        help="torch loop passes per map (100,400,1600,6400; quick 100,400,1600)",
+    )
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--refs-only", action="store_true", help="compute (cache) the references only"
+    )
     ap.add_argument(
         "--repeats", type=int, default=1, help="timed repeats after the compiling call"
     )
@@ -854,6 +863,7 @@ def main():
         "ref_samples": 16 if q else 32,
         "ref_budget_samples": 128 if q else 256,
         "held_draws": 256 if q else 1024,
+        "torch_passes": "100,400,1600" if q else "100,400,1600,6400",
     }
     for k, v in defaults.items():
         if getattr(args, k) is None:

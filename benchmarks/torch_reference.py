@@ -154,8 +154,13 @@ class LoopConfig:
       passes: target model passes per map.
       beta: the budget.
       lr: Adam learning rate on ``log sigma`` (nats per step).
-      budget_tol: the outer search stops when the checked budget is within
+      decay: cosine decay of the learning rate to ``lr / 10`` over each
+        inner Adam run (``torch.optim.lr_scheduler.CosineAnnealingLR``).
+      budget_tol: the checked budget meets ``beta`` when
         ``|log(r / beta)| < budget_tol``.
+      use_all: spend every outer iteration (bisection goes on after the
+        budget is met; the answer is the last iterate that met it, else the
+        closest); ``False`` stops at the first iterate that meets it.
       max_sigma: cap on sigma (as the solver's ``max_sigma``).
       min_sigma: floor on sigma.
     """
@@ -163,6 +168,8 @@ class LoopConfig:
     passes: int
     beta: float = 1.5e-4
     lr: float = 0.1
+    decay: bool = False
+    use_all: bool = True
     budget_tol: float = 0.05
     max_sigma: float = 10.0
     min_sigma: float = 1e-6
@@ -171,7 +178,7 @@ class LoopConfig:
         """``scale_probes``, ``outer``, ``steps``, ``samples``, ``check``.
 
         >>> LoopConfig(100).schedule()
-        {'scale_probes': 8, 'outer': 4, 'steps': 8, 'samples': 2, 'check': 6}
+        {'scale_probes': 8, 'outer': 4, 'steps': 9, 'samples': 2, 'check': 4}
         """
         p = self.passes
         probes = max(8, p // 16)
@@ -259,12 +266,16 @@ def cid_loop(
     for it in range(sch["outer"]):
         u = u.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=sch["steps"], eta_min=cfg.lr / 10 if cfg.decay else cfg.lr
+        )
         lam = math.exp(log_lam)
         for _ in range(sch["steps"]):
             opt.zero_grad()
             loss = budget(u, sch["samples"]) - lam * u.sum()
             loss.backward()
             opt.step()
+            sched.step()
             with torch.no_grad():
                 u.clamp_(lo_u, hi_u)
         passes += sch["steps"] * sch["samples"]
@@ -273,9 +284,11 @@ def cid_loop(
             r = float(budget(u, sch["check"]))
         passes += sch["check"]
         err = math.log(r / cfg.beta)
-        if best is None or abs(err) < abs(best[0]):
+        ok = abs(err) < cfg.budget_tol
+        # The answer: the last iterate that met the budget, else the closest.
+        if best is None or (ok and cfg.use_all) or abs(err) < abs(best[0]):
             best = (err, u.clone(), log_lam, r)
-        if abs(err) < cfg.budget_tol or it == sch["outer"] - 1:
+        if (ok and not cfg.use_all) or it == sch["outer"] - 1:
             break
         if err > 0:
             hi = log_lam

@@ -19,14 +19,17 @@ from jax_infodiscard.experiments.demo import (
 from jax_infodiscard.experiments.rundir import RunFolderError, read_manifest
 
 
+@pytest.mark.filterwarnings("ignore:.*far from the linear regime:UserWarning")
 def test_demo_writes_figures_and_summary(tmp_path):
+    # Toy size; the closed form ("linear") keeps compilation short. The default
+    # method runs end to end in the slow CLI test below.
     cfg = DemoConfig(
         num_train=256,
         num_test=64,
         num_images=2,
         epochs=1,
         decoder_steps=10,
-        cid=jid.CIDConfig(layer_strategy="vmap"),
+        cid=jid.CIDConfig(layer_strategy="vmap", method="linear", probes=16),
     )
     out, cache = tmp_path / "out", tmp_path / "cache"
     summary = run_demo(out, cfg, cache_dir=cache, progress=False, verbose=False)

@@ -62,3 +62,57 @@ def test_docs_resolver_links_short_names_and_rejects_missing_ones():
     assert docs_conf._exists("jax_infodiscard.config.CIDConfig", "")
     assert not docs_conf._exists("jax_infodiscard.config.CIDConfigz", "")
     assert not docs_conf._exists("run_demox", "jax_infodiscard.experiments.demo")
+
+
+def test_readme_commands_table_lists_every_flag():
+    import argparse
+
+    from jax_infodiscard import cli
+
+    readme = (ROOT / "README.md").read_text()
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        row = next(
+            line
+            for line in readme.splitlines()
+            if line.startswith(f"| `jax-infodiscard {name} ")
+        )
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert flag in row, (name, flag)
+                    assert action.help, (name, flag)
+
+
+def test_readme_names_the_paper_license_and_times():
+    readme = (ROOT / "README.md").read_text()
+    head = readme.split("## What it measures")[0]
+    assert "pip install -e . && jax-infodiscard demo --out out/demo" in head
+    assert 'pip install -e ".[test]" && pytest -m "not slow" -n 2' in head
+    assert "arxiv.org/abs/1906.04109" in head and "Apache-2.0" in head
+    assert "@@" not in readme  # no placeholder left
+    assert "@inproceedings" in readme
+
+
+def _python_block(section: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    text = readme.split(f"## {section}\n", 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section", ["Quickstart", "RU"])
+def test_readme_snippet_runs_as_a_script(section, tmp_path):
+    """The Quickstart and RU snippets define every name they use and print
+    their results (several minutes on a 2-core CPU: compilation)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _python_block(section)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()

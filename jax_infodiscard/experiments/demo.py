@@ -32,8 +32,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -242,7 +244,8 @@ class _Console:
 
     def say(self, text: str) -> None:
         if self.verbose:
-            tqdm.write(text)
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()  # lines arrive in logs as they happen
 
     def phase(self, title: str, expected_s: float | None) -> float:
         """Prints ``[i/n] title, about T on 2 CPU cores``; returns the clock."""
@@ -344,8 +347,12 @@ def _solve(console: _Console, label: str, call, layers, cfg) -> Any:
     with console.units(label, len(layers)) as finish:
         for group in groups:
             t0 = time.perf_counter()
-            res = call(group)
-            jax.block_until_ready(res.pixel)
+            with warnings.catch_warnings():
+                # The demo reports convergence and linearity itself (status
+                # lines, table, warnings list), once and in its own words.
+                warnings.simplefilter("ignore", UserWarning)
+                res = call(group)
+                jax.block_until_ready(res.pixel)
             res = res.to_numpy()
             results.append(res)
             seconds = time.perf_counter() - t0
@@ -402,7 +409,7 @@ def run_demo(
         )
     summary["files"] = sorted({*folder.manifest.get("files", []), MANIFEST})
     if verbose:
-        tqdm.write(format_summary(summary, out_dir))
+        console.say(format_summary(summary, out_dir))
     return summary
 
 
@@ -510,6 +517,14 @@ def _demo(
                 flags[i, ~ru.converged[i]] = "not converged"
         unreliable["RU"] = flags
     for label, res in (("CID", cid), *((("RU", ru),) if config.ru else ())):
+        lin = res.linearity.mean(axis=1)
+        far = [f"{n} ({v:.3g})" for n, v in zip(layers, lin, strict=True) if v > 1.2]
+        if res.method == "linear" and far:
+            warnings_.append(
+                f"{label}: method 'linear' far from the linear regime at "
+                f"{', '.join(far)} (linearity); its maps overspend the budget "
+                "there: use the default method 'optimize'"
+            )
         bad = int(np.sum(~res.converged))
         if bad:
             warnings_.append(

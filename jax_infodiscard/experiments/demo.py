@@ -277,6 +277,7 @@ class _Console:
             bar_format="{desc}: {n}/{total} layers [{elapsed}]",
         )
         stop = threading.Event()
+        done = [0]  # a disabled tqdm bar does not count
 
         def tick():
             last = time.perf_counter()
@@ -286,7 +287,7 @@ class _Console:
                 elif time.perf_counter() - last >= 30:
                     last = time.perf_counter()
                     self.say(
-                        f"      {label}: {bar.n}/{total} layers done, still "
+                        f"      {label}: {done[0]}/{total} layers done, still "
                         f"working ({_duration(last - start)})"
                     )
 
@@ -294,8 +295,9 @@ class _Console:
         thread.start()
 
         def finish(text: str) -> None:
+            done[0] += 1
             bar.update(1)
-            self.say(f"      {label} {bar.n}/{total}: {text}")
+            self.say(f"      {label} {done[0]}/{total}: {text}")
 
         try:
             yield finish

@@ -77,6 +77,19 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
     assert "| cid |" in report and "ru_mean" in report and "Layer fairness" in report
 
 
+def test_evaluate_data_from_a_tfds_data_set():
+    # Offline: tfds' mock data stands in for Oxford-IIIT Pet (37 classes).
+    tfds = pytest.importorskip("tensorflow_datasets")
+    cfg = EvaluateConfig(dataset="oxford_iiit_pet", num_train=32, num_test=8)
+    with tfds.testing.mock_data(num_examples=32):
+        data = load_data(cfg, "test", 4)
+    assert data.images.shape == (4, 32, 32, 3) and data.masks.shape == (4, 32, 32)
+    b = data.boxes
+    assert b.shape == (4, 4)
+    assert ((0 <= b[:, :2]) & (b[:, :2] < b[:, 2:]) & (b[:, 2:] <= 32)).all()
+
+
+@pytest.mark.slow
 def test_evaluate_job_on_a_tfds_data_set(tmp_path):
     # Offline: tfds' mock data stands in for Oxford-IIIT Pet (37 classes).
     tfds = pytest.importorskip("tensorflow_datasets")

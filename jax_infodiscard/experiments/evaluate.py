@@ -66,6 +66,7 @@ __all__ = [
 
 DESCRIPTIVE_METHODS = (
     "cid",
+    "cid_conv",
     "gradient",
     "gradient_x_input",
     "guided_backprop",
@@ -74,7 +75,17 @@ DESCRIPTIVE_METHODS = (
     "lime",
     "random",
 )
-LOCALIZATION_METHODS = ("cid", "cam", "grad_cam", "lrp_epsilon", "gradient", "random")
+LOCALIZATION_METHODS = (
+    "cid",
+    "cid_conv",
+    "cam",
+    "grad_cam",
+    "lrp_epsilon",
+    "gradient",
+    "random",
+)
+"""``cid``: CID of the model's last default layer (the logits); ``cid_conv``:
+CID of its last convolution (an intermediate layer)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,13 +209,19 @@ def _explain_all(model, images, labels, key, cfg: EvaluateConfig, timings):
         timings[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     layer = model.default_layers[-1]
-    res = jid.cid(feature_fn(model, layer), images, key, config=cfg.cid)
-    maps["cid"] = np.asarray(jax.block_until_ready(res.pixel[-1]))
+    res = jid.cid(feature_fn(model, [last_conv, layer]), images, key, config=cfg.cid)
+    pixel = np.asarray(jax.block_until_ready(res.pixel))
+    maps["cid_conv"], maps["cid"] = pixel[0], pixel[1]
     timings["cid"] = time.perf_counter() - t0
     maps["random"] = np.asarray(
         jax.random.uniform(jax.random.fold_in(key, 99), images.shape[:3])
     )
-    return maps, layer
+    return maps, (layer, last_conv)
+
+
+def _kind(name: str) -> str:
+    """The method behind a map name (``cid_conv`` is a CID map)."""
+    return "cid" if name.startswith("cid") else name
 
 
 def _plot_curves(curves: dict, agreement: dict) -> Figure:
@@ -227,7 +244,7 @@ def markdown_table(results: dict) -> str:
     """Markdown table of descriptive-accuracy areas and localisation recall."""
     names = sorted(
         set(results["descriptive_accuracy"]) | set(results["localization"]),
-        key=lambda n: (n == "random", n != "cid", n),
+        key=lambda n: (n == "random", not n.startswith("cid"), n),
     )
     lines = [
         "| method | descriptive accuracy (area) | prediction agreement (area) "
@@ -269,6 +286,7 @@ def results_markdown(results: dict) -> str:
             f"{results['model']} on {results.get('dataset', 'synthetic')}: test "
             f"accuracy {results['test_accuracy']:.3f}, "
             f"{results['num_images']} images, CID of {results['cid_layer']!r} "
+            f"(cid) and of {results.get('cid_conv_layer')!r} (cid_conv) "
             f"({results['cid_method']}), IG {results['config']['ig_steps']} steps, "
             f"LIME {results['config']['lime_samples']} samples; mean box fraction "
             f"{results['box_fraction']:.3f}.",
@@ -381,14 +399,16 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
     key = jax.random.key(config.seed)
     mfn = model_fn(model)
     preds = np.asarray(jnp.argmax(mfn(images), axis=-1))
-    maps, cid_layer = _explain_all(model, images, preds, key, config, timings)
+    maps, (cid_layer, cid_conv_layer) = _explain_all(
+        model, images, preds, key, config, timings
+    )
 
     t0 = time.perf_counter()
     curves, agreement = {}, {}
     for name in DESCRIPTIVE_METHODS:
         for store, truth in ((curves, labels), (agreement, preds)):
             frac, acc, area = descriptive_accuracy(
-                mfn, images, truth, importance(maps[name], name), fill="mean"
+                mfn, images, truth, importance(maps[name], _kind(name)), fill="mean"
             )
             store[name] = {
                 "fractions": frac.tolist(),
@@ -398,7 +418,7 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
     loc = {}
     for name in LOCALIZATION_METHODS:
         rec = np.asarray(
-            localization_recall(importance(maps[name], name), te.boxes[:n])
+            localization_recall(importance(maps[name], _kind(name)), te.boxes[:n])
         )
         loc[name] = {
             "recall_mean": float(rec.mean()),
@@ -436,6 +456,7 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
         "test_accuracy": accuracy,
         "num_images": n,
         "cid_layer": cid_layer,
+        "cid_conv_layer": cid_conv_layer,
         "cid_method": config.cid.method,
         "box_fraction": float(
             np.mean(

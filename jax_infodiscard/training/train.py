@@ -304,8 +304,12 @@ def _make_train_step(
 
             def apply(x):
                 # A fresh copy: the BatchNorm statistics the attack would
-                # update are discarded.
-                return nnx.merge(graphdef, params, rest)(x, train=True)
+                # update are discarded. The state is copied inside the
+                # caller's transform (jax.grad), where NNX lets the copy's
+                # statistics be written; merging the step's own arrays there
+                # raises TraceContextError.
+                fresh = jax.tree.map(jnp.copy, rest)
+                return nnx.merge(graphdef, params, fresh)(x, train=True)
 
             images = transform(jax.random.fold_in(key, 1), apply, images, labels)
 

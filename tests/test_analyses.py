@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from jax_infodiscard.experiments.analyses import (
@@ -14,7 +15,14 @@ from jax_infodiscard.experiments.analyses import (
 )
 from jax_infodiscard.experiments.rundir import read_manifest
 
-NAMES = ("layerwise", "depth", "damage")
+NAMES = (
+    "layerwise",
+    "depth",
+    "damage",
+    "adversarial",
+    "compression",
+    "distillation",
+)
 HEADER = "| claim | paper | measured | verdict | rule |"
 
 
@@ -74,3 +82,80 @@ def test_damage_end_to_end(tmp_path):
     assert res["revision"] == ["conv3", 4, 7]
     assert set(res["networks"]) == {"original", "damaged"}
     assert result.verdicts[0].claim.startswith("The revision boosts")
+
+
+@pytest.mark.slow
+def test_adversarial_end_to_end(tmp_path):
+    result, res = run_toy("adversarial", tmp_path)
+    assert set(res["networks"]) == {"normal", "adversarial"}
+    assert res["pgd"]["steps"] == 1
+    for values in res["robustness_l2"].values():
+        assert len(values) == 1 and values[0] > 0
+    assert "CID" in result.verdicts[0].claim
+
+
+@pytest.mark.slow
+def test_compression_end_to_end(tmp_path):
+    result, res = run_toy("compression", tmp_path)
+    (pruned,) = res["pruning"].values()
+    # The fine-tuned net keeps the requested sparsity (exact up to one weight
+    # in the count) and its accuracy within the stated tolerance.
+    assert pruned["requested"] == 0.5
+    assert abs(pruned["achieved"][0] - 0.5) < 1e-3
+    assert pruned["accuracy_within_tolerance"] == [True]
+    assert (
+        pruned["test_accuracy"][0]
+        >= pruned["original_accuracy"][0] - res["design"]["accuracy_tolerance"]
+    )
+    assert [v.claim.split()[0] for v in result.verdicts] == ["Compression"] * 2 + ["A"]
+    assert all(r > 0 for rs in res["robustness_l2"].values() for r in rs)
+
+
+@pytest.mark.slow
+def test_distillation_end_to_end(tmp_path):
+    result, res = run_toy("distillation", tmp_path)
+    assert set(res["networks"]) == {"ordinary", "distilled from convnet-w4"}
+    assert set(res["test_accuracy"]) == {
+        "convnet-w4",
+        "ordinary",
+        "distilled from convnet-w4",
+    }
+    assert "distillation" in result.verdicts[0].claim
+
+
+def _easy_data(n, seed):
+    """Four classes told apart by their mean colour (a net learns it at once)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    colours = np.array([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.5] * 3])
+    images = colours[labels][:, None, None, :] + rng.normal(0, 0.1, (n, 8, 8, 3))
+    return np.clip(images, 0, 1).astype(np.float32), labels.astype(np.int32)
+
+
+@pytest.mark.slow
+def test_pruning_reaches_sparsity_and_fine_tuning_keeps_accuracy():
+    """The compression recipe: prune 60%, fine-tune with the zeros held.
+
+    Tolerance: the fine-tuned accuracy is within 0.05 of the original's.
+    """
+    from jax_infodiscard.experiments.analyses.compression import FINETUNE
+    from jax_infodiscard.models.surgery import kernel_sparsity, mask_updates, prune
+    from jax_infodiscard.training.train import TrainConfig, train
+
+    data, test = _easy_data(512, 0), _easy_data(256, 1)
+    cfg = TrainConfig(epochs=2, progress=False, augment=False)
+    model, history = train(
+        "convnet", data, test, cfg, num_classes=4, model_kwargs={"width": 8}
+    )
+    original = history["test_accuracy"][-1]
+    assert original > 0.9  # the task was learned: the tolerance means something
+    pruned, masks = prune(model, 0.6)
+    tuned, history = train(
+        pruned,
+        data,
+        test,
+        TrainConfig(epochs=2, progress=False, augment=False, **FINETUNE),
+        extra_transform=mask_updates(masks),
+    )
+    assert abs(kernel_sparsity(tuned)["global"] - 0.6) < 1e-3
+    assert history["test_accuracy"][-1] >= original - 0.05

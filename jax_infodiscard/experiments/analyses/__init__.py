@@ -266,7 +266,10 @@ def run_analysis(
 
 # Registered analyses (each module calls ``register`` on import).
 from jax_infodiscard.experiments.analyses import (  # noqa: E402, F401
+    adversarial,
+    compression,
     damage,
     depth,
+    distillation,
     layerwise,
 )

@@ -22,6 +22,8 @@ NAMES = (
     "adversarial",
     "compression",
     "distillation",
+    "epochs",
+    "concentration",
 )
 HEADER = "| claim | paper | measured | verdict | rule |"
 
@@ -121,6 +123,38 @@ def test_distillation_end_to_end(tmp_path):
         "distilled from convnet-w4",
     }
     assert "distillation" in result.verdicts[0].claim
+
+
+@pytest.mark.slow
+def test_epochs_end_to_end(tmp_path):
+    result, res = run_toy("epochs", tmp_path)
+    assert res["checkpoints"] == [1, 2, 3]
+    assert set(res["networks"]) == {"epoch 1", "epoch 2", "epoch 3"}
+    (verdict,) = result.verdicts
+    assert "conv5" in verdict.claim
+
+
+def test_bottleneck_rule():
+    from jax_infodiscard.experiments.analyses.epochs import bottleneck_outcome
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(scale=0.01, size=(3, 8))
+    fall_rise = np.array([[1.0], [0.5], [0.9]]) + noise
+    assert bottleneck_outcome(fall_rise)[0] == "held"
+    assert bottleneck_outcome(np.array([[0.1], [0.5], [0.9]]) + noise)[0] == (
+        "did not hold"
+    )
+    assert bottleneck_outcome(rng.normal(size=(3, 8)))[0] == "inconclusive"
+
+
+@pytest.mark.slow
+def test_concentration_end_to_end(tmp_path):
+    result, res = run_toy("concentration", tmp_path)
+    assert set(res["networks"]) == {"alexnet", "convnet"}
+    claims = [v.claim for v in result.verdicts]
+    assert len(claims) == 4 and "Fig. 3a" in result.verdicts[-1].figure
+    # Two nets: the rank correlation cannot decide.
+    assert result.verdicts[-1].outcome == "inconclusive"
 
 
 def _easy_data(n, seed):

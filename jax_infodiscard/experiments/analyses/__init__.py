@@ -268,8 +268,10 @@ def run_analysis(
 from jax_infodiscard.experiments.analyses import (  # noqa: E402, F401
     adversarial,
     compression,
+    concentration,
     damage,
     depth,
     distillation,
+    epochs,
     layerwise,
 )

@@ -19,7 +19,6 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -217,7 +216,7 @@ def _demo(args) -> int:
     if args.num_images is not None:
         kwargs["num_images"] = args.num_images
     cfg = DemoConfig.fast(**kwargs) if args.fast else DemoConfig(**kwargs)
-    summary = run_demo(
+    run_demo(  # prints phases, the per-layer table, warnings and files written
         args.out,
         cfg,
         cache_dir=args.cache,
@@ -225,11 +224,6 @@ def _demo(args) -> int:
         overwrite=args.overwrite,
         argv=args.argv,
     )
-    print(json.dumps({k: summary[k] for k in ("model", "test_accuracy")}, indent=2))
-    for name, row in summary["layers"].items():
-        cells = "  ".join(f"{k}={v:.3f}" for k, v in row.items())
-        print(f"  {name:>10s}  {cells}")
-    print(f"wrote {args.out}/pixel_maps.png, layer_curves.png, summary.json")
     return 0
 
 

@@ -142,6 +142,6 @@ def entropy_floor(beta: float) -> float:
     """Mean CID of the linear regime, ``0.5 log beta + 0.5 log(2 pi e)`` (nats).
 
     >>> round(entropy_floor(1.5e-4), 3)
-    -2.984
+    -2.983
     """
     return 0.5 * math.log(beta) + 0.5 * math.log(2 * math.pi * math.e)

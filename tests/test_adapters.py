@@ -18,6 +18,10 @@ import jax_infodiscard as jid
 from jax_infodiscard.models import from_apply, from_linen, from_nnx
 
 EPS = 1e-5
+# Equality of two feature functions, not the solver's accuracy: a few steps.
+SHORT = jid.CIDConfig(
+    probes=32, steps=6, samples=2, budget_samples=8, layer_strategy="vmap"
+)
 
 
 def _images(n: int = 2, seed: int = 0) -> jax.Array:
@@ -151,10 +155,10 @@ def test_nnx_cid_equals_handwritten_cid():
     model = nnx_net()
     x, key = _images(), jax.random.key(3)
     weights = nnx_weights(model)
-    ours = jid.cid(from_nnx(model, NNX_LAYERS), x, key)
-    ref = jid.cid(jax.tree_util.Partial(handwritten, weights), x, key)
+    ours = jid.cid(from_nnx(model, NNX_LAYERS), x, key, config=SHORT)
+    ref = jid.cid(jax.tree_util.Partial(handwritten, weights), x, key, config=SHORT)
     assert ours.layers == ref.layers
-    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-4)
+    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-3)
 
 
 def test_nnx_differentiates_and_vmaps_like_handwritten():
@@ -257,10 +261,10 @@ def test_linen_features_and_cid_equal_handwritten():
     got, want = jax.jit(lambda f, x: f(x))(fn, x), ref(x)
     for name in got:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
-    ours = jid.cid(fn, x, key)
-    theirs = jid.cid(ref, x, key, layers=["conv2", "head"])
+    ours = jid.cid(fn, x, key, config=SHORT)
+    theirs = jid.cid(ref, x, key, layers=["conv2", "head"], config=SHORT)
     assert ours.layers == theirs.layers
-    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-4)
+    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-3)
 
 
 def test_linen_unknown_path_and_batch_stats_guard():

@@ -9,21 +9,34 @@ import pytest
 
 import jax_infodiscard as jid
 from jax_infodiscard.cli import main
-from jax_infodiscard.experiments.demo import DemoConfig, run_demo
+from jax_infodiscard.experiments.demo import (
+    ACCURACY_WARNING,
+    DECODER_LEARNED_NOTHING,
+    DemoConfig,
+    format_summary,
+    run_demo,
+)
 from jax_infodiscard.experiments.rundir import RunFolderError, read_manifest
 
 
+@pytest.mark.filterwarnings("ignore:.*far from the linear regime:UserWarning")
 def test_demo_writes_figures_and_summary(tmp_path):
+    # Toy size, a few solver steps; the default settings run end to end in the
+    # slow CLI test below.
     cfg = DemoConfig(
         num_train=256,
         num_test=64,
         num_images=2,
         epochs=1,
         decoder_steps=10,
-        cid=jid.CIDConfig(layer_strategy="vmap"),
+        ru_steps=4,
+        # The job's plumbing, not the solver's accuracy (tests/test_cid.py).
+        cid=jid.CIDConfig(
+            layer_strategy="vmap", probes=16, steps=4, samples=2, budget_samples=8
+        ),
     )
     out, cache = tmp_path / "out", tmp_path / "cache"
-    summary = run_demo(out, cfg, cache_dir=cache, progress=False)
+    summary = run_demo(out, cfg, cache_dir=cache, progress=False, verbose=False)
     outputs = (
         "pixel_maps.png",
         "layer_curves.png",
@@ -42,8 +55,44 @@ def test_demo_writes_figures_and_summary(tmp_path):
     cid = jid.CIDResult.load(out / "cid.npz")
     assert cid.pixel.shape[1:] == (2, 32, 32)
     assert np.isfinite(cid.pixel).all()
-    for row in on_disk["layers"].values():
+    ru = jid.RUResult.load(out / "ru.npz")
+    for i, (name, row) in enumerate(on_disk["layers"].items()):
         assert np.isfinite(row["cid_mean"]) and np.isfinite(row["ru_mean"])
+        # RU convergence, decoder quality and the regime diagnostics are
+        # reported, and agree with the saved results.
+        assert row["ru_converged"] == pytest.approx(ru.converged[i].mean(), rel=1e-3)
+        assert row["cid_converged"] == pytest.approx(cid.converged[i].mean(), rel=1e-3)
+        for prefix, res in (("cid", cid), ("ru", ru)):
+            for field in ("linearity", "entropy_gain", "mean_shift"):
+                value = float(getattr(res, field)[i].mean())
+                assert row[f"{prefix}_{field}"] == pytest.approx(
+                    value, rel=1e-3, abs=1e-6
+                ), (name, prefix, field)
+        assert row["decoder_heldout_mse"] > 0
+        ratio = row["decoder_mse_over_variance"]
+        assert 0 < ratio < 2
+        assert row["decoder_learned_nothing"] == (ratio >= DECODER_LEARNED_NOTHING)
+        assert row["decoder_steps"] == 10
+    # 10 decoder steps: at least the deep decoders learn nothing; the
+    # summary says so, and so does the warning list.
+    useless = [n for n, r in on_disk["layers"].items() if r["decoder_learned_nothing"]]
+    assert useless
+    for name in useless:
+        assert any(
+            w.startswith(f"RU {name}: the decoder learned") for w in on_disk["warnings"]
+        )
+    # One epoch on 256 images: barely trained, and the summary warns.
+    assert on_disk["test_accuracy"] < ACCURACY_WARNING
+    assert any("barely trained" in w for w in on_disk["warnings"])
+    # Units, definitions, per-image labels, rounded numbers.
+    assert on_disk["definitions"]["cid_linearity"] and on_disk["units"]["cid_mean"]
+    assert [im["test_index"] for im in on_disk["images"]] == [0, 1]
+    assert all(im["label"] and im["predicted"] for im in on_disk["images"])
+    assert len(repr(on_disk["layers"]["conv1"]["cid_mean"])) <= len("-2.984e-05")
+    assert "manifest.json" in summary["files"] and "cid.npz" in summary["files"]
+    text = format_summary(summary, out)
+    for part in ("MSE/var", "linearity", "warning: RU", "barely trained", str(out)):
+        assert part in text, part
     # The folder holds a complete run: refused without overwrite.
     with pytest.raises(RunFolderError, match="--overwrite"):
         run_demo(out, cfg, cache_dir=cache, progress=False)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import jax_infodiscard as jid
 from jax_infodiscard.experiments.evaluate import (
     DESCRIPTIVE_METHODS,
     LOCALIZATION_METHODS,
@@ -15,6 +16,9 @@ from jax_infodiscard.experiments.evaluate import (
     run_evaluate,
 )
 from jax_infodiscard.experiments.rundir import read_manifest
+
+# The job's plumbing, not the solver's accuracy (tests/test_cid.py).
+TINY_CID = jid.CIDConfig(probes=16, steps=4, samples=2, budget_samples=8)
 
 
 def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
@@ -27,6 +31,7 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
         lime_samples=16,
         fairness_images=2,
         fairness_decoder_steps=3,
+        cid=TINY_CID,
     )
     out = tmp_path / "out"
     res = run_evaluate(out, cfg, cache_dir=tmp_path / "cache", progress=False)
@@ -85,6 +90,7 @@ def test_evaluate_job_on_a_tfds_data_set(tmp_path):
         lime_samples=8,
         fairness_images=2,
         fairness_decoder_steps=0,
+        cid=TINY_CID,
     )
     with tfds.testing.mock_data(num_examples=32):
         data = load_data(cfg, "test", 4)

@@ -122,7 +122,7 @@ def test_bad_inputs_raise():
         descriptive_accuracy(_region_model, images, labels, maps, fill="median")
     with pytest.raises(ValueError, match="boxes_or_masks"):
         localization_recall(maps, np.ones((4, S, S + 1), bool))
-    with pytest.raises(ValueError, match="at least one pixel"):
+    with pytest.raises(ValueError, match="inverted or empty"):
         localization_recall(maps, np.array([[1, 1, 1, 4]] * 4))
     with pytest.raises(ValueError, match="top_fraction"):
         localization_recall(maps, np.array([[1, 1, 3, 4]] * 4), top_fraction=0.0)

@@ -5,7 +5,7 @@ relevance of the output is the target logit, ``R_out = y_t`` (all other
 logits get zero). It is sent back layer by layer; through every linear
 layer ``z = layer(x)`` (convolution, dense, average pooling, and max pooling
 through its gradient, i.e. winner-take-all) the epsilon rule is applied with
-JAX's VJP:
+JAX's VJP::
 
     s = R / (z + epsilon * sign(z))     (sign(0) := +1; 0 where the
                                          denominator is 0)

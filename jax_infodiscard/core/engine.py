@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jax_infodiscard.config import CIDConfig
-from jax_infodiscard.core import diagnostics, solver
+from jax_infodiscard.core import diagnostics, memory, solver
 from jax_infodiscard.core.features import image_features
 from jax_infodiscard.core.linear import closed_form, column_norms, linear_distortion
 from jax_infodiscard.core.methods import METHOD_TABLE
@@ -61,8 +61,8 @@ class Metric(NamedTuple):
       result: the result class (:class:`CIDResult` or :class:`RUResult`).
       deviations: ``deviations(feature_fn, extra, layers, x, base)`` returning
         the :data:`solver.Deviations` function of one image.
-      entropy: ``entropy(extra, layers, x)`` returning the
-        :data:`solver.Entropy` term, or ``None`` for CID.
+      entropy: ``entropy(x)`` returning the :data:`solver.Entropy` term of
+        image ``x``, or ``None`` for CID.
     """
 
     name: str
@@ -91,9 +91,16 @@ class Static:
     budget_tol: float
     per_channel: bool
     log_bounds: tuple[float, float]
+    probe_batch: int | None = None
 
     @classmethod
-    def of(cls, metric: Metric, layers: tuple[str, ...], cfg: CIDConfig) -> Static:
+    def of(
+        cls,
+        metric: Metric,
+        layers: tuple[str, ...],
+        cfg: CIDConfig,
+        probe_batch: int | None = None,
+    ) -> Static:
         return cls(
             metric=metric,
             layers=layers,
@@ -107,6 +114,7 @@ class Static:
             budget_tol=cfg.budget_tol,
             per_channel=cfg.per_channel,
             log_bounds=(math.log(cfg.min_sigma), math.log(cfg.max_sigma)),
+            probe_batch=probe_batch,
         )
 
 
@@ -125,16 +133,14 @@ def layer_id(name: str) -> int:
     """A stable 31-bit id of a layer name (its CRC-32), for ``fold_in``.
 
     >>> layer_id("logits")
-    1617906893
+    910044543
     """
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
 
 
 def _problem(st: Static, fn, extra, beta, x, ctx: Context) -> solver.Problem:
     """The one place where a :class:`solver.Problem` is built."""
-    entropy = (
-        None if st.metric.entropy is None else st.metric.entropy(extra, st.layers, x)
-    )
+    entropy = None if st.metric.entropy is None else st.metric.entropy(x)
     return solver.Problem(
         x=x,
         scale=ctx.scale,
@@ -159,6 +165,7 @@ def _init_image(st: Static, fn, extra, beta, x, key):
                 jax.random.fold_in(keys[l], solver.SALT_PROBES),
                 st.probes,
                 st.per_channel,
+                st.probe_batch,
             )
             for l, name in enumerate(st.layers)
         ],
@@ -319,8 +326,9 @@ def resolve_strategy(cfg: CIDConfig, num_layers: int) -> str:
     return "per_layer" if _backend() == "cpu" else "vmap"
 
 
-def _pad(x: Array, multiple: int) -> Array:
-    pad = (-x.shape[0]) % multiple
+def _pad(x: Array, size: int) -> Array:
+    """``x`` with its last row repeated up to ``size`` rows."""
+    pad = size - x.shape[0]
     if not pad:
         return x
     return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
@@ -337,22 +345,47 @@ def run(
 ) -> dict[str, np.ndarray]:
     """Solves every image and layer; outputs are host arrays ``(L, B, ...)``.
 
-    Images run in chunks of ``cfg.chunk_size`` (a host loop; ``None``: all at
-    once), each padded to a multiple of the local device count.
+    Images run in chunks (a host loop) of ``cfg.chunk_size`` or, with
+    ``None``, of the size that :func:`memory.plan` finds to fit the free
+    memory; each chunk is padded to the chunk size (one compilation) and to a
+    multiple of the local device count.
     """
     strategy = resolve_strategy(cfg, len(layers))
     groups = [layers] if strategy == "vmap" else [(name,) for name in layers]
     num = images.shape[0]
-    size = cfg.chunk_size or num
-    beta = jnp.float32(cfg.beta)
     devices = jax.local_device_count()
+    probe_batch = None
+    if cfg.chunk_size is None:
+        plan = memory.plan(
+            feature_fn,
+            images[0],
+            num_images=-(-num // devices),
+            layers_per_program=len(groups[0]),
+            probes=cfg.probes,
+            samples=cfg.samples,
+            budget_samples=cfg.budget_samples,
+        )
+        size, probe_batch = plan.chunk_size * devices, plan.probe_batch
+    else:
+        size = cfg.chunk_size
+    size = min(size, num)
+    size += (-size) % devices
+    beta = jnp.float32(cfg.beta)
     chunks = []
     for start in range(0, num, size):
-        im = _pad(images[start : start + size], devices)
-        ks = _pad(keys[start : start + size], devices)
+        im = _pad(images[start : start + size], size)
+        ks = _pad(keys[start : start + size], size)
         n_real = min(size, num - start)
         outs = [
-            _run_group(Static.of(metric, g, cfg), cfg, feature_fn, extra, im, ks, beta)
+            _run_group(
+                Static.of(metric, g, cfg, probe_batch),
+                cfg,
+                feature_fn,
+                extra,
+                im,
+                ks,
+                beta,
+            )
             for g in groups
         ]
         merged = {

@@ -40,6 +40,7 @@ def column_norms(
     key: PRNGKey,
     num_probes: int,
     per_channel: bool,
+    probe_batch: int | None = None,
 ) -> tuple[Array, int]:
     """Squared Jacobian column norms of one layer at one image.
 
@@ -51,6 +52,8 @@ def column_norms(
       num_probes: ``K``, the number of vector-Jacobian products.
       per_channel: ``True`` for one entry per input unit ``(H, W, C)``;
         otherwise channels are summed, ``(H, W)``.
+      probe_batch: VJPs held in memory at once (``None``: all); smaller
+        batches run in a compiled loop, which bounds memory on large images.
 
     Returns:
       ``(a, passes)``: ``a`` of shape ``(H, W)`` or ``(H, W, C)`` (float32) and
@@ -75,8 +78,15 @@ def column_norms(
     else:
         probes = jax.random.rademacher(key, (num_probes, m), flat.dtype)
         weight, passes = 1.0 / num_probes, num_probes
-    (cols,) = jax.vmap(vjp)(probes)  # (K, H, W, C)
-    a = weight * jnp.sum(jnp.square(cols), axis=0)
+
+    def squares(v):
+        return jnp.square(vjp(v)[0])
+
+    if probe_batch is None or probe_batch >= probes.shape[0]:
+        sq = jax.vmap(squares)(probes)  # (K, H, W, C)
+    else:
+        sq = jax.lax.map(squares, probes, batch_size=probe_batch)
+    a = weight * jnp.sum(sq, axis=0)
     if not per_channel:
         a = jnp.sum(a, axis=-1)
     return a, passes

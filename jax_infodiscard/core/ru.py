@@ -39,10 +39,9 @@ def _ru_deviations(feature_fn, decoders, layers, x, base):
     return dev
 
 
-def _ru_entropy(decoders, layers, x):
-    del decoders, layers
+def _ru_entropy(x):
 
-    def entropy(u, xp, recon):
+    def entropy(u, recon):
         """``0.5 log E[(x - g(h(x')))^2]`` per entry, unbiased for Gaussian errors.
 
         The squared error is averaged over the ``N`` draws (and the channels of
@@ -52,7 +51,6 @@ def _ru_entropy(decoders, layers, x):
         channel, the independent pairs of the antithetic draws (exact for a
         decoder that is linear over the noise, where a pair's errors are equal).
         """
-        del xp
         err = jnp.mean(jnp.square(recon - x), axis=1)  # (L, H, W, C)
         k = recon.shape[1] // 2
         if u.ndim == 3:  # pixel-shared sigma: average over channels

@@ -46,8 +46,8 @@ from jax_infodiscard.types import Array, PRNGKey
 
 # deviations(xp (L, N, H, W, C)) -> ({layer: pytree (N, ...)} as a tuple, aux)
 Deviations = Callable[[Array], tuple[tuple[Any, ...], Any]]
-# entropy(u (L, *S), xp, aux) -> (L, *S) nats without the constant
-Entropy = Callable[[Array, Array, Any], Array]
+# entropy(u (L, *S), aux) -> (L, *S) nats without the constant
+Entropy = Callable[[Array, Any], Array]
 
 # Salts for fold_in on a layer's key: every random quantity has its own.
 SALT_PROBES, SALT_STEPS, SALT_BUDGET, SALT_DIAGNOSTICS = 1, 2, 3, 4
@@ -188,7 +188,7 @@ def measure(problem: Problem, u: Array, eps: Array):
         total = total - msq
     r = jnp.maximum(total, tiny) / problem.scale
     share = jnp.clip(msq / jnp.maximum(dist, tiny), 0.0, 1.0)
-    entropy = u if problem.entropy is None else problem.entropy(u, xp, aux)
+    entropy = u if problem.entropy is None else problem.entropy(u, aux)
     return r, share, entropy
 
 

@@ -151,7 +151,7 @@ def layer_fairness(
 
     Returns:
         ``(table, figure)``. ``table`` has ``"layers"``, ``"factor"``,
-        ``"max_output_change"`` (max |logit difference|), and per layer and
+        ``"max_output_change"`` (max \\|logit difference\\|), and per layer and
         quantity ``{"original", "rescaled", "ratio"}``; the figure shows
         ``log_c(ratio)`` per quantity (0 = invariant; for CID and
         concentration the ratio is of values in nats).

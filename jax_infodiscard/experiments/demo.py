@@ -5,14 +5,22 @@ a zoo model on the embedded synthetic data set, computes pixel-wise CID (and
 RU with one decoder per layer) for its default layers on test images, and
 writes:
 
-* ``pixel_maps.png``: image + mask, then per-layer maps, normalised and in
-  nats on one shared scale;
-* ``layer_curves.png``: layer-wise mean CID / RU and concentration;
-* ``summary.json``: accuracy, per-layer means, concentration, budgets,
-  passes and timings;
+* ``pixel_maps.png``: each image with its mask, true and predicted class,
+  then per-layer maps, normalised per map and in nats on one scale per
+  metric; maps of solves that did not converge, or of an RU decoder that
+  learned nothing, are greyed out with the reason written on them;
+* ``layer_curves.png``: layer-wise mean CID / RU, concentration and the
+  solver's ``linearity`` (mean over images, band of one standard deviation);
+* ``summary.json``: accuracy, per-layer means, concentration, convergence,
+  regime diagnostics, RU decoder quality, per-image labels, timings, with
+  units and a definitions block (:data:`DEFINITIONS`);
 * ``cid.npz`` (and ``ru.npz``): the full results (:meth:`CIDResult.load`);
 * ``manifest.json``: settings, versions, status (see
   :mod:`jax_infodiscard.experiments.rundir`).
+
+The console shows each phase with its expected time on an idle 2-core CPU,
+a status line per layer, the per-layer table (:func:`format_summary`), the
+warnings, and the files written.
 
 The model and the RU decoders come from the shared cache
 (:mod:`jax_infodiscard.experiments.cache`): a second demo with the same
@@ -22,25 +30,115 @@ settings reuses them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import sys
+import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 import jax_infodiscard as jid
+from jax_infodiscard.core.engine import resolve_strategy
+from jax_infodiscard.data import SHAPE_NAMES
 from jax_infodiscard.experiments.cache import (
     ModelSpec,
     decoder_cache_dir,
+    model_cache_dir,
     train_or_load,
 )
-from jax_infodiscard.experiments.rundir import RunFolder
+from jax_infodiscard.experiments.rundir import MANIFEST, RunFolder
 from jax_infodiscard.models import feature_fn as make_feature_fn
+from jax_infodiscard.models import model_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
 from jax_infodiscard.training.train import TrainConfig
 from jax_infodiscard.validation import check_int
+
+__all__ = [
+    "ACCURACY_WARNING",
+    "DECODER_LEARNED_NOTHING",
+    "DEFINITIONS",
+    "DemoConfig",
+    "format_summary",
+    "run_demo",
+]
+
+ACCURACY_WARNING = 0.70
+"""Below this test accuracy the demo warns that the model is barely trained."""
+
+DECODER_LEARNED_NOTHING = 0.8
+"""An RU decoder whose held-out MSE is at least this share of the image
+variance (the MSE of always answering the mean image) counts as having learned
+(almost) nothing: its RU maps are greyed out."""
+
+DEFINITIONS = {
+    "cid_mean": "mean over pixels and images of the pixel-wise CID: entropy of "
+    "the input noise the layer ignores, nats per pixel (higher = more "
+    "discarded)",
+    "cid_concentration": "mean CID on the background minus on the foreground "
+    "(nats); > 0: the layer discards the background more than the object",
+    "cid_converged": "share of the (image) solves whose measured noise budget "
+    "is within budget_tol of beta",
+    "cid_budget_over_beta": "measured noise budget E||h(x')-f||^2 / delta_f^2 "
+    "divided by beta (1 = the budget was met)",
+    "cid_linearity": "true budget of the closed-form (linear-regime) sigma "
+    "divided by beta; 1 = the layer is linear over the noise, larger = "
+    "further from it",
+    "cid_mean_shift": "share of the budget that is the squared shift of the "
+    "mean feature ||E h(x') - f||^2 (0 in the linear regime)",
+    "cid_entropy_gain": "mean CID of the solution minus that of the closed "
+    "form rescaled to the same budget (nats per pixel; > 0 when the "
+    "optimum differs from the linear shape)",
+    "passes_per_map": "model passes (forward, VJP or JVP) per image and layer",
+    "ru_*": "the same quantities for RU, the entropy of the decoder's "
+    "reconstruction error (nats per pixel; higher = the input is worse "
+    "recovered from the feature)",
+    "decoder_heldout_mse": "the RU decoder's mean squared reconstruction error "
+    "on held-out images (squared unit-range pixel values)",
+    "decoder_mse_over_variance": "decoder_heldout_mse divided by the variance "
+    "of the image values; 1 = no better than the mean image, maps at or above "
+    f"{DECODER_LEARNED_NOTHING} are greyed out",
+    "timings_s": "wall-clock seconds of each phase (compilation included)",
+}
+"""Meaning of the fields of ``summary.json`` (also written into it)."""
+
+UNITS = {
+    "cid_mean": "nats per pixel",
+    "cid_concentration": "nats per pixel",
+    "cid_entropy_gain": "nats per pixel",
+    "ru_mean": "nats per pixel",
+    "ru_concentration": "nats per pixel",
+    "ru_entropy_gain": "nats per pixel",
+    "beta": "squared unit-range pixel values (mean noise variance per unit)",
+    "decoder_heldout_mse": "squared unit-range pixel values",
+    "test_accuracy": "fraction of test images",
+    "*_converged": "fraction of images",
+    "*_budget_over_beta, *_linearity, *_mean_shift, "
+    "decoder_mse_over_variance": "ratio (no unit)",
+    "timings_s": "seconds",
+}
+"""Units of the fields of ``summary.json`` (also written into it)."""
+
+# Cost model of the phases on an idle 2-core CPU (measured with this job on
+# the project's machine, see the README), for the expected times printed
+# before each phase.
+_IDLE_CPU_S = {
+    "train_compile": 25.0,
+    "train_image_epoch": 1.15e-3,
+    "cid_layer_compile": 12.0,
+    "cid_map": 0.5,
+    "decoder_compile": 8.0,
+    "decoder_step": 0.08,
+    "ru_layer_compile": 15.0,
+    "ru_map": 1.0,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +154,9 @@ class DemoConfig:
       image_size: image side (32 or 64).
       ru: also compute RU (trains one decoder per layer).
       decoder_steps: optimiser steps per RU decoder.
-      decoder_width: channels of the RU decoders (16 keeps a decoder step
-        around 0.2 s on a 2-core CPU).
+      decoder_width: channels of the RU decoders.
+      decoder_batch_size: images per decoder training step.
+      decoder_images: training images the decoders see (at most num_train).
       ru_steps: iterations of the RU solver (each differentiates the network
         and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.
@@ -73,6 +172,8 @@ class DemoConfig:
     ru: bool = True
     decoder_steps: int = 300
     decoder_width: int = 16
+    decoder_batch_size: int = 32
+    decoder_images: int = 4_000
     ru_steps: int = 48
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
@@ -80,7 +181,13 @@ class DemoConfig:
     def __post_init__(self):
         for name in ("num_train", "num_test", "num_images", "epochs", "image_size"):
             check_int(name, getattr(self, name), 1)
-        for name in ("decoder_steps", "decoder_width", "ru_steps"):
+        for name in (
+            "decoder_steps",
+            "decoder_width",
+            "decoder_batch_size",
+            "decoder_images",
+            "ru_steps",
+        ):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
         if self.num_images > self.num_test:
@@ -101,21 +208,169 @@ class DemoConfig:
             train=TrainConfig(epochs=self.epochs, seed=self.seed),
         )
 
+    def ru_config(self) -> jid.RUConfig:
+        """The RU solver's configuration: the CID one with ``ru_steps`` steps."""
+        fields = {
+            f.name: getattr(self.cid, f.name) for f in dataclasses.fields(self.cid)
+        }
+        return jid.RUConfig(**{**fields, "steps": self.ru_steps})
+
     @classmethod
     def fast(cls, **changes) -> DemoConfig:
-        """A short configuration (small data, short training; ~1.5 min on 2 cores)."""
+        """A short configuration: small data, short training, 4 images."""
         base = cls(
             num_train=3_000, num_test=500, num_images=4, epochs=4, decoder_steps=60
         )
         return dataclasses.replace(base, **changes)
 
 
+# ----------------------------------------------------------------- console
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"2 min 5 s"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+class _Console:
+    """Phase headings, status lines and progress bars of the demo."""
+
+    def __init__(self, verbose: bool, progress: bool, num_phases: int):
+        self.verbose, self.progress = verbose, progress
+        self.num_phases, self.index = num_phases, 0
+        self.on_cpu = jax.default_backend() == "cpu"
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()  # lines arrive in logs as they happen
+
+    def phase(self, title: str, expected_s: float | None) -> float:
+        """Prints ``[i/n] title, about T on 2 CPU cores``; returns the clock."""
+        self.index += 1
+        note = ""
+        if expected_s is not None and self.on_cpu:
+            note = f", about {_duration(expected_s)} on an idle 2-core CPU"
+        self.say(f"[{self.index}/{self.num_phases}] {title}{note}")
+        return time.perf_counter()
+
+    def done(self, start: float, what: str = "") -> float:
+        seconds = time.perf_counter() - start
+        self.say(f"      done in {_duration(seconds)}{f': {what}' if what else ''}")
+        return seconds
+
+    @contextmanager
+    def units(self, label: str, total: int) -> Iterator[Callable[[str], None]]:
+        """A status line per finished unit (a layer); while one runs, a bar's
+        clock (or, without bars, a line every 30 s) shows that work goes on.
+
+        Yields ``finish(text)``, to call when a unit is done.
+        """
+        start = time.perf_counter()
+        bar = tqdm(
+            total=total,
+            desc=f"      {label}",
+            disable=not (self.progress and self.verbose),
+            leave=False,
+            bar_format="{desc}: {n}/{total} layers [{elapsed}]",
+        )
+        stop = threading.Event()
+        done = [0]  # a disabled tqdm bar does not count
+
+        def tick():
+            last = time.perf_counter()
+            while not stop.wait(1.0):
+                if not bar.disable:
+                    bar.refresh()
+                elif time.perf_counter() - last >= 30:
+                    last = time.perf_counter()
+                    self.say(
+                        f"      {label}: {done[0]}/{total} layers done, still "
+                        f"working ({_duration(last - start)})"
+                    )
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+
+        def finish(text: str) -> None:
+            done[0] += 1
+            bar.update(1)
+            self.say(f"      {label} {done[0]}/{total}: {text}")
+
+        try:
+            yield finish
+        finally:
+            stop.set()
+            thread.join()
+            bar.close()
+
+
+# ---------------------------------------------------------------- numbers
+def _round(x: float, digits: int = 4) -> float | None:
+    """``x`` to ``digits`` significant digits (``None`` for NaN/inf)."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    if x == 0:
+        return 0.0
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def _concat(results: Sequence[Any]) -> Any:
+    """One result of several layers from single-layer results."""
+    first = results[0]
+    arrays = {
+        f.name: np.concatenate([np.asarray(getattr(r, f.name)) for r in results])
+        for f in dataclasses.fields(first)
+        if isinstance(getattr(first, f.name), np.ndarray)
+    }
+    layers = tuple(name for r in results for name in r.layers)
+    return dataclasses.replace(first, layers=layers, **arrays)
+
+
+def _layer_note(res, i: int) -> str:
+    n = res.converged.shape[1]
+    conv = int(np.sum(res.converged[i]))
+    return (
+        f"mean {float(res.mean[i].mean()):+.2f} nats, {conv}/{n} converged, "
+        f"linearity {float(res.linearity[i].mean()):.2f}"
+    )
+
+
+def _solve(console: _Console, label: str, call, layers, cfg) -> Any:
+    """Runs ``call(layers) -> result`` layer by layer when the solver would do
+    one program per layer anyway (the same maps, a status line per layer),
+    else in one call."""
+    per_layer = resolve_strategy(cfg, len(layers)) == "per_layer"
+    groups = [[name] for name in layers] if per_layer else [list(layers)]
+    results = []
+    with console.units(label, len(layers)) as finish:
+        for group in groups:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                # The demo reports convergence and linearity itself (status
+                # lines, table, warnings list), once and in its own words.
+                warnings.simplefilter("ignore", UserWarning)
+                res = call(group)
+                jax.block_until_ready(res.pixel)
+            res = res.to_numpy()
+            results.append(res)
+            seconds = time.perf_counter() - t0
+            for i, name in enumerate(res.layers):
+                finish(f"{name}, {_layer_note(res, i)} ({_duration(seconds)})")
+    return _concat(results)
+
+
+# -------------------------------------------------------------------- job
 def run_demo(
     out_dir: str | os.PathLike,
     config: DemoConfig = DemoConfig(),
     *,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    verbose: bool = True,
     overwrite: bool = False,
     argv: Sequence[str] | None = None,
 ) -> dict:
@@ -128,11 +383,13 @@ def run_demo(
       cache_dir: model and decoder cache (default:
         :func:`jax_infodiscard.experiments.cache.default_cache_dir`).
       progress: show progress bars.
+      verbose: print phase headings, status lines and the summary table.
       overwrite: replace a previous run in ``out_dir``.
       argv: the command line, recorded in the manifest.
 
     Returns:
-      The summary dict (also written as ``summary.json``).
+      The summary dict (also written as ``summary.json``); its ``"files"``
+      lists every file written into ``out_dir``.
 
     Raises:
       RunFolderError: ``out_dir`` holds a previous run (and not
@@ -146,116 +403,399 @@ def run_demo(
         argv=argv,
         keep=[cache_dir] if cache_dir else (),
     )
+    console = _Console(verbose, progress, num_phases=5 if config.ru else 3)
     with folder.running():
-        summary = _demo(folder, config, cache_dir, progress)
-        folder.complete(summary={k: summary[k] for k in ("test_accuracy", "layers")})
+        summary = _demo(folder, config, cache_dir, progress, console)
+        folder.complete(
+            summary={k: summary[k] for k in ("test_accuracy", "layers", "warnings")}
+        )
+    summary["files"] = sorted({*folder.manifest.get("files", []), MANIFEST})
+    if verbose:
+        console.say(format_summary(summary, out_dir))
     return summary
 
 
-def _demo(folder: RunFolder, config: DemoConfig, cache_dir, progress: bool) -> dict:
+def _expected_training(config: DemoConfig, cached: bool) -> float | None:
+    if config.model != "convnet" or config.image_size != 32:
+        return None
+    if cached:
+        return 5.0
+    work = config.num_train * config.epochs * _IDLE_CPU_S["train_image_epoch"]
+    return _IDLE_CPU_S["train_compile"] + work
+
+
+def _demo(
+    folder: RunFolder, config: DemoConfig, cache_dir, progress: bool, console
+) -> dict:
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    trained = train_or_load(config.model_spec(), cache_dir, progress=progress)
-    timings["train_s"] = time.perf_counter() - t0
-    model, accuracy = trained.model, trained.accuracy
-    train_set, test_set = trained.train_data, trained.test_data
+    warnings_: list[str] = []
+    known = config.model == "convnet" and config.image_size == 32
+    spec = config.model_spec()
+    cached = model_cache_dir(spec, cache_dir).exists()
+    t0 = console.phase(
+        f"model: {'load (or finish training)' if cached else 'train'} "
+        f"{config.model} on {config.num_train:,} embedded images, "
+        f"{config.epochs} epochs",
+        _expected_training(config, cached),
+    )
+    trained = train_or_load(spec, cache_dir, progress=progress)
+    model, accuracy = trained.model, float(trained.accuracy)
+    timings["train_s"] = console.done(t0, f"test accuracy {accuracy:.1%}")
+    if accuracy < ACCURACY_WARNING:
+        warnings_.append(
+            f"the model is barely trained (test accuracy {accuracy:.1%} < "
+            f"{ACCURACY_WARNING:.0%}): its maps describe a network that has not "
+            "learned the task; train longer (more --epochs, or drop --fast)"
+        )
+        console.say(f"      warning: {warnings_[-1]}")
+    test_set = trained.test_data
 
     layers = tuple(model.default_layers)
     fn = make_feature_fn(model, layers)
     n = config.num_images
     images = jnp.asarray(test_set.images[:n])
     masks = np.asarray(test_set.masks[:n])
+    labels = np.asarray(test_set.labels[:n])
+    predicted = np.asarray(jnp.argmax(model_fn(model)(images), axis=-1))
     key = jax.random.key(config.seed)
+    num_layers = len(layers)
 
-    t0 = time.perf_counter()
-    cid = jid.cid(fn, images, key, config=config.cid)
-    jax.block_until_ready(cid.pixel)
-    timings["cid_s"] = time.perf_counter() - t0
-    cid = cid.to_numpy()
+    def expected(kind: str, maps: int) -> float | None:
+        if not known:
+            return None
+        return (
+            num_layers * _IDLE_CPU_S[f"{kind}_layer_compile"]
+            + maps * (_IDLE_CPU_S[f"{kind}_map"])
+        )
+
+    t0 = console.phase(
+        f"CID ({config.cid.method}): {num_layers} layers x {n} images",
+        expected("cid", num_layers * n) if config.cid.method == "optimize" else None,
+    )
+    cid = _solve(
+        console,
+        "CID",
+        lambda group: jid.cid(fn, images, key, layers=group, config=config.cid),
+        layers,
+        config.cid,
+    )
+    timings["cid_s"] = console.done(t0)
     folder.save_result("cid.npz", cid)
     maps = {"CID": cid.pixel}
     curves = {
         "CID mean": cid.mean,
         "CID concentration": np.asarray(jid.concentration(cid.pixel, masks)),
     }
-    summary_layers = {
-        name: {
-            "cid_mean": float(cid.mean[i].mean()),
-            "cid_concentration": float(curves["CID concentration"][i].mean()),
-            "budget_over_beta": float(cid.budget[i].mean() / cid.beta),
-            "converged": float(cid.converged[i].mean()),
-            "passes_per_map": float(cid.passes[i].mean()),
-        }
-        for i, name in enumerate(layers)
-    }
+    diag = {"CID linearity": cid.linearity}
+    unreliable = {"CID": np.where(cid.converged, "", "not converged").astype(object)}
+    rows = {name: _result_row("cid", cid, i, curves) for i, name in enumerate(layers)}
+    for i, name in enumerate(layers):
+        rows[name]["passes_per_map"] = _round(cid.passes[i].mean())
 
     if config.ru:
-        from jax_infodiscard.models.decoder import decoder_fn
-        from jax_infodiscard.training.decoder import (
-            DecoderConfig,
-            load_or_train_decoder,
+        ru, decoder_rows, t_dec, t_ru = _ru_phases(
+            console, config, trained, fn, layers, images, key, progress
         )
-
-        t0 = time.perf_counter()
-        dec_cfg = DecoderConfig(
-            steps=config.decoder_steps, width=config.decoder_width, beta=config.cid.beta
-        )
-        decoders, mses = {}, {}
-        dec_images = train_set.images[: min(4000, config.num_train)]
-        dec_dir = decoder_cache_dir(trained.path, num_images=len(dec_images))
-        for i, name in enumerate(layers):
-            dec, metrics = load_or_train_decoder(
-                fn,
-                name,
-                dec_images,
-                dec_cfg,
-                key=jax.random.fold_in(key, 100 + i),
-                checkpoint_dir=dec_dir,
-                progress=progress,
-            )
-            decoders[name] = decoder_fn(dec)
-            mses[name] = float(metrics.heldout_mse or metrics.train_mse)
-        timings["decoders_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ru_cfg = jid.RUConfig(
-            steps=config.ru_steps,
-            **{
-                f.name: getattr(config.cid, f.name)
-                for f in dataclasses.fields(config.cid)
-                if f.name != "steps"
-            },
-        )
-        ru = jid.ru(fn, decoders, images, key, layers=layers, config=ru_cfg)
-        jax.block_until_ready(ru.pixel)
-        timings["ru_s"] = time.perf_counter() - t0
-        ru = ru.to_numpy()
+        timings["decoders_s"], timings["ru_s"] = t_dec, t_ru
         folder.save_result("ru.npz", ru)
         maps["RU"] = ru.pixel
         curves["RU mean"] = ru.mean
         curves["RU concentration"] = np.asarray(jid.concentration(ru.pixel, masks))
+        diag["RU linearity"] = ru.linearity
+        flags = np.full(ru.converged.shape, "", dtype=object)
         for i, name in enumerate(layers):
-            summary_layers[name].update(
-                ru_mean=float(ru.mean[i].mean()),
-                ru_concentration=float(curves["RU concentration"][i].mean()),
-                decoder_test_mse=mses[name],
+            rows[name].update(_result_row("ru", ru, i, curves))
+            rows[name].update(decoder_rows[name])
+            if decoder_rows[name]["decoder_learned_nothing"]:
+                flags[i, :] = "decoder learned nothing"
+                warnings_.append(
+                    f"RU {name}: the decoder learned (almost) nothing (held-out "
+                    "MSE / image variance = "
+                    f"{decoder_rows[name]['decoder_mse_over_variance']:.2f}); "
+                    "its RU maps are only its error map (greyed out). Train the "
+                    "decoders longer for real analyses"
+                )
+            else:
+                flags[i, ~ru.converged[i]] = "not converged"
+        unreliable["RU"] = flags
+    for label, res in (("CID", cid), *((("RU", ru),) if config.ru else ())):
+        lin = res.linearity.mean(axis=1)
+        far = [f"{n} ({v:.3g})" for n, v in zip(layers, lin, strict=True) if v > 1.2]
+        if res.method == "linear" and far:
+            warnings_.append(
+                f"{label}: method 'linear' far from the linear regime at "
+                f"{', '.join(far)} (linearity); its maps overspend the budget "
+                "there: use the default method 'optimize'"
+            )
+        bad = int(np.sum(~res.converged))
+        if bad:
+            warnings_.append(
+                f"{label}: {bad} of {res.converged.size} solves did not meet the "
+                "budget (converged=False); their maps are greyed out"
             )
 
-    plot_pixel_maps(images, maps, layers, folder.record("pixel_maps.png"), masks=masks)
+    t0 = console.phase("figures and summary", 5.0)
+    caption = _caption(config, accuracy, n, warnings_)
+    plot_pixel_maps(
+        images,
+        maps,
+        layers,
+        folder.record("pixel_maps.png"),
+        masks=masks,
+        labels=labels,
+        predictions=predicted,
+        class_names=SHAPE_NAMES,
+        unreliable=unreliable,
+        column_notes=_column_notes(cid, ru if config.ru else None, rows, layers),
+        caption=caption,
+    )
+    layer_unreliable = {
+        f"{k} {what}": np.array([bool(np.any(v[i] != "")) for i in range(num_layers)])
+        for k, v in unreliable.items()
+        for what in ("mean", "concentration", "linearity")
+    }
     plot_layer_curves(
         layers,
-        curves,
+        {**curves, **diag},
         folder.record("layer_curves.png"),
-        title=f"{config.model} on the embedded data set",
+        title=f"{config.model} on the embedded data set: layer-wise discarding",
+        caption=caption,
+        ylabels={"linearity": "linearity (closed-form budget / beta)"},
+        log_panels={"linearity"},
+        reference={"linearity": 1.0},
+        unreliable=layer_unreliable,
     )
     summary = {
+        "definitions": DEFINITIONS,
+        "units": UNITS,
         "model": config.model,
-        "test_accuracy": float(accuracy),
+        "test_accuracy": _round(accuracy),
+        "epochs": config.epochs,
+        "num_train": config.num_train,
         "num_images": n,
         "beta": config.cid.beta,
         "method": config.cid.method,
-        "layers": summary_layers,
-        "timings_s": timings,
+        "images": [
+            {
+                "test_index": b,
+                "label": SHAPE_NAMES[int(labels[b])],
+                "predicted": SHAPE_NAMES[int(predicted[b])],
+            }
+            for b in range(n)
+        ],
+        "layers": rows,
+        "warnings": warnings_,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "devices": [str(d) for d in jax.devices()],
     }
     folder.write_json("summary.json", summary)
+    timings["figures_s"] = console.done(t0)
+    summary["timings_s"]["figures_s"] = round(timings["figures_s"], 1)
     return summary
+
+
+def _result_row(prefix: str, res, i: int, curves: dict) -> dict[str, Any]:
+    label = prefix.upper()
+    return {
+        f"{prefix}_mean": _round(res.mean[i].mean()),
+        f"{prefix}_concentration": _round(curves[f"{label} concentration"][i].mean()),
+        f"{prefix}_converged": _round(res.converged[i].mean()),
+        f"{prefix}_budget_over_beta": _round(res.budget[i].mean() / res.beta),
+        f"{prefix}_linearity": _round(res.linearity[i].mean()),
+        f"{prefix}_mean_shift": _round(res.mean_shift[i].mean()),
+        f"{prefix}_entropy_gain": _round(res.entropy_gain[i].mean()),
+    }
+
+
+def _ru_phases(console, config, trained, fn, layers, images, key, progress):
+    """Decoders (trained or loaded) and RU; returns the result, the decoder rows
+    and the two phases' seconds."""
+    from jax_infodiscard.models.decoder import decoder_fn
+    from jax_infodiscard.training.decoder import (
+        DecoderConfig,
+        decoder_checkpoint_path,
+        load_or_train_decoder,
+    )
+
+    dec_cfg = DecoderConfig(
+        steps=config.decoder_steps,
+        width=config.decoder_width,
+        batch_size=config.decoder_batch_size,
+        beta=config.cid.beta,
+    )
+    dec_images = trained.train_data.images[
+        : min(config.decoder_images, config.num_train)
+    ]
+    dec_dir = decoder_cache_dir(trained.path, num_images=len(dec_images))
+    missing = [
+        name for name in layers if not decoder_checkpoint_path(dec_dir, name).exists()
+    ]
+    known = config.model == "convnet" and config.image_size == 32
+    expected = None
+    if known:
+        expected = 2.0 + len(missing) * (
+            _IDLE_CPU_S["decoder_compile"]
+            + config.decoder_steps * _IDLE_CPU_S["decoder_step"]
+        )
+    t0 = console.phase(
+        f"RU decoders: {len(layers)} layers, {config.decoder_steps} steps of "
+        f"{config.decoder_batch_size} images each"
+        + (
+            f" ({len(layers) - len(missing)} cached)"
+            if len(missing) < len(layers)
+            else ""
+        ),
+        expected,
+    )
+    decoders, rows = {}, {}
+    for i, name in enumerate(layers):
+        dec, metrics = load_or_train_decoder(
+            fn,
+            name,
+            dec_images,
+            dec_cfg,
+            key=jax.random.fold_in(key, 100 + i),
+            checkpoint_dir=dec_dir,
+            progress=progress and console.verbose,
+        )
+        decoders[name] = decoder_fn(dec)
+        mse = (
+            metrics.heldout_mse
+            if metrics.heldout_mse is not None
+            else (metrics.train_mse)
+        )
+        ratio = mse / metrics.image_variance if metrics.image_variance > 0 else 1.0
+        rows[name] = {
+            "decoder_heldout_mse": _round(mse),
+            "decoder_mse_over_variance": _round(ratio),
+            "decoder_learned_nothing": bool(ratio >= DECODER_LEARNED_NOTHING),
+            "decoder_steps": metrics.steps,
+        }
+        console.say(
+            f"      decoder {name}: held-out MSE {mse:.2e} = {ratio:.2f} x the "
+            "image variance"
+            + (" (learned nothing)" if ratio >= DECODER_LEARNED_NOTHING else "")
+        )
+    t_dec = console.done(t0)
+
+    ru_cfg = config.ru_config()
+    t0 = console.phase(
+        f"RU ({ru_cfg.method}, {ru_cfg.steps} steps): {len(layers)} layers x "
+        f"{images.shape[0]} images",
+        None
+        if not known
+        else len(layers) * _IDLE_CPU_S["ru_layer_compile"]
+        + len(layers) * images.shape[0] * _IDLE_CPU_S["ru_map"],
+    )
+    ru = _solve(
+        console,
+        "RU",
+        lambda group: jid.ru(
+            fn,
+            {g: decoders[g] for g in group},
+            images,
+            key,
+            layers=group,
+            config=ru_cfg,
+        ),
+        layers,
+        ru_cfg,
+    )
+    t_ru = console.done(t0)
+    return ru, rows, t_dec, t_ru
+
+
+def _caption(config: DemoConfig, accuracy: float, n: int, warnings_) -> str:
+    lines = [
+        f"{config.model} trained {config.epochs} epochs on {config.num_train:,} "
+        f"embedded images, test accuracy {accuracy:.1%}; {n} test images; "
+        f"solver method {config.cid.method!r}, beta = {config.cid.beta:g} "
+        "(noise budget as a share of the layer's sensitivity).",
+        "CID: entropy of the input noise the layer ignores (bright = more "
+        "discarded). RU: entropy of the decoder's reconstruction error "
+        "(bright = less recoverable from the layer). Units: nats per pixel.",
+    ]
+    if config.ru:
+        lines.append(
+            "Grey maps with a red frame: the solve did not meet its budget, or "
+            f"the RU decoder learned nothing (held-out MSE >= "
+            f"{DECODER_LEARNED_NOTHING} x image variance); do not read them."
+        )
+    else:
+        lines.append("Grey maps with a red frame: the solve did not meet its budget.")
+    if accuracy < ACCURACY_WARNING:
+        lines.append(f"WARNING: the model is barely trained (accuracy {accuracy:.1%}).")
+    return "\n".join(lines)
+
+
+def _column_notes(cid, ru, rows, layers) -> dict[str, list[str]]:
+    n = cid.converged.shape[1]
+    notes = {
+        "CID": [
+            f"lin. {rows[name]['cid_linearity']:.3g}, "
+            f"{int(cid.converged[i].sum())}/{n} conv."
+            for i, name in enumerate(layers)
+        ]
+    }
+    if ru is not None:
+        notes["RU"] = [
+            f"MSE/var {rows[name]['decoder_mse_over_variance']:.2f}, "
+            f"{int(ru.converged[i].sum())}/{n} conv."
+            for i, name in enumerate(layers)
+        ]
+    return notes
+
+
+def format_summary(summary: dict, out_dir: str | os.PathLike | None = None) -> str:
+    """The console report of a demo summary: a table per layer, the warnings
+    and the files written.
+
+    Args:
+      summary: the dict returned by :func:`run_demo`.
+      out_dir: the run folder, named in the list of files.
+
+    Returns:
+      Multi-line text.
+    """
+    acc = summary["test_accuracy"]
+    head = (
+        f"{summary['model']}: test accuracy {acc:.1%}; {summary['num_images']} "
+        f"images, method {summary['method']!r}, beta {summary['beta']:g}"
+    )
+    cols = [
+        ("cid_mean", "CID", "{:+.3f}"),
+        ("cid_concentration", "conc.", "{:+.3f}"),
+        ("cid_converged", "conv.", "{:.0%}"),
+        ("cid_budget_over_beta", "budget/b", "{:.2f}"),
+        ("cid_linearity", "linearity", "{:.3g}"),
+        ("cid_entropy_gain", "gain", "{:+.3f}"),
+    ]
+    rows = summary["layers"]
+    if any("ru_mean" in r for r in rows.values()):
+        cols += [
+            ("ru_mean", "RU", "{:+.3f}"),
+            ("ru_concentration", "conc.", "{:+.3f}"),
+            ("ru_converged", "conv.", "{:.0%}"),
+            ("decoder_heldout_mse", "dec. MSE", "{:.2e}"),
+            ("decoder_mse_over_variance", "MSE/var", "{:.2f}"),
+        ]
+
+    def cell(value, fmt):
+        return "-" if value is None else fmt.format(value)
+
+    table = [["layer", *(c[1] for c in cols)]]
+    for name, row in rows.items():
+        table.append([name, *(cell(row.get(k), f) for k, _, f in cols)])
+    widths = [max(len(r[j]) for r in table) for j in range(len(table[0]))]
+    lines = [
+        head,
+        "nats per pixel; conv. = share of converged solves; "
+        "budget/b = measured budget / beta; see summary.json 'definitions'",
+    ]
+    for r in table:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    for w in summary.get("warnings", []):
+        lines.append(f"warning: {w}")
+    where = f" in {out_dir}" if out_dir is not None else ""
+    lines.append(f"files written{where}: {', '.join(summary.get('files', []))}")
+    return "\n".join(lines)

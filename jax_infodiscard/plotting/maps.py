@@ -2,24 +2,250 @@
 
 Maps are shown twice, as the paper does (Fig. 4): *normalised* to ``[0, 1]``
 per map (where inside an image a layer discards), and *unnormalised* on one
-colour scale shared by every layer (how much each layer discards, comparable
-across layers).
+colour scale shared by every layer of a metric (how much each layer
+discards, comparable across layers). Every block of maps has its own colour
+bar in a column of its own, so that no colour bar covers a map.
+
+Maps that should not be read (a solve that did not meet its budget, or an RU
+decoder that learned nothing) can be passed as ``unreliable``: they are drawn
+in grey with a red frame and the reason written across them.
+
+Both functions return the :class:`matplotlib.figure.Figure` they wrote, so
+that notebooks can show it and tests can inspect its layout.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from jax_infodiscard.io import write_figure
 
+__all__ = ["normalise", "pixel_maps_figure", "plot_layer_curves", "plot_pixel_maps"]
 
-def _normalise(m: np.ndarray) -> np.ndarray:
+_MAP_CMAP = {True: "viridis", False: "magma"}
+_FLAG_COLOR = "crimson"
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
+
+def normalise(m: np.ndarray) -> np.ndarray:
+    """Scales one map to ``[0, 1]`` (its minimum to 0, its maximum to 1).
+
+    A constant map becomes all zeros.
+
+    >>> normalise(np.array([[1.0, 3.0], [2.0, 1.0]])).tolist()
+    [[0.0, 1.0], [0.5, 0.0]]
+    """
+    m = np.asarray(m, dtype=float)
     lo, hi = float(m.min()), float(m.max())
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def _colour_norm(scale: tuple[float, float], norm: bool) -> Normalize:
+    return Normalize(0.0, 1.0) if norm else Normalize(*scale)
+
+
+def _row_label(b, labels, predictions, class_names) -> tuple[str, str]:
+    """``(text, colour)`` under image ``b``: true and predicted class."""
+
+    def name(c):
+        c = int(c)
+        return class_names[c] if class_names is not None else str(c)
+
+    parts, colour = [], "black"
+    if labels is not None:
+        parts.append(f"true: {name(labels[b])}")
+    if predictions is not None:
+        parts.append(f"pred: {name(predictions[b])}")
+        if labels is not None and int(labels[b]) != int(predictions[b]):
+            colour = _FLAG_COLOR
+    return "\n".join(parts), colour
+
+
+def pixel_maps_figure(
+    images,
+    maps: Mapping[str, np.ndarray],
+    layers: Sequence[str],
+    *,
+    masks=None,
+    max_images: int | None = None,
+    labels=None,
+    predictions=None,
+    class_names: Sequence[str] | None = None,
+    unreliable: Mapping[str, np.ndarray] | None = None,
+    column_notes: Mapping[str, Sequence[str]] | None = None,
+    caption: str = "",
+) -> Figure:
+    """A grid: image (and mask), then each metric's maps per layer.
+
+    Per metric two blocks of ``L`` columns: maps normalised per map (one
+    colour bar, 0 = the map's minimum, 1 = its maximum) and maps in nats on
+    one scale shared by every layer and image of that metric (one colour bar
+    in nats). Each colour bar has a grid column of its own.
+
+    Args:
+      images: ``(B, H, W, C)`` images in ``[0, 1]``.
+      maps: ``{metric name: (L, B, H, W) map in nats}``, e.g.
+        ``{"CID": cid.pixel, "RU": ru.pixel}``.
+      layers: the ``L`` layer names.
+      masks: optional ``(B, H, W)`` foreground masks (drawn as a contour).
+      max_images: rows to draw (``None``: every image).
+      labels: optional ``(B,)`` true classes, written under each image.
+      predictions: optional ``(B,)`` predicted classes, written under each
+        image (in red when they differ from ``labels``).
+      class_names: names of the classes, indexed by class.
+      unreliable: ``{metric name: (L, B) strings}``; a non-empty string marks
+        that map as not to be read (drawn in grey, red frame) and is written
+        across it as the reason, e.g. ``"not converged"``.
+      column_notes: ``{metric name: L strings}`` added under the column
+        titles (e.g. per-layer diagnostics).
+      caption: text under the grid (what, how, which settings).
+
+    Returns:
+      The figure (not shown; pass it to ``display`` in a notebook).
+
+    Raises:
+      ValueError: a map whose leading shape is not ``(L, B)`` or whose
+        spatial shape differs from the images'.
+    """
+    images = np.asarray(images)
+    n_all = images.shape[0]
+    n = n_all if max_images is None else min(max_images, n_all)
+    num_layers = len(layers)
+    arrays = {}
+    for name, m in maps.items():
+        m = np.asarray(m, dtype=float)
+        if m.ndim == 5:  # per-channel maps: mean over channels
+            m = m.mean(axis=-1)
+        if m.shape[:2] != (num_layers, n_all) or m.shape[2:] != images.shape[1:3]:
+            raise ValueError(
+                f"maps[{name!r}] has shape {m.shape}; expected (layers, images, H, W)"
+                f" = {(num_layers, n_all, *images.shape[1:3])}"
+            )
+        arrays[name] = m
+    unreliable = {k: np.asarray(v, dtype=object) for k, v in (unreliable or {}).items()}
+    blocks = [(name, norm) for name in arrays for norm in (True, False)]
+
+    # Grid columns: image | per block: L maps, colour bar, spacer.
+    widths, kinds = [1.0], [("image",)]
+    for bi, (name, norm) in enumerate(blocks):
+        widths += [1.0] * num_layers + [0.07]
+        kinds += [("map", name, norm, l) for l in range(num_layers)]
+        kinds.append(("cbar", name, norm))
+        if bi < len(blocks) - 1:
+            widths.append(0.55)
+            kinds.append(("gap",))
+    # Sizes in inches: a map is `side` wide and high; room for the titles
+    # above, the class labels under each image, and the caption.
+    side, wspace, hspace = 1.1, 0.08, 0.38
+    left, right, top = 0.1, 0.9, 0.5 + 0.12 * bool(column_notes)
+    caption_lines = caption.count("\n") + 1 if caption else 0
+    bottom = 0.45 + 0.14 * caption_lines
+    grid_w = side * sum(widths) + wspace * side * sum(widths) / len(widths) * (
+        len(widths) - 1
+    )
+    grid_h = side * n + hspace * side * (n - 1)
+    fig_w, fig_h = left + grid_w + right, bottom + grid_h + top
+    fig = Figure(figsize=(fig_w, fig_h))
+    grid = fig.add_gridspec(
+        n,
+        len(widths),
+        width_ratios=widths,
+        wspace=wspace,
+        hspace=hspace,
+        left=left / fig_w,
+        right=1 - right / fig_w,
+        bottom=bottom / fig_h,
+        top=1 - top / fig_h,
+    )
+
+    scales = {name: (float(m.min()), float(m.max())) for name, m in arrays.items()}
+    for col, kind in enumerate(kinds):
+        if kind[0] == "gap":
+            continue
+        if kind[0] == "cbar":
+            _, name, norm = kind
+            cax = fig.add_subplot(grid[:, col])
+            mappable = ScalarMappable(_colour_norm(scales[name], norm), _MAP_CMAP[norm])
+            cb = fig.colorbar(mappable, cax=cax)
+            cb.ax.tick_params(labelsize=6)
+            if norm:
+                cb.set_ticks([0, 0.5, 1])
+                cb.set_label(
+                    f"{name}, normalised per map\n0 = the map's min, 1 = its max",
+                    fontsize=7,
+                )
+            else:
+                cb.set_label(f"{name} (nats per pixel), one scale", fontsize=7)
+            continue
+        for b in range(n):
+            ax = fig.add_subplot(grid[b, col])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if kind[0] == "image":
+                ax.imshow(np.clip(images[b], 0, 1))
+                if masks is not None:
+                    ax.contour(
+                        np.asarray(masks[b]).astype(float),
+                        levels=[0.5],
+                        colors="w",
+                        linewidths=0.8,
+                    )
+                text, colour = _row_label(b, labels, predictions, class_names)
+                ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=2)
+                if b == 0:
+                    ax.set_title("image\n(mask outline)", fontsize=7)
+                continue
+            _, name, norm, l = kind
+            m = arrays[name][l, b]
+            reason = ""
+            if name in unreliable:
+                reason = str(unreliable[name][l, b] or "")
+            shown = normalise(m) if norm else m
+            ax.imshow(
+                shown,
+                cmap="gray" if reason else _MAP_CMAP[norm],
+                norm=_colour_norm(scales[name], norm),
+                alpha=0.45 if reason else None,
+            )
+            if reason:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(_FLAG_COLOR)
+                    spine.set_linewidth(1.5)
+                ax.text(
+                    0.5,
+                    0.5,
+                    reason.replace(" ", "\n", 1),
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color=_FLAG_COLOR,
+                    bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
+                )
+            if b == 0:
+                tag = "norm." if norm else "nats"
+                title = f"{name} {layers[l]} ({tag})"
+                notes = (column_notes or {}).get(name)
+                if notes is not None:
+                    title += f"\n{notes[l]}"
+                ax.set_title(title, fontsize=6.5)
+    if caption:
+        fig.text(
+            left / fig_w,
+            (bottom - 0.4) / fig_h,
+            caption,
+            ha="left",
+            va="top",
+            fontsize=7.5,
+        )
+    return fig
 
 
 def plot_pixel_maps(
@@ -29,101 +255,115 @@ def plot_pixel_maps(
     path: str | os.PathLike,
     *,
     masks=None,
-    max_images: int = 4,
-) -> None:
-    """Writes a grid: image (and mask), then each metric's maps per layer.
+    max_images: int | None = None,
+    **kwargs,
+) -> Figure:
+    """Writes :func:`pixel_maps_figure` to ``path`` (PNG, atomically).
 
     Args:
       images: ``(B, H, W, C)`` images in ``[0, 1]``.
-      maps: ``{metric name: (L, B, H, W) map in nats}``, e.g.
-        ``{"CID": cid.pixel, "RU": ru.pixel}``.
+      maps: ``{metric name: (L, B, H, W) map in nats}``.
       layers: the ``L`` layer names.
-      path: output file (PNG), written atomically.
-      masks: optional ``(B, H, W)`` foreground masks (drawn as a contour).
-      max_images: rows to draw.
+      path: output file.
+      masks: optional ``(B, H, W)`` foreground masks.
+      max_images: rows to draw (``None``: every image).
+      **kwargs: ``labels``, ``predictions``, ``class_names``, ``unreliable``,
+        ``column_notes``, ``caption`` of :func:`pixel_maps_figure`.
+
+    Returns:
+      The figure written.
     """
-    images = np.asarray(images)
-    n = min(max_images, images.shape[0])
-    blocks = [
-        (name, np.asarray(m), norm)
-        for name, m in maps.items()
-        for norm in (True, False)
-    ]
-    cols = 1 + len(layers) * len(blocks)
-    fig = Figure(figsize=(1.6 * cols, 1.7 * n + 0.6))
-    axes = fig.subplots(n, cols, squeeze=False)
-    for b in range(n):
-        ax = axes[b, 0]
-        ax.imshow(np.clip(images[b], 0, 1))
-        if masks is not None:
-            ax.contour(
-                np.asarray(masks[b]).astype(float),
-                levels=[0.5],
-                colors="w",
-                linewidths=0.8,
-            )
-        if b == 0:
-            ax.set_title("image", fontsize=8)
-        col = 1
-        for name, m, norm in blocks:
-            vmin, vmax = float(m.min()), float(m.max())
-            for l, layer in enumerate(layers):
-                ax = axes[b, col]
-                if norm:
-                    im = ax.imshow(_normalise(m[l, b]), cmap="viridis", vmin=0, vmax=1)
-                else:
-                    im = ax.imshow(m[l, b], cmap="magma", vmin=vmin, vmax=vmax)
-                if b == 0:
-                    tag = "norm." if norm else "nats"
-                    ax.set_title(f"{name} {layer}\n({tag})", fontsize=7)
-                col += 1
-            if b == n - 1 and not norm:
-                fig.colorbar(
-                    im,
-                    ax=axes[:, col - len(layers) : col].ravel().tolist(),
-                    fraction=0.02,
-                    label=f"{name} (nats)",
-                )
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+    fig = pixel_maps_figure(
+        images, maps, layers, masks=masks, max_images=max_images, **kwargs
+    )
     write_figure(path, fig, dpi=110, bbox_inches="tight")
+    return fig
 
 
 def plot_layer_curves(
     layers: Sequence[str],
     curves: Mapping[str, np.ndarray],
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     *,
     title: str = "",
-) -> None:
+    caption: str = "",
+    ylabels: Mapping[str, str] | None = None,
+    log_panels: Collection[str] = (),
+    reference: Mapping[str, float] | None = None,
+    unreliable: Mapping[str, np.ndarray] | None = None,
+) -> Figure:
     """Layer-wise curves with one panel per quantity.
+
+    Each curve is the mean over images with a shaded band of plus or minus
+    one standard deviation over images (said in each panel's legend).
 
     Args:
       layers: ``L`` layer names (x axis, input to output).
-      curves: ``{label: (L, B) values}``; the mean over images is drawn with a
-        band of one standard deviation. Labels sharing the text before " "
-        (e.g. "CID mean", "RU mean") share a panel.
-      path: output file (PNG), written atomically.
+      curves: ``{label: (L, B) values}``. Labels sharing the text after the
+        first space (e.g. "CID mean", "RU mean") share a panel.
+      path: output file (PNG), written atomically; ``None`` writes nothing.
       title: figure title.
+      caption: text under the panels.
+      ylabels: ``{panel: y-axis label}`` (default ``"<panel> (nats)"``).
+      log_panels: panels drawn with a logarithmic y axis.
+      reference: ``{panel: value}`` drawn as a dashed horizontal line (e.g.
+        1 for linearity, the linear regime).
+      unreliable: ``{label: (L,) bool}``: layers whose points are drawn as
+        open markers (e.g. solves that did not converge); the legend says so.
+
+    Returns:
+      The figure.
     """
     panels: dict[str, list[str]] = {}
     for label in curves:
         panels.setdefault(label.split(" ", 1)[-1], []).append(label)
-    fig = Figure(figsize=(4.2 * len(panels), 3.2))
+    fig = Figure(figsize=(4.2 * len(panels), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     x = np.arange(len(layers))
+    any_open = False
     for ax, (panel, labels) in zip(axes[0], panels.items(), strict=True):
+        num_images = 0
         for label in labels:
             v = np.asarray(curves[label], dtype=float)
+            num_images = v.shape[1]
             mu, sd = v.mean(axis=1), v.std(axis=1)
-            ax.plot(x, mu, marker="o", label=label)
-            ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
+            (line,) = ax.plot(x, mu, label=label)
+            bad = np.zeros(len(layers), bool)
+            if unreliable and label in unreliable:
+                bad = np.asarray(unreliable[label], bool)
+            any_open |= bool(bad.any())
+            ax.plot(x[~bad], mu[~bad], ls="", marker="o", color=line.get_color())
+            ax.plot(
+                x[bad], mu[bad], ls="", marker="o", mfc="white", color=line.get_color()
+            )
+            lo, hi = mu - sd, mu + sd
+            if panel in log_panels:
+                lo = np.maximum(lo, mu / 10)
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+        if reference and panel in reference:
+            ax.axhline(reference[panel], color="grey", ls="--", lw=0.8)
+        if panel in log_panels:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_PLAIN)
+            ax.yaxis.set_minor_formatter(_PLAIN)
         ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel(f"{panel} (nats)")
+        ax.set_ylabel((ylabels or {}).get(panel, f"{panel} (nats)"))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(
+            fontsize=7,
+            title=f"line: mean over {num_images} images\nband: ±1 sd over images",
+            title_fontsize=7,
+        )
     if title:
         fig.suptitle(title)
+    notes = caption
+    if any_open:
+        open_note = "Open markers: layers whose solves did not converge or whose "
+        open_note += "RU decoder learned nothing (do not read them)."
+        notes = f"{caption}\n{open_note}" if caption else open_note
     fig.tight_layout()
-    write_figure(path, fig, dpi=110, bbox_inches="tight")
+    if notes:
+        fig.text(0.01, 0.0, notes, ha="left", va="top", fontsize=7.5)
+    if path is not None:
+        write_figure(path, fig, dpi=110, bbox_inches="tight")
+    return fig

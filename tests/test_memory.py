@@ -1,0 +1,57 @@
+"""Memory planning: chunk sizes and probe batches from the free memory."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import convnet_features
+from jax.tree_util import Partial
+
+import jax_infodiscard as jid
+from jax_infodiscard.core import memory
+
+
+def test_activation_bytes_counts_every_intermediate(convnet):
+    fn = Partial(convnet_features, convnet)
+    got = memory.activation_bytes(fn, jnp.zeros((8, 8, 3)))
+    # conv outputs: 8x8x8, 4x4x8, 2x2x16 floats, each materialised three
+    # times (conv, + bias, relu); plus the input shift x - 0.5 (8x8x3) and
+    # the broadcast biases (8 + 8 + 16).
+    outputs = (8 * 8 * 8 + 4 * 4 * 8 + 2 * 2 * 16) * 4
+    assert got == 3 * outputs + (8 * 8 * 3 + 8 + 8 + 16) * 4
+
+
+def test_plan_fits_the_budget(convnet):
+    fn = Partial(convnet_features, convnet)
+    x = jnp.zeros((8, 8, 3))
+    act = memory.activation_bytes(fn, x)
+    kw = dict(num_images=100, layers_per_program=1, probes=64, samples=8)
+    per_image = act * max(2 * 64, 4 * 8, 2 * 32)
+    plan = memory.plan(fn, x, budget_samples=32, budget=10 * per_image, **kw)
+    assert plan == memory.Plan(10, None)
+    plan = memory.plan(fn, x, budget_samples=32, budget=10**15, **kw)
+    assert plan == memory.Plan(100, None)
+    tight = memory.plan(fn, x, budget_samples=32, budget=20 * act, **kw)
+    assert tight == memory.Plan(1, 10)
+
+
+def test_planned_chunks_give_the_same_maps(convnet, small_images, monkeypatch):
+    fn = Partial(convnet_features, convnet)
+    cfg = jid.CIDConfig(layer_strategy="vmap", steps=8, probes=64, budget_samples=8)
+    key = jax.random.key(3)
+    whole = jid.cid(fn, small_images, key, config=cfg.replace(chunk_size=3))
+    act = memory.activation_bytes(fn, small_images[0]) * 3
+    # Room for one image at a time, and for 16 probes of the column norms.
+    monkeypatch.setattr(memory, "free_bytes", lambda: 2 * 32 * act)
+    assert memory.plan(
+        fn,
+        small_images[0],
+        num_images=3,
+        layers_per_program=3,
+        probes=64,
+        samples=8,
+        budget_samples=8,
+    ) == memory.Plan(1, 16)
+    planned = jid.cid(fn, small_images, key, config=cfg)
+    np.testing.assert_allclose(planned.pixel, whole.pixel, atol=1e-3)

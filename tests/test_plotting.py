@@ -1,0 +1,200 @@
+"""Figures: layout (no colour bar over a map), marks, captions, shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.transforms import Bbox
+
+from jax_infodiscard.plotting import (
+    normalise,
+    pixel_maps_figure,
+    plot_layer_curves,
+    plot_pixel_maps,
+)
+
+LAYERS = ("conv1", "conv3", "logits")
+
+
+def _inputs(num_images=3, num_layers=len(LAYERS), size=8):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(num_images, size, size, 3))
+    masks = np.zeros((num_images, size, size), bool)
+    masks[:, 2:6, 2:6] = True
+    maps = {
+        "CID": rng.normal(-3.0, 0.3, (num_layers, num_images, size, size)),
+        "RU": rng.normal(-1.0, 0.5, (num_layers, num_images, size, size)),
+    }
+    return images, masks, maps
+
+
+def _drawn(fig):
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    colorbars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None)]
+    images = [ax for ax in fig.axes if ax.images and ax not in colorbars]
+    return renderer, colorbars, images
+
+
+def _overlap(a: Bbox, b: Bbox) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_no_colour_bar_overlaps_a_map():
+    images, masks, maps = _inputs()
+    fig = pixel_maps_figure(
+        images, maps, LAYERS, masks=masks, caption="a caption\non two lines"
+    )
+    renderer, colorbars, image_axes = _drawn(fig)
+    # One colour bar per block: (CID, RU) x (normalised, nats).
+    assert len(colorbars) == 4
+    # The image column plus 2 metrics x 2 blocks x 3 layers, for 3 images.
+    assert len(image_axes) == 3 * (1 + 2 * 2 * len(LAYERS))
+    for cax in colorbars:
+        # The bar with its ticks and label, against every map's area.
+        bar = cax.get_tightbbox(renderer)
+        for ax in image_axes:
+            assert not _overlap(bar, ax.get_window_extent(renderer)), (
+                cax.get_ylabel(),
+                ax.get_title(),
+            )
+
+
+def test_overlap_check_catches_a_colour_bar_drawn_over_maps():
+    """The check above fails on the layout this module used to draw."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2))
+    axes = fig.subplots(1, 4)
+    for ax in axes:
+        im = ax.imshow(np.zeros((4, 4)))
+    fig.colorbar(im, ax=axes[1:3].tolist(), fraction=0.02)
+    fig.colorbar(im, ax=axes[0], fraction=0.02)
+    fig.set_layout_engine(None)
+    renderer, colorbars, image_axes = _drawn(fig)
+    # Put the second bar on top of the last map, as the old layout could.
+    colorbars[1].set_position(axes[3].get_position())
+    hits = [
+        ax
+        for cax in colorbars
+        for ax in image_axes
+        if _overlap(cax.get_window_extent(renderer), ax.get_window_extent(renderer))
+    ]
+    assert hits
+
+
+def test_normalised_blocks_have_a_colour_bar_that_says_what_it_means():
+    images, masks, maps = _inputs()
+    fig = pixel_maps_figure(images, maps, LAYERS, masks=masks)
+    _, colorbars, _ = _drawn(fig)
+    labels = [cax.get_ylabel() for cax in colorbars]
+    assert sum("normalised per map" in t for t in labels) == 2
+    assert sum("nats" in t for t in labels) == 2
+    normalised = [c for c in colorbars if "normalised" in c.get_ylabel()]
+    for cax in normalised:
+        assert cax.get_ylim() == pytest.approx((0.0, 1.0))
+
+
+def test_nats_blocks_share_one_scale_per_metric():
+    images, masks, maps = _inputs()
+    fig = pixel_maps_figure(images, maps, LAYERS, masks=masks)
+    _, colorbars, _ = _drawn(fig)
+    by_label = {cax.get_ylabel(): cax.get_ylim() for cax in colorbars}
+    cid = next(v for k, v in by_label.items() if k.startswith("CID (nats"))
+    assert cid == pytest.approx((maps["CID"].min(), maps["CID"].max()))
+
+
+def test_unreliable_maps_are_grey_framed_and_say_why():
+    images, _, maps = _inputs()
+    flags = np.full((len(LAYERS), 3), "", dtype=object)
+    flags[2, :] = "decoder learned nothing"
+    flags[0, 1] = "not converged"
+    fig = pixel_maps_figure(images, maps, LAYERS, unreliable={"RU": flags})
+    _, _, image_axes = _drawn(fig)
+    texts = [t.get_text() for ax in image_axes for t in ax.texts]
+    # Two blocks (normalised, nats) per flagged map.
+    assert len(texts) == 2 * 4
+    assert texts.count("decoder\nlearned nothing") == 2 * 3
+    assert texts.count("not\nconverged") == 2
+    grey = [ax for ax in image_axes if ax.images[0].get_cmap().name == "gray"]
+    assert len(grey) == 2 * 4
+
+
+def test_every_image_gets_a_row_with_true_and_predicted_class():
+    images, _, maps = _inputs(num_images=5)
+    fig = pixel_maps_figure(
+        images,
+        maps,
+        LAYERS,
+        labels=[0, 1, 2, 0, 1],
+        predictions=[0, 2, 2, 0, 1],
+        class_names=["disc", "square", "ring"],
+    )
+    _, _, image_axes = _drawn(fig)
+    rows = [ax for ax in image_axes if ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in rows] == [
+        "true: disc\npred: disc",
+        "true: square\npred: ring",
+        "true: ring\npred: ring",
+        "true: disc\npred: disc",
+        "true: square\npred: square",
+    ]
+    wrong = [ax.xaxis.label.get_color() for ax in rows]
+    assert wrong[1] != wrong[0]
+
+
+def test_bad_map_shape_names_the_metric():
+    images, _, maps = _inputs()
+    maps["RU"] = maps["RU"][:, :2]
+    with pytest.raises(ValueError, match=r"maps\['RU'\]"):
+        pixel_maps_figure(images, maps, LAYERS)
+
+
+def test_layer_curves_say_the_band_and_mark_unreliable_layers(tmp_path):
+    rng = np.random.default_rng(1)
+    curves = {
+        "CID mean": rng.normal(size=(3, 4)),
+        "RU mean": rng.normal(size=(3, 4)),
+        "CID linearity": np.exp(rng.normal(size=(3, 4))),
+    }
+    fig = plot_layer_curves(
+        LAYERS,
+        curves,
+        tmp_path / "c.png",
+        caption="settings",
+        log_panels={"linearity"},
+        ylabels={"linearity": "linearity (ratio)"},
+        unreliable={"RU mean": np.array([False, True, True])},
+    )
+    assert (tmp_path / "c.png").stat().st_size > 0
+    axes = [ax for ax in fig.axes if ax.get_legend()]
+    assert len(axes) == 2
+    for ax in axes:
+        assert "±1 sd over images" in ax.get_legend().get_title().get_text()
+        assert "over 4 images" in ax.get_legend().get_title().get_text()
+    lin = next(ax for ax in axes if ax.get_yscale() == "log")
+    assert lin.get_ylabel() == "linearity (ratio)"
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "settings" in notes and "Open markers" in notes
+    # Two open (white-faced) markers: the RU mean at conv3 and logits.
+    open_points = [
+        line
+        for line in axes[0].lines
+        if line.get_marker() == "o" and line.get_markerfacecolor() == "white"
+    ]
+    assert sum(len(line.get_xdata()) for line in open_points) == 2
+
+
+def test_plot_pixel_maps_writes_a_png(tmp_path):
+    images, masks, maps = _inputs(num_images=2)
+    path = tmp_path / "maps.png"
+    plot_pixel_maps(images, maps, LAYERS, path, masks=masks, caption="x")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_normalise_maps_min_to_0_and_max_to_1():
+    m = np.array([[2.0, 4.0], [3.0, 2.5]])
+    out = normalise(m)
+    assert out.min() == 0.0 and out.max() == 1.0
+    np.testing.assert_allclose(out, (m - 2.0) / 2.0)
+    assert not normalise(np.ones((2, 2))).any()

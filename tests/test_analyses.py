@@ -150,7 +150,7 @@ def test_bottleneck_rule():
 @pytest.mark.slow
 def test_concentration_end_to_end(tmp_path):
     result, res = run_toy("concentration", tmp_path)
-    assert set(res["networks"]) == {"alexnet", "convnet"}
+    assert set(res["networks"]) == {"convnet-w4", "convnet-w8"}
     claims = [v.claim for v in result.verdicts]
     assert len(claims) == 4 and "Fig. 3a" in result.verdicts[-1].figure
     # Two nets: the rank correlation cannot decide.

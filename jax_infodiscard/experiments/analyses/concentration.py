@@ -50,8 +50,9 @@ class Sizes:
 
 
 SIZES = {
-    # Toy: the zoo ConvNet stands in for a VGG (the zoo VGGs need 32 px).
-    "toy": Sizes(("alexnet", 4), (("convnet", 4),), 128, 1, 2, (0,)),
+    # Toy: two widths of the zoo ConvNet stand in (the zoo VGGs need 32 px;
+    # the ConvNet's compiled programs are shared with the other toy runs).
+    "toy": Sizes(("convnet", 4), (("convnet", 8),), 128, 1, 2, (0,)),
     "fast": Sizes(("alexnet", 16), (("vgg11", 8), ("vgg13", 8)), 2_000, 3, 8, (0,)),
     "full": Sizes(
         ("alexnet", 32),
@@ -84,7 +85,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     nets = (sz.reference, *sz.others)
     groups, models = C.train_and_measure(
         options,
-        {m: {"model": m, "model_kwargs": {"width": w}} for m, w in nets},
+        {f"{m}-w{w}": {"model": m, "model_kwargs": {"width": w}} for m, w in nets},
         seeds=seeds,
         test=test,
         images=images,
@@ -94,7 +95,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         num_train=sz.num_train,
         epochs=sz.epochs,
     )
-    ref = sz.reference[0]
+    ref = "{}-w{}".format(*sz.reference)
     verdicts, numbers = [], {}
     if masks is None:
         notes_extra = "No foreground masks in this data set: no concentration."
@@ -112,7 +113,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             ("high", "positive", "concentrate more on the foreground in high layers"),
         ):
             outcomes, texts = [], []
-            for other, _ in sz.others:
+            for other in [n for n in groups if n != ref]:
                 diffs = [
                     part(o, which) - part(r, which)
                     for r, o in zip(groups[ref], groups[other], strict=True)

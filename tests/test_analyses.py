@@ -55,7 +55,7 @@ def run_toy(name, tmp_path, figures=("curves.png", "differences.png")):
         assert cells[3] == f"**{v.outcome}**" and v.outcome in OUTCOMES
         assert cells[0] and cells[1] and cells[2] and cells[4]
     # The regime diagnostic is reported for every analysed layer.
-    assert "linearity" in "\n".join(report)
+    assert "| linearity |" in "\n".join(report)
     for net in res["networks"].values():
         for layer in net["layers"].values():
             assert 0.0 <= layer["linearity"] and "cid" in layer
@@ -84,6 +84,7 @@ def test_damage_end_to_end(tmp_path):
     assert res["revision"] == ["conv3", 4, 7]
     assert set(res["networks"]) == {"original", "damaged"}
     assert result.verdicts[0].claim.startswith("The revision boosts")
+    assert "solver linearity" in result.verdicts[0].measured
 
 
 @pytest.mark.slow
@@ -94,6 +95,7 @@ def test_adversarial_end_to_end(tmp_path):
     for values in res["robustness_l2"].values():
         assert len(values) == 1 and values[0] > 0
     assert "CID" in result.verdicts[0].claim
+    assert "solver linearity" in result.verdicts[0].measured
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ __all__ = [
     "difference_panels",
     "finish",
     "fmt",
+    "linearity_text",
     "load_test",
     "masks_of",
     "measure",
@@ -707,7 +708,27 @@ def delta_verdict(
         f"{'>' if expect == 'positive' else '<'} 0 beyond 2 SE over images in "
         "every seed; held if for every compared network"
     )
-    return verdict(claim, figure, "; ".join(texts), all_of(outcomes), rule), numbers
+    used = [groups[reference], *(groups[n] for n in numbers)]
+    measured = "; ".join(texts) + f"; {linearity_text(used, layers)}"
+    return verdict(claim, figure, measured, all_of(outcomes), rule), numbers
+
+
+def linearity_text(
+    measured: Sequence[Sequence[Measured]], layers: Sequence[str]
+) -> str:
+    """``"solver linearity 0.82–1.07"``: the range of the per-layer mean
+    ``linearity`` over the networks and ``layers`` (1: the layer is linear
+    over the noise; far from 1, the closed form is off)."""
+    values = [
+        float(np.mean(m.cid.linearity[m.layers.index(x)]))
+        for ms in measured
+        for m in ms
+        for x in layers
+        if x in m.layers
+    ]
+    if not values:
+        return "solver linearity n/a"
+    return f"solver linearity {min(values):.2f}–{max(values):.2f}"
 
 
 def finish(

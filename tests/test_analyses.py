@@ -63,9 +63,9 @@ def run_toy(name, tmp_path, figures=("curves.png", "differences.png")):
 
 
 def test_every_analysis_is_registered():
-    assert {"layerwise", "depth", "damage", "adversarial", "compression"} <= set(
-        ANALYSES
-    )
+    assert set(NAMES) == set(ANALYSES)
+    for name in NAMES:
+        assert ANALYSES[name].paper and ANALYSES[name].summary
 
 
 @pytest.mark.slow

@@ -66,6 +66,12 @@ class ModelSpec:
       train: training configuration (its ``seed`` seeds the model).
       model_kwargs: extra architecture options, as sorted ``(name, value)``
         pairs (a tuple keeps the spec hashable).
+      variant: what else shaped the weights, as ``(name, value)`` pairs: the
+        training hooks passed to :func:`train_or_load` (a distillation
+        teacher, adversarial training, pruning masks, a starting model). The
+        spec must describe them, since the cache cannot see inside the
+        callables; empty for plain training (and then left out of the key,
+        so plain models keep their folders).
     """
 
     model: str
@@ -76,6 +82,7 @@ class ModelSpec:
     crop_scale: float | None = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     model_kwargs: tuple[tuple[str, Any], ...] = ()
+    variant: tuple[tuple[str, Any], ...] = ()
 
     def key(self) -> dict[str, Any]:
         """The cache key as a JSON-able dict."""
@@ -84,17 +91,18 @@ class ModelSpec:
             for k, v in dataclasses.asdict(self.train).items()
             if k not in _NOT_IN_KEY
         }
-        return io.jsonable(
-            {
-                "model": self.model,
-                "model_kwargs": dict(self.model_kwargs),
-                "dataset": self.dataset,
-                "image_size": self.image_size,
-                "num_train": self.num_train,
-                "crop_scale": self.crop_scale,
-                "train": train_cfg,
-            }
-        )
+        key = {
+            "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
+            "dataset": self.dataset,
+            "image_size": self.image_size,
+            "num_train": self.num_train,
+            "crop_scale": self.crop_scale,
+            "train": train_cfg,
+        }
+        if self.variant:
+            key["variant"] = dict(self.variant)
+        return io.jsonable(key)
 
     def folder_name(self) -> str:
         """``<model>-<dataset>-<S>px-n<N>-e<epochs>-s<seed>-<hash>``."""
@@ -157,6 +165,10 @@ def train_or_load(
     *,
     progress: bool = True,
     test_data: Examples | None = None,
+    init_model: Any = None,
+    loss: Any = None,
+    batch_transform: Any = None,
+    extra_transform: Any = None,
 ) -> TrainedModel:
     """Loads ``spec``'s model from the cache, or trains (and caches) it.
 
@@ -166,6 +178,13 @@ def train_or_load(
       progress: progress bars while training.
       test_data: the test examples, if the caller already holds them
         (default: the first ``spec.num_test`` of the test split).
+      init_model: start from this module (e.g. a pruned model to fine-tune)
+        instead of a fresh ``spec.model``; it is not modified.
+      loss, batch_transform, extra_transform: training hooks of
+        :func:`~jax_infodiscard.training.train`.
+
+    With ``init_model`` or any hook, ``spec.variant`` must describe them
+    (it is part of the cache key); a ``ValueError`` says so otherwise.
 
     Returns:
       A :class:`TrainedModel`.
@@ -185,11 +204,30 @@ def train_or_load(
             image_size=spec.image_size,
             crop_scale=spec.crop_scale,
         )
+    hooked = [
+        name
+        for name, value in (
+            ("init_model", init_model),
+            ("loss", loss),
+            ("batch_transform", batch_transform),
+            ("extra_transform", extra_transform),
+        )
+        if value is not None
+    ]
+    if hooked and not spec.variant:
+        raise ValueError(
+            f"{', '.join(hooked)} change the trained weights: describe them in "
+            "ModelSpec.variant so that the cache keeps this model apart"
+        )
     path = model_cache_dir(spec, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(path.with_name(path.name + ".json"), spec.key())
+    if init_model is not None:
+        from flax import nnx
+
+        init_model = nnx.clone(init_model)
     model, history = train(
-        spec.model,
+        init_model if init_model is not None else spec.model,
         (train_data.images, train_data.labels),
         (test_data.images[: spec.num_test], test_data.labels[: spec.num_test]),
         dataclasses.replace(spec.train, progress=progress),
@@ -197,6 +235,9 @@ def train_or_load(
         num_classes=num_classes(spec.dataset),
         image_size=spec.image_size,
         model_kwargs=dict(spec.model_kwargs) or None,
+        loss=loss,
+        batch_transform=batch_transform,
+        extra_transform=extra_transform,
     )
     accuracy = float((history.get("test_accuracy") or [float("nan")])[-1])
     return TrainedModel(model, accuracy, history, path, train_data, test_data)

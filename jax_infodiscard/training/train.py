@@ -246,12 +246,26 @@ class _Totals(NamedTuple):
         return cls(jnp.zeros(()), jnp.zeros(()), jnp.full((), -1, jnp.int32))
 
 
+def _optimizer(
+    config: TrainConfig,
+    steps_per_epoch: int,
+    extra_transform: optax.GradientTransformation | None,
+) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, chained with ``extra_transform`` when given."""
+    tx = make_optimizer(config, steps_per_epoch)
+    return tx if extra_transform is None else optax.chain(tx, extra_transform)
+
+
 @functools.lru_cache(maxsize=16)
 def _make_train_step(
-    graphdef: Any, task: str, config: TrainConfig, steps_per_epoch: int
+    graphdef: Any,
+    task: str,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    extra_transform: optax.GradientTransformation | None = None,
 ) -> Callable:
     """Jitted ``step(params, rest, opt_state, images, labels, batches, i, key,
-    totals)``.
+    totals, loss, transform)``.
 
     ``images``/``labels`` are the whole training set, ``batches`` the
     ``(steps, batch_size)`` index table of the epoch, ``i`` the step and
@@ -260,11 +274,25 @@ def _make_train_step(
     parameters inside the step, and the host reads the flag only where the
     loop already reads values back. Cached, so that runs with the same model
     and settings share one compiled step (callers pass a ``config`` with
-    ``seed``/``progress`` normalised).
+    ``seed``/``progress`` normalised). ``loss`` and ``transform`` are the
+    hooks of :func:`train` (Partials or ``None``), passed as arguments so
+    that their arrays (a teacher's parameters) are traced, not constants.
     """
-    tx = make_optimizer(config, steps_per_epoch)
+    tx = _optimizer(config, steps_per_epoch, extra_transform)
 
-    def step(params, rest, opt_state, all_images, all_labels, batches, i, key, totals):
+    def step(
+        params,
+        rest,
+        opt_state,
+        all_images,
+        all_labels,
+        batches,
+        i,
+        key,
+        totals,
+        loss_hook=None,
+        transform=None,
+    ):
         idx = batches[i]
         images = all_images[idx]
         labels = all_labels[idx]
@@ -272,6 +300,18 @@ def _make_train_step(
             images = augment_batch(
                 key, images, padding=config.crop_padding, flip=config.flip
             )
+        if transform is not None:
+
+            def apply(x):
+                # A fresh copy: the BatchNorm statistics the attack would
+                # update are discarded. The state is copied inside the
+                # caller's transform (jax.grad), where NNX lets the copy's
+                # statistics be written; merging the step's own arrays there
+                # raises TraceContextError.
+                fresh = jax.tree.map(jnp.copy, rest)
+                return nnx.merge(graphdef, params, fresh)(x, train=True)
+
+            images = transform(jax.random.fold_in(key, 1), apply, images, labels)
 
         model = nnx.merge(graphdef, params, rest)
 
@@ -280,6 +320,8 @@ def _make_train_step(
             loss, correct, _ = _loss_and_metrics(
                 task, outputs, images, labels, config.label_smoothing
             )
+            if loss_hook is not None:
+                loss = loss_hook(outputs, images, labels)
             return jnp.mean(loss), jnp.sum(correct)
 
         # nnx.value_and_grad lets BatchNorm update its statistics in place.
@@ -618,6 +660,7 @@ def _train_epoch(
     epoch: int,
     config: TrainConfig,
     classify: bool,
+    hooks: tuple[Any, Any] = (None, None),
 ) -> tuple[tuple[Any, Any, Any], dict[str, float]]:
     """One pass over the shuffled training set.
 
@@ -629,6 +672,7 @@ def _train_epoch(
         epoch: 0-based epoch index (for the progress bar).
         config: training settings.
         classify: report the training accuracy.
+        hooks: ``(loss, batch_transform)`` of :func:`train` (or ``None``s).
 
     Returns:
         The new state and ``{"epoch", "train_loss", ["train_accuracy"],
@@ -657,6 +701,7 @@ def _train_epoch(
             i,
             jax.random.fold_in(epoch_key, i + 1),
             totals,
+            *hooks,
         )
         if config.progress and (i % 10 == 0 or i == steps - 1):
             loss_now, first_bad = jax.device_get((loss, totals.first_bad))
@@ -683,6 +728,9 @@ def train(
     num_classes: int | None = None,
     image_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    loss: Callable[[Array, Array, Array], Array] | None = None,
+    batch_transform: Callable[..., Array] | None = None,
+    extra_transform: optax.GradientTransformation | None = None,
 ) -> tuple[nnx.Module, dict[str, list[float]]]:
     """Trains a zoo model (cross-entropy for classifiers, MSE for auto-encoders).
 
@@ -714,6 +762,27 @@ def train(
         num_classes: classes of a model built by name (default: max label + 1).
         image_size: image side of a model built by name (default: from data).
         model_kwargs: extra options for a model built by name (``width``...).
+        loss: replaces the training loss: ``loss(outputs (B, K), images (B, S,
+            S, 3), labels (B,)) -> (B,)`` per-example loss, called inside the
+            compiled step on the (augmented, transformed) batch, e.g.
+            :func:`jax_infodiscard.training.losses.distillation_objective`.
+            ``label_smoothing`` is then not applied; the reported test loss
+            stays the plain loss. ``None``: cross-entropy (MSE).
+        batch_transform: replaces each training batch after augmentation:
+            ``batch_transform(key, apply, images, labels) -> images``, where
+            ``apply(x) -> outputs`` is the current model in training mode
+            (its BatchNorm updates discarded), e.g. PGD examples
+            (:func:`jax_infodiscard.training.adversarial.pgd_transform`).
+        extra_transform: an optax transformation chained after the optimizer,
+            e.g. :func:`jax_infodiscard.models.surgery.mask_updates` to keep
+            pruned weights at zero while fine-tuning.
+
+        ``loss`` and ``batch_transform`` should be
+        :class:`jax.tree_util.Partial` objects: their bound arrays (a
+        teacher's parameters) are then traced arguments of the step. With
+        any of the three, the checkpoint's run record lists which were used
+        (``"hooks"``); the callables themselves are not compared on resume,
+        so give each variant its own ``checkpoint_dir``.
 
     Returns:
         ``(model, history)``; ``history`` maps ``"epoch"``, ``"train_loss"``,
@@ -760,11 +829,35 @@ def train(
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"{n} training images < batch_size={config.batch_size}")
-    tx = make_optimizer(config, steps)
+    tx = _optimizer(config, steps, extra_transform)
+    hooks = (
+        None if loss is None else validation.as_partial(loss, "loss"),
+        None
+        if batch_transform is None
+        else validation.as_partial(batch_transform, "batch_transform"),
+    )
+    if extra_transform is not None and not isinstance(
+        extra_transform, optax.GradientTransformation
+    ):
+        raise TypeError(
+            "extra_transform must be an optax.GradientTransformation, got "
+            f"{type(extra_transform).__name__}"
+        )
 
     identity = _run_identity(
         net, config, images, labels if task == "classification" else labels * 0
     )
+    used = [
+        name
+        for name, hook in (
+            ("loss", loss),
+            ("batch_transform", batch_transform),
+            ("extra_transform", extra_transform),
+        )
+        if hook is not None
+    ]
+    if used:  # runs without hooks keep their identity (and their checkpoints)
+        identity["hooks"] = used
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     opt_state = tx.init(params)
     history: dict[str, list[float]] = {}
@@ -789,7 +882,7 @@ def train(
     step_config = dataclasses.replace(
         config, seed=0, progress=False, keep_checkpoints=None, eval_batch_size=1
     )
-    train_step = _make_train_step(graphdef, task, step_config, steps)
+    train_step = _make_train_step(graphdef, task, step_config, steps, extra_transform)
 
     all_images = jnp.asarray(images)
     all_labels = jnp.asarray(labels)
@@ -806,6 +899,7 @@ def train(
                 epoch=epoch,
                 config=config,
                 classify=task == "classification",
+                hooks=hooks,
             )
             nnx.update(net, params, rest)
             if test is not None:

@@ -265,4 +265,13 @@ def run_analysis(
 
 
 # Registered analyses (each module calls ``register`` on import).
-from jax_infodiscard.experiments.analyses import layerwise  # noqa: E402, F401
+from jax_infodiscard.experiments.analyses import (  # noqa: E402, F401
+    adversarial,
+    compression,
+    concentration,
+    damage,
+    depth,
+    distillation,
+    epochs,
+    layerwise,
+)

@@ -1,0 +1,911 @@
+"""What the analyses share: sizes, training, CID/RU/concentration, verdicts, figures.
+
+Every analysis follows the same steps: train (or load from the shared cache)
+the networks it compares, measure CID (and RU, concentration) layer by layer
+on the same test images, compare the networks image by image (paired
+differences), state a verdict per claim, and draw the curves and their
+differences. This module holds those steps; each analysis module holds only
+its own design and claims.
+
+Solver settings per scale: ``toy`` and ``fast`` shrink the solver (fewer
+iterations and probes, and one vectorised program for all layers, which
+compiles once instead of once per layer); ``full`` runs ``steps=48`` (the
+preamble's knob for sweeps) and otherwise the default
+:class:`~jax_infodiscard.config.CIDConfig`. A setting the user changed
+(``--beta``, ``--method``) is never overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+import jax_infodiscard as jid
+from jax_infodiscard.config import CIDConfig, RUConfig
+from jax_infodiscard.data import TFDS_SPECS
+from jax_infodiscard.experiments.analyses import (
+    AnalysisOptions,
+    Verdict,
+    paired_outcome,
+)
+from jax_infodiscard.experiments.cache import (
+    ModelSpec,
+    TrainedModel,
+    decoder_cache_dir,
+    train_or_load,
+)
+from jax_infodiscard.experiments.data import (
+    Examples,
+    dataset_has_masks,
+    load_examples,
+)
+from jax_infodiscard.experiments.rundir import RunFolder
+from jax_infodiscard.models import feature_fn
+from jax_infodiscard.training.train import TrainConfig
+
+__all__ = [
+    "Measured",
+    "Timer",
+    "all_of",
+    "analysed_images",
+    "cid_config",
+    "combine_seeds",
+    "crop_scale",
+    "curve_panels",
+    "decoder_config",
+    "delta_verdict",
+    "diagnostics_table",
+    "difference_panels",
+    "finish",
+    "fmt",
+    "linearity_text",
+    "load_test",
+    "masks_of",
+    "measure",
+    "measure_trained",
+    "no_change_verdict",
+    "plot_curves",
+    "pooled",
+    "ru_config",
+    "setting_text",
+    "spearman",
+    "train_and_measure",
+    "train_model",
+    "verdict",
+]
+
+# Solver settings per scale (applied only where the user kept the default).
+_SOLVER = {
+    "toy": {
+        "steps": 2,
+        "samples": 2,
+        "probes": 16,
+        "budget_samples": 4,
+        "step_chunk": 1,
+        "layer_strategy": "vmap",
+    },
+    "fast": {
+        "steps": 24,
+        "probes": 64,
+        "budget_samples": 16,
+        "layer_strategy": "vmap",
+    },
+    "full": {"steps": 48},
+}
+
+# RU decoders per scale (small: a decoder step costs about 0.2 s on 2 cores).
+_DECODER = {
+    "toy": {"steps": 4, "width": 8, "num_blocks": 1, "batch_size": 8, "eval_images": 8},
+    "fast": {"steps": 60, "width": 8, "num_blocks": 2, "eval_images": 128},
+    "full": {"steps": 300, "width": 16, "num_blocks": 3, "eval_images": 256},
+}
+
+
+def cid_config(options: AnalysisOptions) -> CIDConfig:
+    """The solver configuration of ``options.scale`` (user settings kept)."""
+    default = CIDConfig()
+    changes = {
+        k: v
+        for k, v in _SOLVER[options.scale].items()
+        if getattr(options.cid, k) == getattr(default, k)
+    }
+    return options.cid.replace(**changes)
+
+
+def ru_config(options: AnalysisOptions) -> RUConfig:
+    """The RU solver configuration: the CID one's fields, as an RUConfig."""
+    cfg = cid_config(options)
+    return RUConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+
+def decoder_config(options: AnalysisOptions):
+    """The RU decoders' configuration of ``options.scale``."""
+    from jax_infodiscard.training.decoder import DecoderConfig
+
+    return DecoderConfig(beta=options.cid.beta, **_DECODER[options.scale])
+
+
+def crop_scale(dataset: str) -> float | None:
+    """1.5 (the paper's crop around the object box) for tfds sets with boxes."""
+    if dataset == "synthetic":
+        return None
+    return 1.5 if TFDS_SPECS[dataset].box_key is not None else None
+
+
+class Timer:
+    """Wall time of named phases, in seconds (for ``results.json``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str, since: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def train_model(
+    options: AnalysisOptions,
+    model: str,
+    *,
+    num_train: int,
+    epochs: int,
+    seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    variant: Sequence[tuple[str, Any]] = (),
+    test_data: Examples | None = None,
+    **hooks: Any,
+) -> TrainedModel:
+    """Trains (or loads from the cache) one network of an analysis.
+
+    Args:
+      options: the analysis options (data set, image size, cache).
+      model: zoo name.
+      num_train: training images.
+      epochs: training epochs.
+      seed: training seed (default ``options.seed``).
+      model_kwargs: architecture options (``width``...).
+      train: other :class:`TrainConfig` fields.
+      variant: description of the hooks (see ``ModelSpec.variant``).
+      test_data: the test examples (default: 500 of the test split).
+      **hooks: ``init_model``, ``loss``, ``batch_transform``,
+        ``extra_transform`` of :func:`train_or_load`.
+    """
+    spec = ModelSpec(
+        model=model,
+        dataset=options.dataset,
+        image_size=options.image_size,
+        num_train=num_train,
+        num_test=500 if test_data is None else len(test_data.images),
+        crop_scale=crop_scale(options.dataset),
+        train=TrainConfig(
+            epochs=epochs,
+            seed=options.seed if seed is None else seed,
+            **dict(train or {}),
+        ),
+        model_kwargs=tuple(sorted((model_kwargs or {}).items())),
+        variant=tuple(variant),
+    )
+    return train_or_load(
+        spec,
+        options.cache_dir,
+        progress=options.progress,
+        test_data=test_data,
+        **hooks,
+    )
+
+
+def load_test(options: AnalysisOptions, num: int) -> Examples:
+    """The first ``num`` test examples (analysed images come first)."""
+    return load_examples(
+        options.dataset,
+        "test",
+        num,
+        image_size=options.image_size,
+        crop_scale=crop_scale(options.dataset),
+    )
+
+
+@dataclasses.dataclass
+class Measured:
+    """CID (and RU, concentration) of one network on the analysed images.
+
+    Attributes:
+      name: label of the network (``"resnet20"``, ``"pruned 62%"``...).
+      layers: the ``L`` analysed layers.
+      cid: the :class:`~jax_infodiscard.CIDResult` (NumPy arrays).
+      concentration: CID concentration ``(L, B)`` (NaN where the image has
+        no two-sided mask), or ``None`` without masks.
+      ru: the :class:`~jax_infodiscard.RUResult`, or ``None``.
+      ru_concentration: RU concentration ``(L, B)`` or ``None``.
+      info: JSON-able facts (accuracy, decoder MSEs, ...).
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    cid: Any
+    concentration: np.ndarray | None = None
+    ru: Any = None
+    ru_concentration: np.ndarray | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ru_layers: tuple[str, ...] = ()
+
+    def values(self, quantity: str) -> np.ndarray | None:
+        """``(L, B)`` values of ``"cid"``, ``"ru"``, ``"concentration"``,
+        ``"ru_concentration"`` (None when not measured).
+
+        RU is measured on the convolutional layers only (``ru_layers``); its
+        rows of the other layers are NaN.
+        """
+        if quantity == "cid":
+            return np.asarray(self.cid.mean)
+        if quantity == "concentration":
+            return self.concentration
+        if self.ru is None:
+            return None
+        v = self.ru.mean if quantity == "ru" else self.ru_concentration
+        if v is None:
+            return None
+        out = np.full((len(self.layers), v.shape[1]), np.nan, np.float32)
+        for j, layer in enumerate(self.ru_layers):
+            out[self.layers.index(layer)] = v[j]
+        return out
+
+    def at(self, quantity: str, layer: str) -> np.ndarray:
+        """``(B,)`` values of one layer."""
+        return self.values(quantity)[self.layers.index(layer)]
+
+    def summary(self) -> dict[str, Any]:
+        """Per-layer means, spreads and regime diagnostics (JSON-able)."""
+        out: dict[str, Any] = {"info": self.info, "layers": {}}
+        for i, layer in enumerate(self.layers):
+            row: dict[str, Any] = {}
+            for q in ("cid", "ru", "concentration", "ru_concentration"):
+                v = self.values(q)
+                if v is None:
+                    continue
+                m, s = _mean_sem(v[i])
+                row[q] = {"mean": m, "sem": s, "sd": float(np.nanstd(v[i]))}
+            for d in ("linearity", "entropy_gain", "mean_shift"):
+                row[d] = float(np.mean(getattr(self.cid, d)[i]))
+            row["converged"] = float(np.mean(self.cid.converged[i]))
+            row["capped"] = float(np.mean(self.cid.capped[i]))
+            out["layers"][layer] = row
+        return out
+
+
+def _mean_sem(v: np.ndarray) -> tuple[float, float]:
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    sem = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return float(v.mean()), sem
+
+
+def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
+    if masks is None:
+        return None
+    masks = np.asarray(masks, bool)
+    ok = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
+    out = np.full(pixel.shape[:2], np.nan, np.float32)
+    if ok.any():
+        out[:, ok] = np.asarray(jid.concentration(pixel[:, ok], masks[ok]))
+    return out
+
+
+def measure(
+    name: str,
+    model: Any,
+    layers: Sequence[str],
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    options: AnalysisOptions,
+    *,
+    key: jax.Array,
+    ru_images: np.ndarray | None = None,
+    decoder_dir: Any = None,
+    timer: Timer | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Measured:
+    """CID, concentration and (with ``ru_images``) RU of ``model``'s layers.
+
+    Args:
+      name: label of the network.
+      model: a zoo model.
+      layers: its layers to analyse.
+      images: float32 ``(B, S, S, 3)`` analysed images.
+      masks: bool ``(B, S, S)`` foreground masks, or None.
+      options: the analysis options (solver settings per scale).
+      key: solver key; the same key for every network makes the comparison
+        paired in the noise draws too.
+      ru_images: training images of the RU decoders (None: no RU).
+      decoder_dir: the decoders' cache folder (required with ``ru_images``).
+      timer: adds ``cid_s``/``decoders_s``/``ru_s``.
+      info: JSON-able facts recorded with the result.
+    """
+    layers = tuple(layers)
+    fn = feature_fn(model, layers)
+    x = jnp.asarray(images)
+    t0 = time.perf_counter()
+    res = jid.cid(fn, x, key, config=cid_config(options)).to_numpy()
+    if timer:
+        timer.lap("cid_s", t0)
+    out = Measured(name, layers, res, _concentration(res.pixel, masks))
+    out.info.update(dict(info or {}))
+    if ru_images is None:
+        return out
+    from jax_infodiscard.models.decoder import decoder_fn
+    from jax_infodiscard.training.decoder import load_or_train_decoder
+
+    t0 = time.perf_counter()
+    dec_cfg = decoder_config(options)
+    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    side = x.shape[1]
+    # RU of the convolutional layers (the paper's); a decoder gets at least
+    # the blocks it needs to upsample its feature to the image.
+    ru_layers = tuple(layer for layer in layers if len(shapes[layer].shape) == 4)
+    decoders, mses = {}, {}
+    for i, layer in enumerate(ru_layers):
+        need = math.ceil(math.log2(side / shapes[layer].shape[1]))
+        dec, metrics = load_or_train_decoder(
+            fn,
+            layer,
+            np.asarray(ru_images),
+            dataclasses.replace(dec_cfg, num_blocks=max(dec_cfg.num_blocks, need)),
+            key=jax.random.fold_in(key, 1000 + i),
+            checkpoint_dir=decoder_dir,
+            progress=options.progress,
+        )
+        decoders[layer] = decoder_fn(dec)
+        mses[layer] = float(metrics.heldout_mse or metrics.train_mse)
+    if timer:
+        timer.lap("decoders_s", t0)
+    t0 = time.perf_counter()
+    ru = jid.ru(fn, decoders, x, key, layers=ru_layers, config=ru_config(options))
+    out.ru = ru.to_numpy()
+    if timer:
+        timer.lap("ru_s", t0)
+    out.ru_layers = ru_layers
+    out.ru_concentration = _concentration(out.ru.pixel, masks)
+    out.info["decoder_mse"] = mses
+    return out
+
+
+def decoder_dir(trained: TrainedModel, num_images: int, options: AnalysisOptions):
+    """The RU decoders' cache folder of a cached model."""
+    return decoder_cache_dir(trained.path, num_images=num_images, scale=options.scale)
+
+
+def masks_of(options: AnalysisOptions, test: Examples, num: int) -> np.ndarray | None:
+    """The masks of the first ``num`` test examples, or None (no annotations)."""
+    if not dataset_has_masks(options.dataset) or test.masks is None:
+        return None
+    return np.asarray(test.masks[:num])
+
+
+# ------------------------------------------------------------------ verdicts
+def fmt(mean: float, sem: float, digits: int = 3) -> str:
+    """``+0.012 ± 0.004`` (mean ± one standard error)."""
+    if not np.isfinite(sem):
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} ± {sem:.{digits}f}"
+
+
+def combine_seeds(
+    per_seed: Sequence[np.ndarray], *, expect: str
+) -> tuple[str, str, list[dict[str, float]]]:
+    """Outcome over training seeds of per-image paired differences.
+
+    Rule: each seed's outcome by :func:`paired_outcome` (mean beyond two
+    standard errors over images); the claim held (did not hold) if every
+    seed says so, else inconclusive.
+
+    Returns:
+      ``(outcome, text, rows)``: the outcome, our numbers as text (one
+      ``mean ± sem`` per seed) and ``[{"mean", "sem", "outcome"}]``.
+    """
+    rows = []
+    for d in per_seed:
+        outcome, mean, sem = paired_outcome(d, expect=expect)
+        rows.append({"mean": mean, "sem": sem, "outcome": outcome, "n": len(d)})
+    outcomes = {r["outcome"] for r in rows}
+    overall = outcomes.pop() if len(outcomes) == 1 else "inconclusive"
+    if len(rows) == 1:
+        text = f"{fmt(rows[0]['mean'], rows[0]['sem'])} (n={rows[0]['n']} images)"
+    else:
+        text = (
+            "; ".join(
+                f"seed {i}: {fmt(r['mean'], r['sem'])}" for i, r in enumerate(rows)
+            )
+            + f" (n={rows[0]['n']} images each)"
+        )
+    return overall, text, rows
+
+
+def all_of(outcomes: Sequence[str]) -> str:
+    """Held if all held, did not hold if any did not hold, else inconclusive."""
+    s = set(outcomes)
+    if s == {"held"}:
+        return "held"
+    if "did not hold" in s:
+        return "did not hold"
+    return "inconclusive"
+
+
+def pooled(m: Measured, quantity: str, layers: Sequence[str] | None = None):
+    """Per-image mean of ``quantity`` over ``layers`` (default all): ``(B,)``."""
+    v = m.values(quantity)
+    idx = [m.layers.index(x) for x in (layers or m.layers)]
+    return np.nanmean(v[idx], axis=0)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (ties: average ranks); NaN if undefined."""
+
+    def ranks(v):
+        v = np.asarray(v, float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for val in np.unique(v):  # average ties
+            r[v == val] = r[v == val].mean()
+        return r
+
+    if len(x) < 2:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def verdict(claim: str, figure: str, measured: str, outcome: str, rule: str):
+    """A :class:`Verdict` (shorthand)."""
+    return Verdict(claim, figure, measured, outcome, rule)
+
+
+# --------------------------------------------------------------- reporting
+def diagnostics_table(measured: Sequence[Measured]) -> str:
+    """Markdown table: per network and layer, CID, concentration, RU, regime.
+
+    ``linearity`` is the true budget of the closed-form sigma over ``beta``
+    (1: the layer is linear over the noise); ``entropy gain`` is the
+    solution's mean CID minus the closed form's (nats): large values mean
+    the linear picture is far off and results may contradict the paper's,
+    which came from a gradient-based solver.
+    """
+    lines = [
+        "| network | layer | CID (nats) | concentration | RU (nats) | linearity "
+        "| entropy gain | converged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in measured:
+        for i, layer in enumerate(m.layers):
+            cells = [m.name, layer]
+            for q in ("cid", "concentration", "ru"):
+                v = m.values(q)
+                if v is None:
+                    cells.append("")
+                else:
+                    cells.append(fmt(*_mean_sem(v[i])))
+            cells.append(f"{float(np.mean(m.cid.linearity[i])):.2f}")
+            cells.append(f"{float(np.mean(m.cid.entropy_gain[i])):+.3f}")
+            cells.append(f"{float(np.mean(m.cid.converged[i])):.0%}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def setting_text(
+    options: AnalysisOptions, *, images: int, seeds: Sequence[int], extra: str = ""
+) -> str:
+    """One paragraph on the setting: scale, data, images, seeds, solver."""
+    cfg = cid_config(options)
+    return (
+        f"Scale `{options.scale}`, data set `{options.dataset}` at "
+        f"{options.image_size} px; {images} test images analysed; training "
+        f"seeds {list(seeds)}. Solver: method `{cfg.method}`, beta = {cfg.beta:g}, "
+        f"steps = {cfg.steps}, probes = {cfg.probes}, layer strategy "
+        f"`{cfg.layer_strategy}`. {extra}".strip()
+    )
+
+
+# ------------------------------------------------------------------ figures
+def _axis(ax, layers: Sequence[str], same: bool):
+    if same:
+        ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    else:
+        ax.set_xlabel("relative depth (layer index / last index)")
+
+
+def plot_curves(
+    folder: RunFolder,
+    name: str,
+    panels: Mapping[str, Mapping[str, tuple[Sequence[str], np.ndarray]]],
+    *,
+    title: str = "",
+    ylabels: Mapping[str, str] | None = None,
+    zero_line: Sequence[str] = (),
+) -> None:
+    """Layer-wise curves, one panel per quantity, one line per network.
+
+    Args:
+      folder: the run folder (the figure is written atomically).
+      name: file name (``.png``).
+      panels: ``{panel title: {line label: (layers, values (L, B))}}``; the
+        mean over images is drawn with a band of one standard error. Lines
+        of a panel with different layer lists are drawn against relative
+        depth.
+      title: figure title.
+      ylabels: y-axis label per panel (default ``"nats"``).
+      zero_line: panels that get a horizontal line at 0 (differences).
+    """
+    panels = {k: v for k, v in panels.items() if v}
+    fig = Figure(figsize=(4.3 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (panel, lines) in zip(axes, panels.items(), strict=True):
+        layer_lists = {tuple(layers) for layers, _ in lines.values()}
+        same = len(layer_lists) == 1
+        for label, (layers, values) in lines.items():
+            v = np.asarray(values, float)
+            mu = np.nanmean(v, axis=1)
+            n = np.maximum(np.sum(np.isfinite(v), axis=1), 1)
+            se = np.nanstd(v, axis=1, ddof=1 if v.shape[1] > 1 else 0) / np.sqrt(n)
+            x = (
+                np.arange(len(layers))
+                if same
+                else np.arange(len(layers)) / max(len(layers) - 1, 1)
+            )
+            ax.plot(x, mu, marker="o", ms=3, label=label)
+            ax.fill_between(x, mu - se, mu + se, alpha=0.2)
+        if panel in zero_line:
+            ax.axhline(0.0, color="k", lw=0.8)
+        _axis(ax, next(iter(layer_lists)), same)
+        ax.set_title(panel, fontsize=9)
+        ax.set_ylabel((ylabels or {}).get(panel, "nats"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    folder.write_figure(name, fig, dpi=110, bbox_inches="tight")
+
+
+def difference_panels(
+    base: Measured,
+    others: Sequence[Measured],
+    quantities: Sequence[str] = ("cid", "concentration", "ru"),
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, tuple[Sequence[str], np.ndarray]]]:
+    """Panels of per-image differences ``other - base`` on shared layers."""
+    names = {"cid": "ΔCID", "concentration": "Δconcentration", "ru": "ΔRU"}
+    names.update(labels or {})
+    panels: dict[str, dict] = {}
+    for q in quantities:
+        lines = {}
+        for m in others:
+            if m.values(q) is None or base.values(q) is None:
+                continue
+            shared = [x for x in m.layers if x in base.layers]
+            diff = np.stack([m.at(q, x) - base.at(q, x) for x in shared])
+            lines[m.name] = (shared, diff)
+        if lines:
+            panels[names[q]] = lines
+    return panels
+
+
+def curve_panels(
+    measured: Sequence[Measured],
+    quantities: Sequence[str] = ("cid", "concentration", "ru"),
+) -> dict[str, dict[str, tuple[Sequence[str], np.ndarray]]]:
+    """Panels of the layer-wise curves of several networks."""
+    names = {
+        "cid": "CID (mean per pixel)",
+        "concentration": "CID concentration",
+        "ru": "RU (mean per pixel)",
+    }
+    panels: dict[str, dict] = {}
+    for q in quantities:
+        lines = {
+            m.name: (m.layers, m.values(q)) for m in measured if m.values(q) is not None
+        }
+        if lines:
+            panels[names[q]] = lines
+    return panels
+
+
+# ------------------------------------------------- comparisons of networks
+def measure_trained(
+    name: str,
+    trained: TrainedModel,
+    layers: Sequence[str],
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    options: AnalysisOptions,
+    *,
+    key: jax.Array,
+    timer: Timer | None = None,
+    info: Mapping[str, Any] | None = None,
+    ru_train: int = 0,
+) -> Measured:
+    """:func:`measure` of a cached model, recording its test accuracy.
+
+    With ``ru_train > 0``, RU too, with decoders trained on that many of the
+    model's training images (cached next to the model).
+    """
+    return measure(
+        name,
+        trained.model,
+        layers,
+        images,
+        masks,
+        options,
+        key=key,
+        timer=timer,
+        ru_images=trained.train_data.images[:ru_train] if ru_train else None,
+        decoder_dir=decoder_dir(trained, ru_train, options) if ru_train else None,
+        info={
+            "test_accuracy": trained.accuracy,
+            "test_loss": (trained.history.get("test_loss") or [None])[-1],
+            **dict(info or {}),
+        },
+    )
+
+
+def delta_verdict(
+    groups: Mapping[str, Sequence[Measured]],
+    reference: str,
+    quantity: str,
+    layers: Sequence[str],
+    *,
+    expect: str,
+    claim: str,
+    figure: str,
+    others: Sequence[str] | None = None,
+) -> tuple[Verdict | None, dict[str, Any]]:
+    """Verdict on "``others`` minus ``reference`` has the sign ``expect``".
+
+    ``groups`` maps a network's name to its :class:`Measured` per training
+    seed (the same seeds in every group). Per other network and seed, the
+    per-image difference is averaged over ``layers``; the outcome of each
+    other network is :func:`combine_seeds`'s, and the claim's is
+    :func:`all_of` them. ``None`` when ``quantity`` was not measured.
+    """
+    outcomes, texts, numbers = [], [], {}
+    for name in others or [n for n in groups if n != reference]:
+        diffs = []
+        for base, other in zip(groups[reference], groups[name], strict=True):
+            if base.values(quantity) is None or other.values(quantity) is None:
+                break
+            shared = [x for x in layers if x in base.layers and x in other.layers]
+            diffs.append(
+                np.nanmean(
+                    [other.at(quantity, x) - base.at(quantity, x) for x in shared],
+                    axis=0,
+                )
+            )
+        else:
+            o, text, rows = combine_seeds(diffs, expect=expect)
+            outcomes.append(o)
+            texts.append(f"{name} − {reference}: {text}")
+            numbers[name] = {"outcome": o, "layers": list(layers), "seeds": rows}
+    if not outcomes:
+        return None, numbers
+    where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
+    rule = (
+        f"per-image difference of {quantity} (mean over {where}), "
+        f"{'>' if expect == 'positive' else '<'} 0 beyond 2 SE over images in "
+        "every seed; held if for every compared network"
+    )
+    used = [groups[reference], *(groups[n] for n in numbers)]
+    measured = "; ".join(texts) + f"; {linearity_text(used, layers)}"
+    return verdict(claim, figure, measured, all_of(outcomes), rule), numbers
+
+
+def linearity_text(
+    measured: Sequence[Sequence[Measured]], layers: Sequence[str]
+) -> str:
+    """``"solver linearity 0.82–1.07"``: the range of the per-layer mean
+    ``linearity`` over the networks and ``layers`` (1: the layer is linear
+    over the noise; far from 1, the closed form is off)."""
+    values = [
+        float(np.mean(m.cid.linearity[m.layers.index(x)]))
+        for ms in measured
+        for m in ms
+        for x in layers
+        if x in m.layers
+    ]
+    if not values:
+        return "solver linearity n/a"
+    return f"solver linearity {min(values):.2f}–{max(values):.2f}"
+
+
+def finish(
+    folder: RunFolder,
+    options: AnalysisOptions,
+    groups: Mapping[str, Sequence[Measured]],
+    reference: str,
+    verdicts: Sequence[Verdict | None],
+    numbers: Mapping[str, Any],
+    *,
+    design: Any,
+    timer: Timer,
+    title: str,
+    images: int,
+    seeds: Sequence[int],
+    extra: str = "",
+    results: Mapping[str, Any] | None = None,
+) -> Any:
+    """Figures, ``results`` and notes of an analysis comparing networks.
+
+    Draws ``curves.png`` (layer-wise CID, concentration, RU of every network
+    of the first seed) and ``differences.png`` (per-image differences from
+    ``reference``), and returns the :class:`AnalysisResult`.
+    """
+    from jax_infodiscard.experiments.analyses import AnalysisResult
+
+    first = [ms[0] for ms in groups.values()]
+    plot_curves(folder, "curves.png", curve_panels(first), title=title)
+    diff = difference_panels(
+        groups[reference][0], [m for m in first if m.name != reference]
+    )
+    plot_curves(
+        folder,
+        "differences.png",
+        diff,
+        title=f"Differences from {reference} (paired over images; seed {seeds[0]})",
+        zero_line=list(diff),
+    )
+    measured = [m for ms in groups.values() for m in ms]
+    out = {
+        "design": dataclasses.asdict(design)
+        if dataclasses.is_dataclass(design)
+        else design,
+        "reference": reference,
+        "networks": {
+            f"{m.name}" if len(seeds) == 1 else f"{m.name} (seed {s})": m.summary()
+            for ms in groups.values()
+            for s, m in zip(seeds, ms, strict=True)
+        },
+        "comparisons": dict(numbers),
+        **dict(results or {}),
+        "seconds": {**timer.seconds, "total_s": timer.total()},
+    }
+    notes = "\n\n".join(
+        [
+            setting_text(options, images=images, seeds=seeds, extra=extra),
+            "![curves](curves.png)\n\n![differences](differences.png)",
+            "Regime diagnostics per network and layer:\n\n"
+            + diagnostics_table(measured),
+        ]
+    )
+    return AnalysisResult(
+        results=out,
+        verdicts=tuple(v for v in verdicts if v is not None),
+        notes=notes,
+    )
+
+
+def train_and_measure(
+    options: AnalysisOptions,
+    variants: Mapping[str, Any],
+    *,
+    seeds: Sequence[int],
+    test: Examples,
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    key: jax.Array,
+    timer: Timer,
+    ru_train: int = 0,
+    layers: Sequence[str] | None = None,
+    **common: Any,
+) -> tuple[dict[str, list[Measured]], dict[str, list[TrainedModel]]]:
+    """Trains (or loads) and measures every network of every seed.
+
+    Args:
+      options: the analysis options.
+      variants: ``{name: kwargs}`` of :func:`train_model` per network, in
+        order; ``kwargs`` may be a callable ``(seed, trained) -> kwargs``
+        where ``trained`` maps the names before it to their
+        :class:`TrainedModel` of this seed (a pruned net built from the
+        original, a student from its teacher).
+      seeds: training seeds.
+      test, images, masks: the test examples, analysed images and masks.
+      key: solver key (the same for every network: paired noise).
+      timer: gets ``train_s`` and the measuring phases.
+      ru_train: RU decoders' training images (0: no RU).
+      layers: analysed layers (default: each model's ``default_layers``).
+      **common: :func:`train_model` arguments shared by every network.
+
+    Returns:
+      ``(groups, models)``: per name, the :class:`Measured` and the
+      :class:`TrainedModel` of each seed.
+    """
+    groups = {n: [] for n in variants}
+    models = {n: [] for n in variants}
+    for seed in seeds:
+        trained: dict[str, TrainedModel] = {}
+        for name, kwargs in variants.items():
+            if callable(kwargs):
+                kwargs = kwargs(seed, trained)
+            start = time.perf_counter()
+            trained[name] = train_model(
+                options, seed=seed, test_data=test, **{**common, **kwargs}
+            )
+            timer.lap("train_s", start)
+            model = trained[name].model
+            models[name].append(trained[name])
+            groups[name].append(
+                measure_trained(
+                    name,
+                    trained[name],
+                    tuple(layers or model.default_layers),
+                    images,
+                    masks,
+                    options,
+                    key=key,
+                    timer=timer,
+                    ru_train=ru_train,
+                )
+            )
+    return groups, models
+
+
+def analysed_images(options: AnalysisOptions, num: int):
+    """``(test examples, analysed images (num, S, S, 3), masks or None)``."""
+    test = load_test(options, max(num, 500))
+    return test, np.asarray(test.images[:num]), masks_of(options, test, num)
+
+
+def no_change_verdict(
+    groups: Mapping[str, Sequence[Measured]],
+    reference: str,
+    quantity: str,
+    layers: Sequence[str],
+    *,
+    claim: str,
+    figure: str,
+) -> tuple[Verdict | None, dict[str, Any]]:
+    """Verdict on "the others do not differ significantly from ``reference``".
+
+    Rule: held if no network's mean paired difference (over ``layers``)
+    lies beyond 2 standard errors from 0 in any seed, else did not hold;
+    with fewer than 2 images inconclusive. (An absence of a difference
+    holds more easily with few images: read it with the spread.)
+    """
+    v, numbers = delta_verdict(
+        groups,
+        reference,
+        quantity,
+        layers,
+        expect="positive",
+        claim=claim,
+        figure=figure,
+    )
+    if v is None:
+        return None, numbers
+    rows = [r for n in numbers.values() for r in n["seeds"]]
+    if any(r["n"] < 2 for r in rows):
+        outcome = "inconclusive"
+    elif all(r["outcome"] == "inconclusive" for r in rows):
+        outcome = "held"
+    else:
+        outcome = "did not hold"
+    for n in numbers.values():
+        n["outcome"] = outcome
+    rule = (
+        f"per-image difference of {quantity} (mean over the layers) within 2 SE "
+        "of 0 in every seed for every compared network: held, else did not hold"
+    )
+    return dataclasses.replace(v, outcome=outcome, rule=rule), numbers

@@ -1,0 +1,227 @@
+"""``analyze concentration``: layer-wise concentration of AlexNet and VGG (Fig. 5c, 3a).
+
+The paper compares the layer-wise concentration (the share of the
+foreground in the discarded information, see :func:`jax_infodiscard.concentration`)
+of DNNs trained on the same task and finds that
+
+1. compared with AlexNet, VGG nets spread their attention over the
+   background in low layers but concentrate more on the foreground in high
+   layers (Fig. 5c);
+2. high layers are more concentrated on the foreground than low layers
+   (Fig. 5 caption);
+3. a DNN with a higher accuracy usually has a higher concentration (Fig. 3a).
+
+Networks of different depths are compared at relative depth: "low layers"
+are the first third of each network's analysed layers, "high layers" the
+last third (logits excluded); every comparison is paired over the same test
+images (and solver noise). Needs a data set with foreground masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from jax_infodiscard.experiments.analyses import (
+    Analysis,
+    AnalysisOptions,
+    AnalysisResult,
+    register,
+)
+from jax_infodiscard.experiments.analyses import _common as C
+from jax_infodiscard.experiments.rundir import RunFolder
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Design at one scale: the reference network and the others, as
+    ``(model, width)``, training images and epochs, analysed images, seeds
+    (offsets of ``options.seed``)."""
+
+    reference: tuple[str, int]
+    others: tuple[tuple[str, int], ...]
+    num_train: int
+    epochs: int
+    num_images: int
+    seeds: tuple[int, ...]
+
+
+SIZES = {
+    # Toy: two widths of the zoo ConvNet stand in (the zoo VGGs need 32 px;
+    # the ConvNet's compiled programs are shared with the other toy runs).
+    "toy": Sizes(("convnet", 4), (("convnet", 8),), 128, 1, 2, (0,)),
+    "fast": Sizes(("alexnet", 16), (("vgg11", 8), ("vgg13", 8)), 2_000, 3, 8, (0,)),
+    "full": Sizes(
+        ("alexnet", 32),
+        (("vgg11", 16), ("vgg13", 16), ("vgg16", 16)),
+        5_000,
+        6,
+        16,
+        (0, 1),
+    ),
+}
+
+
+def thirds(layers) -> tuple[list[str], list[str]]:
+    """The first and the last third of ``layers`` without ``logits``.
+
+    >>> thirds(("conv1", "conv2", "conv3", "conv4", "fc1", "logits"))
+    (['conv1', 'conv2'], ['conv4', 'fc1'])
+    """
+    body = [x for x in layers if x != "logits"]
+    n = max(1, math.ceil(len(body) / 3))
+    return body[:n], body[-n:]
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains the networks, measures concentration per layer, verdicts."""
+    sz = SIZES[options.scale]
+    timer = C.Timer()
+    test, images, masks = C.analysed_images(options, sz.num_images)
+    seeds = [options.seed + s for s in sz.seeds]
+    nets = (sz.reference, *sz.others)
+    groups, models = C.train_and_measure(
+        options,
+        {f"{m}-w{w}": {"model": m, "model_kwargs": {"width": w}} for m, w in nets},
+        seeds=seeds,
+        test=test,
+        images=images,
+        masks=masks,
+        key=jax.random.key(options.seed),
+        timer=timer,
+        num_train=sz.num_train,
+        epochs=sz.epochs,
+    )
+    ref = "{}-w{}".format(*sz.reference)
+    verdicts, numbers = [], {}
+    if masks is None:
+        notes_extra = "No foreground masks in this data set: no concentration."
+    else:
+        notes_extra = ""
+
+    def part(m, which):
+        low, high = thirds(m.layers)
+        return C.pooled(m, "concentration", low if which == "low" else high)
+
+    if masks is not None:
+        # 1. VGG vs AlexNet: lower in low layers, higher in high layers.
+        for which, expect, text in (
+            ("low", "negative", "spread more over the background in low layers"),
+            ("high", "positive", "concentrate more on the foreground in high layers"),
+        ):
+            outcomes, texts = [], []
+            for other in [n for n in groups if n != ref]:
+                diffs = [
+                    part(o, which) - part(r, which)
+                    for r, o in zip(groups[ref], groups[other], strict=True)
+                ]
+                o, t, rows = C.combine_seeds(diffs, expect=expect)
+                outcomes.append(o)
+                texts.append(f"{other} − {ref}: {t}")
+                numbers[f"{which}_{other}"] = rows
+            verdicts.append(
+                C.verdict(
+                    f"Compared with {ref}, the other nets {text}",
+                    "Sec. 4, Fig. 5c",
+                    "; ".join(texts),
+                    C.all_of(outcomes),
+                    f"per-image concentration averaged over the {which} third of "
+                    f"each net's layers, other − {ref}, "
+                    f"{'<' if expect == 'negative' else '>'} 0 beyond 2 SE in "
+                    "every seed; held if for every other net",
+                )
+            )
+        # 2. High layers more concentrated than low layers, in every net.
+        outcomes, texts = [], []
+        for name, ms in groups.items():
+            o, t, rows = C.combine_seeds(
+                [part(m, "high") - part(m, "low") for m in ms], expect="positive"
+            )
+            outcomes.append(o)
+            texts.append(f"{name}: {t}")
+            numbers[f"high_minus_low_{name}"] = rows
+        verdicts.append(
+            C.verdict(
+                "High layers are more concentrated on the foreground than low layers",
+                "Sec. 4, Fig. 5",
+                "; ".join(texts),
+                C.all_of(outcomes),
+                "per net: concentration of the last third of layers − the first "
+                "third > 2 SE over images in every seed; held if every net",
+            )
+        )
+        # 3. Accuracy and concentration rank alike over the networks.
+        rhos = []
+        for i in range(len(seeds)):
+            acc = [models[n][i].accuracy for n in groups]
+            conc = [float(np.nanmean(part(groups[n][i], "high"))) for n in groups]
+            rhos.append(C.spearman(acc, conc))
+        rho = float(np.mean(rhos))
+        outcome = (
+            "inconclusive"
+            if len(groups) < 3 or not np.isfinite(rho)
+            else "held"
+            if rho >= 0.8
+            else "did not hold"
+            if rho <= 0
+            else "inconclusive"
+        )
+        numbers["accuracy_vs_concentration"] = {"spearman_per_seed": rhos}
+        accuracy = "; ".join(
+            f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in models[n])}" for n in groups
+        )
+        verdicts.append(
+            C.verdict(
+                "A network with a higher accuracy has a higher concentration",
+                "Sec. 3.1, Fig. 3a",
+                f"Spearman ρ = {', '.join(f'{r:+.2f}' for r in rhos)} (per seed) over "
+                f"{len(groups)} nets; test accuracy {accuracy}",
+                outcome,
+                "Spearman ρ over the nets between test accuracy and the mean "
+                "concentration of the high third, averaged over seeds: held if ≥ "
+                "0.8, did not hold if ≤ 0, else inconclusive (also with fewer "
+                "than 3 nets)",
+            )
+        )
+    else:
+        verdicts.append(
+            C.verdict(
+                "High layers are more concentrated on the foreground than low layers",
+                "Sec. 4, Fig. 5",
+                "no foreground masks",
+                "inconclusive",
+                "needs a data set with foreground masks",
+            )
+        )
+    return C.finish(
+        folder,
+        options,
+        groups,
+        ref,
+        verdicts,
+        numbers,
+        design=sz,
+        timer=timer,
+        title="Layer-wise concentration of nets trained on the same task",
+        images=len(images),
+        seeds=seeds,
+        extra=f"{', '.join(f'{m} (width {w})' for m, w in nets)}, "
+        f"{sz.epochs} epochs on {sz.num_train} images. {notes_extra}".strip(),
+        results={
+            "test_accuracy": {n: [t.accuracy for t in ts] for n, ts in models.items()}
+        },
+    )
+
+
+register(
+    Analysis(
+        name="concentration",
+        summary="layer-wise concentration of AlexNet and VGG nets, and accuracy "
+        "vs concentration",
+        paper="Sec. 4, Fig. 5c; Sec. 3.1, Fig. 3a",
+        run=run,
+    )
+)

@@ -775,14 +775,13 @@ def train(
             (:func:`jax_infodiscard.training.adversarial.pgd_transform`).
         extra_transform: an optax transformation chained after the optimizer,
             e.g. :func:`jax_infodiscard.models.surgery.mask_updates` to keep
-            pruned weights at zero while fine-tuning.
-
-        ``loss`` and ``batch_transform`` should be
-        :class:`jax.tree_util.Partial` objects: their bound arrays (a
-        teacher's parameters) are then traced arguments of the step. With
-        any of the three, the checkpoint's run record lists which were used
-        (``"hooks"``); the callables themselves are not compared on resume,
-        so give each variant its own ``checkpoint_dir``.
+            pruned weights at zero while fine-tuning. ``loss`` and
+            ``batch_transform`` should be :class:`jax.tree_util.Partial`
+            objects: their bound arrays (a teacher's parameters) are then
+            traced arguments of the step. With any of the three hooks, the
+            checkpoint's run record lists which were used (``"hooks"``); the
+            callables themselves are not compared on resume, so give each
+            variant its own ``checkpoint_dir``.
 
     Returns:
         ``(model, history)``; ``history`` maps ``"epoch"``, ``"train_loss"``,

@@ -31,6 +31,7 @@ def test_demo_writes_figures_and_summary(tmp_path):
         epochs=1,
         decoder_steps=10,
         ru_steps=4,
+        layers=("conv1", "logits"),
         # The job's plumbing, not the solver's accuracy (tests/test_cid.py).
         cid=jid.CIDConfig(
             layer_strategy="vmap", probes=16, steps=4, samples=2, budget_samples=8

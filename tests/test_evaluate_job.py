@@ -18,7 +18,9 @@ from jax_infodiscard.experiments.evaluate import (
 from jax_infodiscard.experiments.rundir import read_manifest
 
 # The job's plumbing, not the solver's accuracy (tests/test_cid.py).
-TINY_CID = jid.CIDConfig(probes=16, steps=4, samples=2, budget_samples=8)
+TINY_CID = jid.CIDConfig(
+    probes=16, steps=4, samples=2, budget_samples=8, layer_strategy="vmap"
+)
 
 
 def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):

@@ -164,6 +164,7 @@ class DemoConfig:
         and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.
       seed: seed of the training run and of the CID/RU keys.
+      layers: layers to analyse (``None``: the model's default layers).
     """
 
     model: str = "convnet"
@@ -180,6 +181,7 @@ class DemoConfig:
     ru_steps: int = 48
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         for name in ("num_train", "num_test", "num_images", "epochs", "image_size"):
@@ -453,7 +455,13 @@ def _demo(
         console.say(f"      warning: {warnings_[-1]}")
     test_set = trained.test_data
 
-    layers = tuple(model.default_layers)
+    layers = tuple(config.layers or model.default_layers)
+    unknown = [n for n in layers if n not in model.layer_names]
+    if unknown:
+        raise ValueError(
+            f"layers {unknown} are not layers of {config.model!r}; it has "
+            f"{list(model.layer_names)}"
+        )
     fn = make_feature_fn(model, layers)
     n = config.num_images
     images = jnp.asarray(test_set.images[:n])

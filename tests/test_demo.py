@@ -111,6 +111,17 @@ def test_demo_writes_figures_and_summary(tmp_path):
     assert again["timings_s"]["train_s"] < summary["timings_s"]["train_s"]
 
 
+def test_demo_config_layers_are_names():
+    assert DemoConfig(layers="conv1").layers == ("conv1",)
+    assert DemoConfig(layers=["conv1", "logits"]).layers == ("conv1", "logits")
+    with pytest.raises(ValueError, match="duplicate"):
+        DemoConfig(layers=["conv1", "conv1"])
+    with pytest.raises(ValueError, match="at least one layer"):
+        DemoConfig(layers=[])
+    with pytest.raises(TypeError, match="layers must be a string"):
+        DemoConfig(layers=3)
+
+
 def test_cli_rejects_unknown_model(tmp_path, capsys):
     code = main(
         ["demo", "--out", str(tmp_path), "--model", "nope", "--fast", "--no-progress"]

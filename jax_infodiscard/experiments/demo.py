@@ -59,7 +59,7 @@ from jax_infodiscard.models import feature_fn as make_feature_fn
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
 from jax_infodiscard.training.train import TrainConfig
-from jax_infodiscard.validation import check_int
+from jax_infodiscard.validation import check_int, check_names
 
 __all__ = [
     "ACCURACY_WARNING",
@@ -195,6 +195,8 @@ class DemoConfig:
         ):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
+        if self.layers is not None:  # a name or names, distinct, as a tuple
+            object.__setattr__(self, "layers", check_names("layers", self.layers))
         if self.num_images > self.num_test:
             raise ValueError(
                 f"num_images={self.num_images} exceeds the {self.num_test} test "

@@ -19,9 +19,7 @@ from jax_infodiscard.models import from_apply, from_linen, from_nnx
 
 EPS = 1e-5
 # Equality of two feature functions, not the solver's accuracy: a few steps.
-SHORT = jid.CIDConfig(
-    probes=32, steps=6, samples=2, budget_samples=8, layer_strategy="vmap"
-)
+SHORT = jid.CIDConfig(probes=32, steps=6, samples=2, budget_samples=8)
 
 
 def _images(n: int = 2, seed: int = 0) -> jax.Array:
@@ -158,7 +156,7 @@ def test_nnx_cid_equals_handwritten_cid():
     ours = jid.cid(from_nnx(model, NNX_LAYERS), x, key, config=SHORT)
     ref = jid.cid(jax.tree_util.Partial(handwritten, weights), x, key, config=SHORT)
     assert ours.layers == ref.layers
-    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-3)
+    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-4)
 
 
 def test_nnx_differentiates_and_vmaps_like_handwritten():
@@ -264,7 +262,7 @@ def test_linen_features_and_cid_equal_handwritten():
     ours = jid.cid(fn, x, key, config=SHORT)
     theirs = jid.cid(ref, x, key, layers=["conv2", "head"], config=SHORT)
     assert ours.layers == theirs.layers
-    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-3)
+    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-4)
 
 
 def test_linen_unknown_path_and_batch_stats_guard():

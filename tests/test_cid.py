@@ -150,7 +150,8 @@ def test_default_dominates_at_equal_true_budget(trained_convnet, layer):
     key = jax.random.key(3)
     held = jax.random.key(99)
     default = jid.cid(fn, x, key, layers=layer)
-    assert float(default.linearity.mean()) > 1.5, "the test net is nearly linear"
+    # every image past the library's far-from-linear threshold (1.2)
+    assert float(default.linearity.min()) > 1.2, "the test net is nearly linear"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         linear = jid.cid(
@@ -168,9 +169,9 @@ def test_default_dominates_at_equal_true_budget(trained_convnet, layer):
             return float(np.mean(np.log(sigma)))
 
         best = entropy(default)
-        # 0.02 nats: the Monte-Carlo error of the held-out bisection. (Measured
-        # margin over the rescaled linear shape, closer image: +0.038 nats.)
-        assert best >= entropy(linear) - 0.02
+        # 0.02 nats: the Monte-Carlo error of the held-out bisection; the
+        # default must beat the rescaled linear shape clearly.
+        assert best >= entropy(linear) + 0.05
         assert best >= entropy(short) - 0.02
 
 

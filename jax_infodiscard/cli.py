@@ -120,6 +120,12 @@ def _add_common(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
         "--no-progress", action="store_true", help="no progress bars (for logs)"
     )
     p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs in CACHE/xla (JAX's persistent "
+        "compilation cache, which makes a second run skip most compilation)",
+    )
+    p.add_argument(
         "--debug",
         action="store_true",
         help="on an error, show the full traceback instead of one line",
@@ -616,6 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     args.argv = [PROG, *argv]
     try:
+        if not args.no_compile_cache:
+            from jax_infodiscard.experiments.cache import enable_compilation_cache
+
+            enable_compilation_cache(getattr(args, "cache", None))
         return args.func(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

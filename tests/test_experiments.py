@@ -257,3 +257,61 @@ def test_layerwise_analysis_end_to_end(tmp_path):
     assert set(res["layers"]) == {"conv1", "conv3", "conv5", "logits"}
     report = (out / "report.md").read_text()
     assert "| claim | paper | measured | verdict | rule |" in report
+
+
+_COMPILE_TWICE = """
+import json, sys, time
+import jax, jax.numpy as jnp
+from jax_infodiscard.experiments.cache import enable_compilation_cache
+folder = enable_compilation_cache(sys.argv[1], min_compile_seconds=0.0)
+def f(x):
+    for _ in range(20):
+        x = jnp.tanh(x @ x.T) + x
+    return x.sum()
+jax.jit(jax.grad(f))(jnp.ones((32, 32))).block_until_ready()
+print(json.dumps({"folder": None if folder is None else str(folder),
+                  "in_use": jax.config.jax_compilation_cache_dir}))
+"""
+
+
+def test_compilation_cache_is_written_reused_and_respects_the_user(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_INFODISCARD_TEST_XLA_CACHE")
+    }
+
+    def run(extra_env=None):
+        out = subprocess.run(
+            [sys.executable, "-c", _COMPILE_TWICE, str(tmp_path / "cache")],
+            env={**env, **(extra_env or {}), "JAX_PLATFORMS": "cpu"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run()["folder"] == str(tmp_path / "cache" / "xla")
+    entries = sorted(p.name for p in (tmp_path / "cache" / "xla").glob("*-cache"))
+    assert entries, "nothing was written to the compilation cache"
+    run()  # a second process loads the same programs: no new entries
+    assert sorted(p.name for p in (tmp_path / "cache" / "xla").glob("*-cache")) == (
+        entries
+    )
+    # The user's own cache folder is kept, and ours is left alone.
+    mine = tmp_path / "mine"
+    out = run({"JAX_COMPILATION_CACHE_DIR": str(mine)})
+    assert out["folder"] is None and out["in_use"] == str(mine)
+
+
+def test_compilation_cache_arguments_are_checked(tmp_path):
+    from jax_infodiscard.experiments.cache import enable_compilation_cache
+
+    with pytest.raises(ValueError, match="max_bytes"):
+        enable_compilation_cache(tmp_path, max_bytes=0)
+    with pytest.raises(ValueError, match="min_compile_seconds"):
+        enable_compilation_cache(tmp_path, min_compile_seconds=-1.0)

@@ -13,6 +13,11 @@ trains into a folder of its own.
 The cache lives in ``$JAX_INFODISCARD_CACHE`` if set, else
 ``$XDG_CACHE_HOME/jax_infodiscard`` (``~/.cache/jax_infodiscard``); every
 job takes ``cache_dir=`` (``--cache DIR``) to use another.
+
+The same folder can hold JAX's persistent compilation cache
+(:func:`enable_compilation_cache`, ``CACHE/xla``), which the command line
+turns on: on a CPU most of a short job is XLA compilation, and a second run
+of the same job then loads the compiled programs instead.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from jax_infodiscard.experiments.data import Examples, load_examples
 from jax_infodiscard.training.train import TrainConfig, train
 
 __all__ = [
+    "COMPILATION_CACHE_MAX_BYTES",
     "ModelSpec",
     "TrainedModel",
     "decoder_cache_dir",
     "default_cache_dir",
+    "enable_compilation_cache",
     "model_cache_dir",
     "train_or_load",
 ]
@@ -50,6 +57,58 @@ def default_cache_dir() -> pathlib.Path:
         return pathlib.Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return pathlib.Path(xdg).expanduser() / "jax_infodiscard"
+
+
+COMPILATION_CACHE_MAX_BYTES = 2 * 1024**3
+"""Size cap of the persistent compilation cache (least recently used entries
+go first); a cap also makes JAX lock the folder, so that several processes
+(a job and the test workers, say) can share it."""
+
+
+def enable_compilation_cache(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    max_bytes: int = COMPILATION_CACHE_MAX_BYTES,
+    min_compile_seconds: float = 0.5,
+) -> pathlib.Path | None:
+    """Turns on JAX's persistent compilation cache in ``cache_dir / "xla"``.
+
+    A compiled program whose compilation took at least ``min_compile_seconds``
+    is written there, and any later process that compiles the same program
+    (same computation, shapes, backend and JAX version) loads it instead.
+    This is global JAX configuration, for applications (the command line
+    calls it); a library call never changes it behind the user's back. If the
+    user has already set ``jax_compilation_cache_dir`` (or
+    ``JAX_COMPILATION_CACHE_DIR``), that choice is kept.
+
+    Args:
+      cache_dir: the job cache (default :func:`default_cache_dir`).
+      max_bytes: size cap of the folder, least recently used entries evicted.
+      min_compile_seconds: shorter compilations are not stored.
+
+    Returns:
+      The compilation cache folder in use, or ``None`` when the user's own
+      setting was kept.
+    """
+    import jax
+
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    if not min_compile_seconds >= 0:
+        raise ValueError(
+            f"min_compile_seconds must be >= 0, got {min_compile_seconds!r}"
+        )
+    if jax.config.jax_compilation_cache_dir:
+        return None
+    base = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    folder = base / "xla"
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds)
+    )
+    return folder
 
 
 @dataclasses.dataclass(frozen=True)

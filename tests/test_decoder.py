@@ -28,8 +28,10 @@ from jax_infodiscard.training.decoder import (
     decoder_checkpoint_path,
     load_decoder,
     load_or_train_decoder,
+    load_or_train_decoders,
     reconstruction_mse,
     train_decoder,
+    train_decoders,
 )
 
 _apply = jax.jit(lambda fn, x: fn(x))
@@ -411,6 +413,173 @@ def test_feature_normalisation_makes_decoder_scale_invariant():
         _apply(decoder_fn(d2, allow_untrained=True), 1000.0 * x - 7.0),
         atol=1e-4,
     )
+
+
+# --------------------------------------------------------------------------
+# Several layers trained together.
+
+
+def _outputs(decoder, features):
+    return np.asarray(_apply(decoder_fn(decoder, allow_untrained=True), features))
+
+
+def test_joint_training_trains_each_layer_as_it_would_alone():
+    # The first layer of a joint run gets train_decoder's initialisation,
+    # batches and noise, and the decoders share no parameter: the same
+    # decoder up to float rounding (measured max abs difference ~1e-6 after
+    # 40 steps). The pooled layer first, then the identity first.
+    images = smooth_images(48)
+    cfg = dataclasses.replace(TINY, steps=40, eval_images=32, log_every=10)
+    key = jax.random.key(4)
+    feats = two_layer_features(jnp.asarray(images[:4]))
+    for order in (("pool", "id"), ("id", "pool")):
+        decs, metrics = train_decoders(
+            two_layer_features, order, images, cfg, key=key, progress=False
+        )
+        assert list(decs) == list(order) == list(metrics)
+        alone, m_alone = train_decoder(
+            two_layer_features, order[0], images, cfg, key=key, progress=False
+        )
+        np.testing.assert_allclose(
+            _outputs(decs[order[0]], feats[order[0]]),
+            _outputs(alone, feats[order[0]]),
+            atol=1e-4,
+        )
+        m = metrics[order[0]]
+        assert m.trained_with == order and m_alone.trained_with == (order[0],)
+        np.testing.assert_allclose(m.loss_history, m_alone.loss_history, rtol=1e-4)
+        np.testing.assert_allclose(m.heldout_mse, m_alone.heldout_mse, rtol=1e-4)
+        # Shared: the run's speed and time, the split (so the image variance).
+        other = metrics[order[1]]
+        assert other.seconds == m.seconds and other.steps == cfg.steps
+        assert other.image_variance == m.image_variance
+        assert len(other.loss_history) == 4
+
+
+def test_joint_training_quality_matches_separate_training(trained):
+    # TINY's 1000 steps: each layer reaches the bound of the one-layer test
+    # (identity: measured 0.0016-0.0018 x the image variance alone); the
+    # pooled layer (a 4x4 feature, one upsampling block) measured 0.03 x.
+    images, _, _, alone = trained
+    decs, metrics = train_decoders(
+        two_layer_features,
+        ["id", "pool"],
+        images,
+        TINY,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    assert decs["pool"].num_upsampling == 1
+    m_id, m_pool = metrics["id"], metrics["pool"]
+    assert m_id.heldout_mse < 0.01 * m_id.image_variance
+    np.testing.assert_allclose(m_id.heldout_mse, alone.heldout_mse, rtol=0.1)
+    assert m_pool.heldout_mse < 0.1 * m_pool.image_variance
+    for m in (m_id, m_pool):
+        assert m.loss_history[-1] < 0.1 * m.loss_history[0]
+
+
+def test_joint_checkpoints_round_trip_and_are_reused(tmp_path):
+    images = smooth_images(32)
+    cfg = dataclasses.replace(TINY, steps=20, eval_images=16, log_every=10)
+    key = jax.random.key(2)
+    decs, metrics = load_or_train_decoders(
+        two_layer_features,
+        ("id", "pool"),
+        images,
+        cfg,
+        key=key,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    feats = two_layer_features(jnp.asarray(images[:3]))
+    for name in ("id", "pool"):
+        restored, meta = load_decoder(tmp_path, name)
+        check_trained(meta)
+        assert meta["layer"] == name and meta["steps"] == 20
+        assert DecoderMetrics.from_dict(meta["metrics"]) == metrics[name]
+        np.testing.assert_array_equal(
+            _outputs(restored, feats[name]), _outputs(decs[name], feats[name])
+        )
+        # The one-layer loader reuses a decoder trained together with others.
+        again, m = load_or_train_decoder(
+            two_layer_features,
+            name,
+            images,
+            cfg,
+            key=jax.random.key(9),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+        assert m == metrics[name] and m.trained_with == ("id", "pool")
+        np.testing.assert_array_equal(
+            _outputs(again, feats[name]), _outputs(decs[name], feats[name])
+        )
+    # Only the missing layer is trained (alone); the others are read back.
+    decs2, metrics2 = load_or_train_decoders(
+        two_layer_features,
+        ["vec", "pool", "id"],
+        images,
+        cfg,
+        key=jax.random.key(9),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    assert list(decs2) == ["vec", "pool", "id"]
+    assert metrics2["vec"].trained_with == ("vec",)
+    assert metrics2["pool"] == metrics["pool"] and metrics2["id"] == metrics["id"]
+    assert decoder_checkpoint_path(tmp_path, "vec").is_dir()
+    # Metrics written before `trained_with` existed still load.
+    old = metrics["id"].to_dict()
+    del old["trained_with"]
+    assert DecoderMetrics.from_dict(old).trained_with == ()
+
+
+def test_joint_training_argument_errors(tmp_path):
+    images = smooth_images(8)
+    key = jax.random.key(0)
+    kw = dict(key=key, progress=False)
+    with pytest.raises(ValueError, match="at least one layer"):
+        train_decoders(two_layer_features, [], images, UNTRAINED, **kw)
+    with pytest.raises(ValueError, match="duplicate"):
+        train_decoders(two_layer_features, ["id", "id"], images, UNTRAINED, **kw)
+    with pytest.raises(TypeError, match="strings only"):
+        train_decoders(two_layer_features, ["id", 3], images, UNTRAINED, **kw)
+    with pytest.raises(ValueError, match="unknown layer 'nope'"):
+        train_decoders(two_layer_features, ["id", "nope"], images, UNTRAINED, **kw)
+    with pytest.raises(ValueError, match="DecoderConfig"):
+        train_decoders(two_layer_features, ["id"], images, {"steps": 1}, **kw)
+    with pytest.raises(ValueError, match="DecoderConfig"):
+        load_or_train_decoders(
+            two_layer_features, "id", images, None, checkpoint_dir=tmp_path, **kw
+        )
+    with pytest.raises(ValueError, match="non-empty string"):
+        train_decoder(two_layer_features, ["id"], images, UNTRAINED, **kw)
+
+
+def test_joint_divergence_names_the_layer_and_saves_nothing(tmp_path):
+    n = 64
+    images = 0.5 * smooth_images(n)
+    images[-1, 0, 0, 0] = 0.99  # the only pixel above 0.9
+
+    def half_poisoned(x):  # 'bad' is NaN for the last image only; 'id' is fine
+        return {"id": x, "bad": x + 0.0 * jnp.log(0.9 - x[:, :1, :1, :1])}
+
+    config = dataclasses.replace(
+        TINY, steps=40, eval_images=8, holdout_fraction=0.0, log_every=10
+    )
+    with pytest.raises(FloatingPointError) as err:
+        train_decoders(
+            half_poisoned,
+            ("id", "bad"),
+            images,
+            config,
+            key=jax.random.key(0),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert "layer 'bad' diverged" in str(err.value) and "'id'" not in str(err.value)
+    for name in ("id", "bad"):
+        assert not decoder_checkpoint_path(tmp_path, name).exists()
 
 
 # --------------------------------------------------------------------------

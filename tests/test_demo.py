@@ -75,6 +75,17 @@ def test_demo_writes_figures_and_summary(tmp_path):
         assert 0 < ratio < 2
         assert row["decoder_learned_nothing"] == (ratio >= DECODER_LEARNED_NOTHING)
         assert row["decoder_steps"] == 10
+    # The two decoders were trained together (one run) and cached per layer.
+    from jax_infodiscard.experiments.cache import decoder_cache_dir, model_cache_dir
+    from jax_infodiscard.training.decoder import load_decoder
+
+    dec_dir = decoder_cache_dir(
+        model_cache_dir(cfg.model_spec(), cache), num_images=cfg.num_train
+    )
+    for name in ("conv1", "logits"):
+        meta = load_decoder(dec_dir, name)[1]
+        assert meta["metrics"]["trained_with"] == ["conv1", "logits"]
+        assert meta["config"]["learning_rate"] == cfg.decoder_learning_rate
     # 10 decoder steps: at least the deep decoders learn nothing; the
     # summary says so, and so does the warning list.
     useless = [n for n, r in on_disk["layers"].items() if r["decoder_learned_nothing"]]
@@ -109,6 +120,22 @@ def test_demo_writes_figures_and_summary(tmp_path):
     )
     assert again["test_accuracy"] == summary["test_accuracy"]
     assert again["timings_s"]["train_s"] < summary["timings_s"]["train_s"]
+
+
+def test_demo_decoder_defaults():
+    # Issue 12 (benchmarks/bench_decoders.py): 300 joint steps at a peak
+    # learning rate of 1e-2, width 16, batch 32; --fast keeps 60 steps.
+    cfg, fast = DemoConfig(), DemoConfig.fast()
+    assert (cfg.decoder_steps, cfg.decoder_width, cfg.decoder_batch_size) == (
+        300,
+        16,
+        32,
+    )
+    assert cfg.decoder_learning_rate == fast.decoder_learning_rate == 1e-2
+    assert fast.decoder_steps == 60
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="decoder_learning_rate"):
+            DemoConfig(decoder_learning_rate=bad)
 
 
 def test_demo_config_layers_are_names():

@@ -1,0 +1,203 @@
+"""RU decoder training cost against held-out quality, on the demo's convnet.
+
+For the trained demo model (``DemoConfig().model_spec()``, from the shared
+cache) and its four default layers, trains one RU decoder per layer on the
+demo's decoder images and reports, per configuration and layer, the held-out
+MSE divided by the image variance (1 = no better than the mean image) and
+the wall time: the steady-state time per step and the fixed part (the
+compilation, the feature statistics and the held-out evaluation: the whole
+run minus the steps after the first).
+
+* Modes: ``separate``, one :func:`train_decoder` run per layer, as the demo
+  trained them before; ``joint``, one :func:`train_decoders` run for the four
+  layers (one forward pass of the network and one compiled step for all
+  decoders).
+* Grid: along one axis at a time from the demo's old default (300 steps,
+  width 16, batch 32, peak learning rate 3e-3, cosine). ``--quick`` (60
+  steps, 1,000 images) compares the modes, width 8 and learning rate 1e-2;
+  the full run (4,000 images) trains the old default for 300 steps, then
+  learning rate 1e-2 for 150 and 300 steps. (On the project's shared 2-core
+  machine, at a load average of 9-12, a 300-step run of the four decoders
+  took 10 minutes, so the grid stops there: width 32 and the batch-size axis
+  were not measured.) Every run starts from empty compilation caches
+  (``jax.clear_caches``), as a fresh demo does.
+* The machine is shared: the load average is recorded before and after each
+  run, the reference (joint, old default) runs first and again, with another
+  key, last; times are reported as ratios to the first reference, and the two
+  references give the run-to-run spread of the MSE ratios and of the times.
+
+Usage::
+
+    python benchmarks/bench_decoders.py --quick     # 5-15 minutes
+    python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+
+from jax_infodiscard.experiments.cache import train_or_load
+from jax_infodiscard.experiments.demo import DemoConfig
+from jax_infodiscard.models import feature_fn as make_feature_fn
+from jax_infodiscard.training.decoder import (
+    DecoderConfig,
+    train_decoder,
+    train_decoders,
+)
+
+OLD_DEFAULT = dict(steps=300, width=16, batch_size=32, learning_rate=3e-3)
+"""The demo's decoder settings before this benchmark (issue 12)."""
+
+
+def runs(quick: bool) -> list[tuple[str, str, dict, int]]:
+    """``(label, mode, changes from OLD_DEFAULT, seed)`` in the order run."""
+    if quick:
+        return [
+            ("reference", "joint", {"steps": 60}, 0),
+            ("old default", "separate", {"steps": 60}, 0),
+            ("width 8", "joint", {"steps": 60, "width": 8}, 0),
+            ("lr 1e-2", "joint", {"steps": 60, "learning_rate": 1e-2}, 0),
+            ("reference", "joint", {"steps": 60}, 1),
+        ]
+    return [
+        ("reference", "joint", {}, 0),
+        ("lr1e-2 s150", "joint", {"learning_rate": 1e-2, "steps": 150}, 0),
+        ("lr 1e-2", "joint", {"learning_rate": 1e-2}, 0),
+    ]
+
+
+def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
+    """Trains the decoders of ``layers`` once; returns the row of the report."""
+    jax.clear_caches()
+    load_before = os.getloadavg()
+    key = jax.random.key(seed)
+    t0 = time.perf_counter()
+    if mode == "joint":
+        _, metrics = train_decoders(
+            fn, layers, images, cfg, key=jax.random.fold_in(key, 100), progress=False
+        )
+        step_s = 1.0 / metrics[layers[0]].steps_per_second
+        step_parts = {"all": step_s}
+    else:
+        metrics, step_parts = {}, {}
+        for i, name in enumerate(layers):
+            _, metrics[name] = train_decoder(
+                fn,
+                name,
+                images,
+                cfg,
+                key=jax.random.fold_in(key, 100 + i),
+                progress=False,
+            )
+            step_parts[name] = 1.0 / metrics[name].steps_per_second
+        step_s = sum(step_parts.values())
+    seconds = time.perf_counter() - t0
+    steps_s = (cfg.steps - 1) * step_s
+    return {
+        "mode": mode,
+        "seed": seed,
+        "config": {k: getattr(cfg, k) for k in OLD_DEFAULT},
+        "seconds": seconds,
+        "step_s": step_s,
+        "step_s_parts": step_parts,
+        "fixed_s": seconds - steps_s,
+        "mse_over_var": {
+            name: m.heldout_mse / m.image_variance for name, m in metrics.items()
+        },
+        "heldout_mse": {name: m.heldout_mse for name, m in metrics.items()},
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+
+
+def print_row(label: str, row: dict, ref: dict | None, layers) -> None:
+    ratio = "" if ref is None else f"{row['seconds'] / ref['seconds']:5.2f}"
+    cfg = row["config"]
+    print(
+        f"{label:>15s} {row['mode']:>8s} {cfg['steps']:5d} {cfg['width']:3d} "
+        f"{cfg['batch_size']:3d} {cfg['learning_rate']:7.0e} "
+        + " ".join(f"{row['mse_over_var'][n]:6.3f}" for n in layers)
+        + f" {row['seconds']:7.1f} {ratio:>5s} {row['fixed_s']:6.1f} "
+        f"{1e3 * row['step_s']:6.0f}  {row['load_before'][0]:4.1f}/"
+        f"{row['load_after'][0]:4.1f}",
+        flush=True,
+    )
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="60 steps, 5 runs")
+    ap.add_argument("--out", default="bench_decoders.json", help="JSON report")
+    ap.add_argument("--cache", default=None, help="model cache (default: shared)")
+    ap.add_argument(
+        "--only", default=None, help="comma-separated labels to run (and reference)"
+    )
+    args = ap.parse_args(argv)
+
+    demo = DemoConfig()
+    trained = train_or_load(demo.model_spec(), args.cache, progress=False)
+    layers = tuple(trained.model.default_layers)
+    fn = make_feature_fn(trained.model, layers)
+    num_images = 1_000 if args.quick else min(demo.decoder_images, demo.num_train)
+    images = trained.train_data.images[:num_images]
+    plan = runs(args.quick)
+    if args.only:
+        keep = {"reference", *args.only.split(",")}
+        plan = [r for r in plan if r[0] in keep]
+
+    report = {
+        "argv": sys.argv if argv is None else ["bench_decoders.py", *argv],
+        "quick": args.quick,
+        "model": trained.path.name,
+        "test_accuracy": float(trained.accuracy),
+        "layers": list(layers),
+        "num_images": num_images,
+        "old_default": OLD_DEFAULT,
+        "beta": demo.cid.beta,
+        "cpus": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "load_before": os.getloadavg(),
+        "runs": [],
+    }
+    print(
+        f"{trained.path.name}: test accuracy {trained.accuracy:.1%}; {num_images} "
+        f"decoder images; held-out MSE / image variance per layer; time ratio "
+        "to the first reference; fixed = compile + statistics + evaluation"
+    )
+    print(
+        f"{'run':>15s} {'mode':>8s} {'steps':>5s} {'w':>3s} {'bs':>3s} "
+        f"{'lr':>7s} "
+        + " ".join(f"{n:>6s}" for n in layers)
+        + f" {'wall s':>7s} {'ratio':>5s} {'fixed':>6s} {'ms/st':>6s}  load"
+    )
+    t0 = time.perf_counter()
+    ref = None
+    for label, mode, changes, seed in plan:
+        cfg = DecoderConfig(**{**OLD_DEFAULT, **changes}, beta=demo.cid.beta)
+        row = {"label": label, **one_run(fn, layers, images, cfg, mode, seed)}
+        if ref is None:
+            ref = row
+        row["time_ratio"] = row["seconds"] / ref["seconds"]
+        report["runs"].append(row)
+        print_row(label, row, ref, layers)
+        pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+    report["load_after"] = os.getloadavg()
+    report["seconds"] = time.perf_counter() - t0
+    pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
+    print(
+        f"load average before {report['load_before'][0]:.1f}, after "
+        f"{report['load_after'][0]:.1f}; {report['seconds']:.0f} s; wrote {args.out}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

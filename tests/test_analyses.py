@@ -195,3 +195,46 @@ def test_pruning_reaches_sparsity_and_fine_tuning_keeps_accuracy():
     )
     assert abs(kernel_sparsity(tuned)["global"] - 0.6) < 1e-3
     assert history["test_accuracy"][-1] >= original - 0.05
+
+
+@pytest.mark.slow
+def test_measure_with_ru_trains_decoders_per_depth_and_reuses_them(tmp_path):
+    """The analyses' RU path (on only at full size): decoders are trained
+    together per decoder depth, cached, and give RU for the conv layers
+    (4 min under a load average of 5: two decoder and two RU compilations)."""
+    import jax
+    from flax import nnx
+
+    from jax_infodiscard.data import load_synthetic
+    from jax_infodiscard.experiments.analyses import _common as C
+    from jax_infodiscard.models import create_model
+
+    model = create_model("convnet", rngs=nnx.Rngs(0))
+    layers = ("conv1", "conv3", "logits")
+    options = AnalysisOptions(scale="toy", image_size=32, progress=False)
+    test = load_synthetic("test", 2)
+    train = load_synthetic("train", 24).images
+
+    def run():
+        return C.measure(
+            "net",
+            model,
+            layers,
+            test.images,
+            test.masks,
+            options,
+            key=jax.random.key(0),
+            ru_images=train,
+            decoder_dir=tmp_path / "dec",
+        )
+
+    out = run()
+    # RU of the spatial layers only, in the order asked, finite, with MSEs.
+    assert out.ru_layers == ("conv1", "conv3")
+    assert out.ru.mean.shape == (2, 2) and np.isfinite(out.ru.mean).all()
+    assert set(out.info["decoder_mse"]) == {"conv1", "conv3"}
+    saved = sorted(p.name for p in (tmp_path / "dec").iterdir())
+    assert len(saved) == 2, saved
+    again = run()  # cached decoders: the same RU
+    np.testing.assert_allclose(again.ru.mean, out.ru.mean, rtol=1e-5)
+    assert again.info["decoder_mse"] == out.info["decoder_mse"]

@@ -347,29 +347,40 @@ def measure(
     if ru_images is None:
         return out
     from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import load_or_train_decoder
+    from jax_infodiscard.training.decoder import load_or_train_decoders
 
     t0 = time.perf_counter()
     dec_cfg = decoder_config(options)
     shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
     side = x.shape[1]
     # RU of the convolutional layers (the paper's); a decoder gets at least
-    # the blocks it needs to upsample its feature to the image.
+    # the blocks it needs to upsample its feature to the image. Layers that
+    # need the same decoder depth train together (one forward pass per step).
     ru_layers = tuple(layer for layer in layers if len(shapes[layer].shape) == 4)
+    blocks = {
+        layer: max(
+            dec_cfg.num_blocks,
+            math.ceil(math.log2(side / shapes[layer].shape[1])),
+        )
+        for layer in ru_layers
+    }
     decoders, mses = {}, {}
-    for i, layer in enumerate(ru_layers):
-        need = math.ceil(math.log2(side / shapes[layer].shape[1]))
-        dec, metrics = load_or_train_decoder(
+    for i, depth in enumerate(sorted(set(blocks.values()))):
+        group = tuple(layer for layer in ru_layers if blocks[layer] == depth)
+        decs, metrics = load_or_train_decoders(
             fn,
-            layer,
+            group,
             np.asarray(ru_images),
-            dataclasses.replace(dec_cfg, num_blocks=max(dec_cfg.num_blocks, need)),
+            dataclasses.replace(dec_cfg, num_blocks=depth),
             key=jax.random.fold_in(key, 1000 + i),
             checkpoint_dir=decoder_dir,
             progress=options.progress,
         )
-        decoders[layer] = decoder_fn(dec)
-        mses[layer] = float(metrics.heldout_mse or metrics.train_mse)
+        for layer in group:
+            decoders[layer] = decoder_fn(decs[layer])
+            m = metrics[layer]
+            mses[layer] = float(m.heldout_mse or m.train_mse)
+    decoders = {layer: decoders[layer] for layer in ru_layers}
     if timer:
         timer.lap("decoders_s", t0)
     t0 = time.perf_counter()

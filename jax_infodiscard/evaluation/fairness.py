@@ -24,7 +24,7 @@ from jax_infodiscard.baselines import _common
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
 from jax_infodiscard.models.decoder import decoder_fn
 from jax_infodiscard.models.surgery import next_conv, rescale_pair
-from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
+from jax_infodiscard.training.decoder import DecoderConfig, train_decoders
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -103,19 +103,18 @@ def _measure(model, layers, images, masks, key, cid_config):
 
 
 def _ru_means(model, layers, images, key, decoder_config, decoder_images):
-    """Mean RU per layer, with one decoder per layer trained for ``model``."""
+    """Mean RU per layer, with one decoder per layer trained for ``model``
+    (together: one forward pass of the network per training step)."""
     fn = feature_fn(model, layers)
-    decoders = {}
-    for i, layer in enumerate(layers):
-        dec, _ = train_decoder(
-            fn,
-            layer,
-            decoder_images,
-            decoder_config,
-            key=jax.random.fold_in(key, 100 + i),
-            progress=False,
-        )
-        decoders[layer] = decoder_fn(dec)
+    decs, _ = train_decoders(
+        fn,
+        layers,
+        decoder_images,
+        decoder_config,
+        key=jax.random.fold_in(key, 100),
+        progress=False,
+    )
+    decoders = {layer: decoder_fn(decs[layer]) for layer in layers}
     res = jid.ru(fn, decoders, images, key, layers=layers)
     return {layer: float(np.mean(res.mean[i])) for i, layer in enumerate(layers)}
 

@@ -242,6 +242,42 @@ def test_analysis_registry_and_unknown_names(tmp_path):
         AnalysisOptions(scale="huge")
 
 
+def test_design_changes_the_scale_design_and_is_checked_before_any_write(tmp_path):
+    from jax_infodiscard.experiments.analyses import apply_design, depth
+
+    options = AnalysisOptions(scale="toy", design={"depths": [8], "epochs": 2})
+    assert options.design == (("depths", (8,)), ("epochs", 2))  # sorted, tuples
+    hash(options)
+    json.dumps(options.manifest_config())
+    sz = apply_design(depth.SIZES, options)
+    assert (sz.depths, sz.epochs) == ((8,), 2)
+    assert sz.width == depth.SIZES["toy"].width  # the others kept
+    unchanged = apply_design(depth.SIZES, AnalysisOptions(scale="toy"))
+    assert unchanged is depth.SIZES["toy"]
+    bad = {
+        "no field(s) ['depht']": {"depht": (8,)},
+        "'depths' takes a value like": {"depths": 8},
+        "'epochs' takes a value like": {"epochs": 1.5},
+        "'mid_blocks' takes a value like": {"mid_blocks": 1},
+    }
+    for message, design in bad.items():
+        out = tmp_path / "depth"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_analysis("depth", out, AnalysisOptions(scale="toy", design=design))
+        assert not out.exists()
+    with pytest.raises(ValueError, match="'layerwise' has no design"):
+        run_analysis("layerwise", tmp_path / "lw", AnalysisOptions(design={"a": 1}))
+    assert not (tmp_path / "lw").exists()
+    with pytest.raises(TypeError, match="design must be a mapping"):
+        AnalysisOptions(design="depths=8")
+    with pytest.raises(ValueError, match="twice"):
+        AnalysisOptions(design=[("epochs", 1), ("epochs", 2)])
+    # Every analysis but layerwise has a design per scale to change.
+    assert {n for n, a in ANALYSES.items() if a.sizes is None} == {"layerwise"}
+    for analysis in ANALYSES.values():
+        assert analysis.sizes is None or set(analysis.sizes) == {"toy", "fast", "full"}
+
+
 @pytest.mark.slow
 def test_layerwise_analysis_end_to_end(tmp_path):
     options = AnalysisOptions(scale="toy", cache_dir=tmp_path / "cache", progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 
 import jax
@@ -186,6 +187,20 @@ def test_training_lowers_the_loss_and_learns():
     assert history["test_accuracy"][-1] >= 0.9
     scores = evaluate(model, *toy_data(64, seed=1), batch_size=64)
     assert scores["accuracy"] == pytest.approx(history["test_accuracy"][-1])
+
+
+def test_training_compiles_its_step_once(caplog):
+    """The first step of an epoch must not compile a second program."""
+    # Settings no other test uses: the compiled step is cached per settings.
+    cfg = dataclasses.replace(FAST, epochs=2, batch_size=24, learning_rate=7e-3)
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles():
+        train("convnet", toy_data(48), None, cfg, **CONVNET)
+    compiled = [
+        r
+        for r in caplog.records
+        if "Finished XLA compilation of jit(step)" in r.getMessage()
+    ]
+    assert len(compiled) == 1
 
 
 def test_evaluate_matches_manual_and_ignores_padding():

@@ -684,7 +684,9 @@ def _train_epoch(
     perm = jax.random.permutation(jax.random.fold_in(epoch_key, 0), n)
     batches = perm[: steps * bs].reshape(steps, bs)
     t0 = time.perf_counter()
-    totals = _Totals.zeros()
+    # Committed like the state (see train): the step's outputs are committed,
+    # and fresh uncommitted totals in the first call would compile it twice.
+    totals = jax.device_put(_Totals.zeros(), jax.devices()[0])
     bar = tqdm(
         range(steps),
         desc=f"epoch {epoch + 1}/{config.epochs}",

@@ -13,7 +13,9 @@ rule) and marks the run complete.
 
 Sizes: ``scale="full"`` (the default command, sized for about 30 minutes
 on a 2-core CPU), ``"fast"`` (``--fast``, a few minutes) and ``"toy"``
-(tests: seconds).
+(tests: seconds). Each analysis module holds its design per scale (a frozen
+``Sizes`` dataclass in ``SIZES``); ``AnalysisOptions(design=...)`` changes
+fields of it (see :func:`apply_design`).
 
 To add an analysis, write ``run(folder, options) -> AnalysisResult`` in a
 module of this package and call :func:`register` at its end; then import
@@ -25,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +44,7 @@ __all__ = [
     "AnalysisOptions",
     "AnalysisResult",
     "Verdict",
+    "apply_design",
     "paired_outcome",
     "register",
     "run_analysis",
@@ -65,6 +68,14 @@ class AnalysisOptions:
       cid: CID configuration (``--beta``, ``--method``).
       cache_dir: model cache (``None``: the shared default).
       progress: progress bars.
+      design: changes to the analysis' design at ``scale``, as
+        ``{field: value}`` over the fields of its ``Sizes`` (``SIZES[scale]``
+        in the analysis' module), e.g. ``{"depths": (8,)}`` for ``depth``.
+        No command-line flag; for notebooks and experiments that need a
+        smaller or another design. Stored as sorted ``(field, value)`` pairs
+        (lists become tuples); the names and kinds of value are checked
+        against the analysis by :func:`run_analysis`, and the design used is
+        written to ``results.json`` and the manifest.
     """
 
     scale: Scale = "full"
@@ -74,6 +85,7 @@ class AnalysisOptions:
     cid: CIDConfig = dataclasses.field(default_factory=CIDConfig)
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
+    design: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if self.scale not in SCALES:
@@ -85,6 +97,7 @@ class AnalysisOptions:
             )
         check_int("image_size", self.image_size, 1)
         check_int("seed", self.seed, 0)
+        object.__setattr__(self, "design", _design_pairs(self.design))
 
     def manifest_config(self) -> dict[str, Any]:
         """The settings that shape results (for the run manifest)."""
@@ -92,6 +105,85 @@ class AnalysisOptions:
         cfg.pop("progress")
         cfg.pop("cache_dir")
         return cfg
+
+
+def _as_tuples(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+def _design_pairs(design: Any) -> tuple[tuple[str, Any], ...]:
+    """``design`` as sorted ``(field, value)`` pairs (lists as tuples)."""
+    if isinstance(design, Mapping):
+        items = list(design.items())
+    elif isinstance(design, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in design
+    ):
+        items = [tuple(p) for p in design]
+    else:
+        raise TypeError(
+            "design must be a mapping {field: value} or (field, value) pairs, "
+            f"got {type(design).__name__}"
+        )
+    names = [k for k, _ in items]
+    if not all(isinstance(k, str) for k in names):
+        raise TypeError(f"design field names must be strings, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"design names a field twice: {names!r}")
+    return tuple(sorted((k, _as_tuples(v)) for k, v in items))
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, int):
+        return isinstance(value, int)
+    if isinstance(like, float):
+        return isinstance(value, int | float) and math.isfinite(value)
+    if isinstance(like, str | tuple):
+        return isinstance(value, type(like))
+    return True
+
+
+def apply_design(sizes: Mapping[str, Any], options: AnalysisOptions) -> Any:
+    """An analysis' design at ``options.scale`` with ``options.design`` applied.
+
+    Args:
+      sizes: the analysis' designs per scale (its module's ``SIZES``: a
+        frozen dataclass per scale).
+      options: the options; ``options.design`` names fields to change.
+
+    Returns:
+      ``sizes[options.scale]``, with the changed fields replaced.
+
+    Raises:
+      ValueError: a field the design does not have, or a value of another
+        kind than the scale's (a tuple for a tuple, an integer for an
+        integer, a finite number for a float, a string for a string, a
+        bool for a bool). What the values mean (a model name, a depth) is
+        checked where they are used.
+
+    >>> from jax_infodiscard.experiments.analyses import depth
+    >>> options = AnalysisOptions(scale="toy", design={"depths": [8]})
+    >>> apply_design(depth.SIZES, options).depths
+    (8,)
+    """
+    base = sizes[options.scale]
+    if not options.design:
+        return base
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = [k for k, _ in options.design if k not in fields]
+    if unknown:
+        raise ValueError(
+            f"design has no field(s) {unknown}; its fields are {sorted(fields)}"
+        )
+    for k, v in options.design:
+        if not _same_kind(v, getattr(base, k)):
+            raise ValueError(
+                f"design field {k!r} takes a value like {getattr(base, k)!r}, got {v!r}"
+            )
+    return dataclasses.replace(base, **dict(options.design))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +235,8 @@ class Analysis:
       run: ``run(folder, options) -> AnalysisResult``; writes its figures
         with ``folder.write_figure``.
       datasets: data sets it supports.
+      sizes: its design per scale (``SIZES``), which ``options.design`` may
+        change; ``None``: no design to change.
     """
 
     name: str
@@ -150,6 +244,7 @@ class Analysis:
     paper: str
     run: Callable[[RunFolder, AnalysisOptions], AnalysisResult]
     datasets: tuple[str, ...] = DATASET_NAMES
+    sizes: Mapping[str, Any] | None = None
 
 
 ANALYSES: dict[str, Analysis] = {}
@@ -226,7 +321,9 @@ def run_analysis(
     manifest.
 
     Raises:
-      ValueError: unknown analysis, or a data set it does not support.
+      ValueError: unknown analysis, a data set it does not support, or an
+        ``options.design`` it cannot take (checked before ``out_dir`` is
+        touched).
       RunFolderError: ``out_dir`` holds a previous run (and not
         ``overwrite``).
     """
@@ -238,6 +335,10 @@ def run_analysis(
             f"analysis {name!r} supports the data sets {list(analysis.datasets)}, "
             f"not {options.dataset!r}"
         )
+    if analysis.sizes is not None:
+        apply_design(analysis.sizes, options)
+    elif options.design:
+        raise ValueError(f"analysis {name!r} has no design to change")
     folder = RunFolder.open(
         out_dir,
         command=f"analyze {name}",

@@ -29,6 +29,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -66,7 +67,7 @@ SIZES = {
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains a normal and an adversarial network, measures, states verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     pgd = PGDConfig(epsilon=sz.epsilon, steps=sz.pgd_steps, step_size=sz.pgd_step_size)
@@ -162,5 +163,6 @@ register(
         "concentration, RU",
         paper="App. F.4, Fig. 10",
         run=run,
+        sizes=SIZES,
     )
 )

@@ -28,6 +28,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -93,7 +94,7 @@ def _pruned(sparsity: float, epochs: int):
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains, prunes and fine-tunes, measures CID and robustness, verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
@@ -226,5 +227,6 @@ register(
         "and CID vs minimal-L2 adversarial robustness",
         paper="Sec. 4, Fig. 7a; App. F.2, Table 3",
         run=run,
+        sizes=SIZES,
     )
 )

@@ -29,6 +29,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -78,7 +79,7 @@ def thirds(layers) -> tuple[list[str], list[str]]:
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the networks, measures concentration per layer, verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
@@ -223,5 +224,6 @@ register(
         "vs concentration",
         paper="Sec. 4, Fig. 5c; Sec. 3.1, Fig. 3a",
         run=run,
+        sizes=SIZES,
     )
 )

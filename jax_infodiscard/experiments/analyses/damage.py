@@ -25,6 +25,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -59,7 +60,7 @@ SIZES = {
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the original and the revised network, measures, states verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     revision = ((sz.layer, sz.filters, sz.kernel),)
@@ -148,5 +149,6 @@ register(
         "concentration of the original and the revised network",
         paper="App. F.1, Fig. 8",
         run=run,
+        sizes=SIZES,
     )
 )

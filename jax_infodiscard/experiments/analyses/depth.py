@@ -27,6 +27,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -90,7 +91,7 @@ STAGES = ("stage1", "stage2", "stage3")
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the ResNets and auto-encoders, measures, states the verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test = C.load_test(options, max(sz.num_images, 500))
     images = np.asarray(test.images[: sz.num_images])
@@ -295,5 +296,6 @@ register(
         "auto-encoders",
         paper="Sec. 4, Fig. 3b and 5a-b",
         run=run,
+        sizes=SIZES,
     )
 )

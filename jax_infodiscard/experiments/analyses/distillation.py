@@ -23,6 +23,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     register,
 )
 from jax_infodiscard.experiments.analyses import _common as C
@@ -83,7 +84,7 @@ SIZES = {
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains teachers, ordinary and distilled students; measures; verdicts."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
@@ -182,5 +183,6 @@ register(
         summary="students learned with and without knowledge distillation: CID, RU",
         paper="Sec. 4, Fig. 7b",
         run=run,
+        sizes=SIZES,
     )
 )

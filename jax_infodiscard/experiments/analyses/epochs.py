@@ -22,6 +22,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    apply_design,
     paired_outcome,
     register,
 )
@@ -93,7 +94,7 @@ def bottleneck_outcome(cid: np.ndarray) -> tuple[str, dict]:
 
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains with a checkpoint per epoch, measures each, states the verdict."""
-    sz = SIZES[options.scale]
+    sz = apply_design(SIZES, options)
     timer = C.Timer()
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
@@ -182,5 +183,6 @@ register(
         summary="CID of block outputs at every epoch of training",
         paper="App. F.3, Fig. 9",
         run=run,
+        sizes=SIZES,
     )
 )

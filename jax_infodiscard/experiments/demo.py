@@ -126,25 +126,24 @@ UNITS = {
 }
 """Units of the fields of ``summary.json`` (also written into it)."""
 
-# Cost model of the phases on an idle 2-core CPU (measured with this job on
-# the project's machine, see the README), for the expected times printed
-# before each phase.
+# Cost model of the phases on an idle 2-core CPU, for the expected times
+# printed before each phase. Calibrated on `demo --fast` run alone on the
+# project's 2-core machine (load average about 2, i.e. this job only): a first
+# run (training 34 s, CID 54 s, decoders 93 s, RU 91 s) and a second one with
+# the compilation cache (CID 32 s, RU 92 s), so compilation is about 5.5 s per
+# CID layer and little for RU. The decoders' split into fixed cost and steps
+# follows benchmarks/bench_decoders.py (fixed part 40% of a 60-step run).
 _IDLE_CPU_S = {
     "train_compile": 25.0,
     "train_image_epoch": 1.15e-3,
-    "cid_layer_compile": 12.0,
-    # optimize (96 steps) and RU (48 steps): a run under a load average of 5-9
-    # took 2.1x this table's training time; its CID and RU phases divided by
-    # that ratio.
-    "cid_map": 1.5,
+    "cid_layer_compile": 6.0,
+    "cid_map": 2.0,  # optimize, 96 steps
     # RU decoders, per layer, trained together (one forward pass and one
-    # compiled step for all layers): benchmarks/bench_decoders.py measured the
-    # joint run at 0.49x the separate runs' compile-and-evaluation time and
-    # 0.53x their step time (was 8.0 s and 0.08 s per layer, one by one).
-    "decoder_compile": 4.0,
-    "decoder_step": 0.043,
-    "ru_layer_compile": 15.0,
-    "ru_map": 7.5,
+    # compiled step for all layers).
+    "decoder_compile": 9.0,
+    "decoder_step": 0.23,
+    "ru_layer_compile": 4.0,
+    "ru_map": 5.0,  # 48 steps; the decoder dominates each pass
 }
 
 

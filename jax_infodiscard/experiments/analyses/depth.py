@@ -150,9 +150,14 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                 images=len(images),
                 seeds=[options.seed],
                 extra=f"ResNets of width {sz.width}, {sz.epochs} epochs on "
-                f"{sz.num_train} images; RU decoders for "
-                f"{[f'resnet{d}' for d in sz.ru_depths]} trained on {sz.ru_train} "
-                "images.",
+                f"{sz.num_train} images; "
+                + (
+                    "RU decoders for "
+                    + ", ".join(f"ResNet-{d}" for d in sz.ru_depths)
+                    + f" trained on {sz.ru_train} images."
+                    if sz.ru_depths and sz.ru_train
+                    else "no RU at this scale."
+                ),
             ),
             "![curves](curves.png)\n\n![differences](differences.png)",
             "Regime diagnostics per network and layer:\n\n"

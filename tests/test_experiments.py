@@ -300,13 +300,19 @@ import json, sys, time
 import jax, jax.numpy as jnp
 from jax_infodiscard.experiments.cache import enable_compilation_cache
 folder = enable_compilation_cache(sys.argv[1], min_compile_seconds=0.0)
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name)
+    if name == "/jax/compilation_cache/cache_hits" else None
+)
 def f(x):
     for _ in range(20):
         x = jnp.tanh(x @ x.T) + x
     return x.sum()
 jax.jit(jax.grad(f))(jnp.ones((32, 32))).block_until_ready()
 print(json.dumps({"folder": None if folder is None else str(folder),
-                  "in_use": jax.config.jax_compilation_cache_dir}))
+                  "in_use": jax.config.jax_compilation_cache_dir,
+                  "hits": len(hits)}))
 """
 
 
@@ -331,10 +337,13 @@ def test_compilation_cache_is_written_reused_and_respects_the_user(tmp_path):
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    assert run()["folder"] == str(tmp_path / "cache" / "xla")
+    first = run()
+    assert first["folder"] == str(tmp_path / "cache" / "xla")
+    assert first["hits"] == 0
     entries = sorted(p.name for p in (tmp_path / "cache" / "xla").glob("*-cache"))
     assert entries, "nothing was written to the compilation cache"
-    run()  # a second process loads the same programs: no new entries
+    # A second process loads the same programs instead of compiling them.
+    assert run()["hits"] >= 1
     assert sorted(p.name for p in (tmp_path / "cache" / "xla").glob("*-cache")) == (
         entries
     )

@@ -217,7 +217,11 @@ def _demo(args) -> int:
     from jax_infodiscard.experiments.demo import DemoConfig, run_demo
 
     kwargs = dict(
-        model=args.model, cid=_cid_config(args), ru=not args.no_ru, seed=args.seed
+        model=args.model,
+        cid=_cid_config(args),
+        ru=not args.no_ru,
+        ru_unlearned=args.ru_unlearned,
+        seed=args.seed,
     )
     if args.num_images is not None:
         kwargs["num_images"] = args.num_images
@@ -393,6 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cid(d)
     _add_fast(d, "about 1.5 min on 2 CPU cores")
     d.add_argument("--no-ru", action="store_true", help="skip RU (no decoders)")
+    d.add_argument(
+        "--ru-unlearned",
+        choices=("skip", "solve"),
+        default="skip",
+        help="RU at layers whose decoder learned nothing (held-out MSE >= 0.8 x "
+        "the image variance): skip the solve (default; the maps would only show "
+        "the decoder's error) or solve it anyway (greyed out)",
+    )
     d.add_argument(
         "--num-images",
         type=POSITIVE,

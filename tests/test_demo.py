@@ -31,6 +31,7 @@ def test_demo_writes_figures_and_summary(tmp_path):
         epochs=1,
         decoder_steps=10,
         ru_steps=4,
+        ru_unlearned="solve",  # RU at every layer here; "skip" further down
         layers=("conv1", "logits"),
         # The job's plumbing, not the solver's accuracy (tests/test_cid.py).
         cid=jid.CIDConfig(
@@ -109,17 +110,36 @@ def test_demo_writes_figures_and_summary(tmp_path):
     # The folder holds a complete run: refused without overwrite.
     with pytest.raises(RunFolderError, match="--overwrite"):
         run_demo(out, cfg, cache_dir=cache, progress=False)
-    # A second run reuses the cached model (RU off: its solve would compile
-    # again, a minute of this test's time).
+    # A second run reuses the cached model and decoders, and by default skips
+    # RU where the decoder learned nothing (here every layer: 10 steps).
     again = run_demo(
         out,
-        dataclasses.replace(cfg, ru=False),
+        dataclasses.replace(cfg, ru_unlearned="skip"),
         cache_dir=cache,
         progress=False,
+        verbose=False,
         overwrite=True,
     )
     assert again["test_accuracy"] == summary["test_accuracy"]
     assert again["timings_s"]["train_s"] < summary["timings_s"]["train_s"]
+    assert again["timings_s"]["decoders_s"] < summary["timings_s"]["decoders_s"]
+    solved = []
+    for name, row in again["layers"].items():
+        assert row["decoder_learned_nothing"] == useless.count(name)
+        assert row["ru_solved"] == (name not in useless)
+        if row["ru_solved"]:
+            solved.append(name)
+            assert np.isfinite(row["ru_mean"])
+        else:
+            assert row["ru_mean"] is None and row["ru_converged"] is None
+            assert any(
+                w.startswith(f"RU {name}:") and "not solved" in w
+                for w in again["warnings"]
+            )
+    assert ("ru.npz" in again["files"]) == bool(solved)
+    if solved:
+        assert jid.RUResult.load(out / "ru.npz").layers == tuple(solved)
+    assert "not solved" in format_summary(again) or not useless
 
 
 def test_demo_decoder_defaults():

@@ -120,6 +120,22 @@ def test_unreliable_maps_are_grey_framed_and_say_why():
     assert len(grey) == 2 * 4
 
 
+def test_maps_not_computed_are_nan_and_do_not_set_the_scale():
+    # RU skipped at a layer whose decoder learned nothing: NaN maps.
+    images, _, maps = _inputs()
+    maps["RU"] = maps["RU"].copy()
+    maps["RU"][2] = np.nan
+    flags = np.full((len(LAYERS), 3), "", dtype=object)
+    flags[2, :] = "not solved: decoder learned nothing"
+    fig = pixel_maps_figure(images, maps, LAYERS, unreliable={"RU": flags})
+    _, colorbars, image_axes = _drawn(fig)
+    by_label = {cax.get_ylabel(): cax.get_ylim() for cax in colorbars}
+    ru = next(v for k, v in by_label.items() if k.startswith("RU (nats"))
+    assert ru == pytest.approx((np.nanmin(maps["RU"]), np.nanmax(maps["RU"])))
+    texts = [t.get_text() for ax in image_axes for t in ax.texts]
+    assert texts.count("not\nsolved: decoder learned nothing") == 2 * 3
+
+
 def test_every_image_gets_a_row_with_true_and_predicted_class():
     images, _, maps = _inputs(num_images=5)
     fig = pixel_maps_figure(

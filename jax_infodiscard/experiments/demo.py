@@ -99,12 +99,15 @@ DEFINITIONS = {
     "passes_per_map": "model passes (forward, VJP or JVP) per image and layer",
     "ru_*": "the same quantities for RU, the entropy of the decoder's "
     "reconstruction error (nats per pixel; higher = the input is worse "
-    "recovered from the feature)",
+    "recovered from the feature); null where RU was not solved",
+    "ru_solved": "whether RU was solved at the layer: by default not where the "
+    f"decoder learned nothing (decoder_mse_over_variance >= "
+    f"{DECODER_LEARNED_NOTHING}), whose maps would only show its error",
     "decoder_heldout_mse": "the RU decoder's mean squared reconstruction error "
     "on held-out images (squared unit-range pixel values)",
     "decoder_mse_over_variance": "decoder_heldout_mse divided by the variance "
     "of the image values; 1 = no better than the mean image, maps at or above "
-    f"{DECODER_LEARNED_NOTHING} are greyed out",
+    f"{DECODER_LEARNED_NOTHING} are greyed out (or not solved)",
     "timings_s": "wall-clock seconds of each phase (compilation included)",
 }
 """Meaning of the fields of ``summary.json`` (also written into it)."""
@@ -168,6 +171,11 @@ class DemoConfig:
         image variance at conv1 0.08 vs 0.11 in 300 steps, 0.24 vs 0.33 in
         60; ``benchmarks/bench_decoders.py``).
       decoder_images: training images the decoders see (at most num_train).
+      ru_unlearned: what to do at layers whose decoder learned (almost)
+        nothing (held-out MSE >= ``DECODER_LEARNED_NOTHING`` x the image
+        variance): ``"skip"`` their RU solve (default: their maps would only
+        show the decoder's error, and the solve costs as much as a useful one)
+        or ``"solve"`` it anyway (the maps are greyed out).
       ru_steps: iterations of the RU solver (each differentiates the network
         and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.
@@ -188,6 +196,7 @@ class DemoConfig:
     decoder_learning_rate: float = 1e-2
     decoder_images: int = 4_000
     ru_steps: int = 48
+    ru_unlearned: str = "skip"
     cid: jid.CIDConfig = dataclasses.field(default_factory=jid.CIDConfig)
     seed: int = 0
     layers: tuple[str, ...] | None = None
@@ -204,6 +213,10 @@ class DemoConfig:
         ):
             check_int(name, getattr(self, name), 1)
         check_number("decoder_learning_rate", self.decoder_learning_rate, positive=True)
+        if self.ru_unlearned not in ("skip", "solve"):
+            raise ValueError(
+                f"ru_unlearned must be 'skip' or 'solve', got {self.ru_unlearned!r}"
+            )
         check_int("seed", self.seed, 0)
         if self.layers is not None:  # a name or names, distinct, as a tuple
             object.__setattr__(self, "layers", check_names("layers", self.layers))
@@ -515,35 +528,65 @@ def _demo(
     for i, name in enumerate(layers):
         rows[name]["passes_per_map"] = _round(cid.passes[i].mean())
 
+    ru = None
     if config.ru:
         ru, decoder_rows, t_dec, t_ru = _ru_phases(
             console, config, trained, fn, layers, images, key, progress
         )
         timings["decoders_s"], timings["ru_s"] = t_dec, t_ru
-        folder.save_result("ru.npz", ru)
-        maps["RU"] = ru.pixel
-        curves["RU mean"] = ru.mean
-        curves["RU concentration"] = np.asarray(jid.concentration(ru.pixel, masks))
-        diag["RU linearity"] = ru.linearity
-        flags = np.full(ru.converged.shape, "", dtype=object)
+        if ru is not None:
+            folder.save_result("ru.npz", ru)
+        # Over all layers; NaN at layers whose RU was not solved.
+        ru_pixel = _pad_layers(ru, layers, "pixel", cid.pixel.shape[1:])
+        maps["RU"] = ru_pixel
+        curves["RU mean"] = _pad_layers(ru, layers, "mean", (n,))
+        curves["RU concentration"] = _pad_layers(
+            None
+            if ru is None
+            else {"layers": ru.layers, "c": jid.concentration(ru.pixel, masks)},
+            layers,
+            "c",
+            (n,),
+        )
+        diag["RU linearity"] = _pad_layers(ru, layers, "linearity", (n,))
+        ru_converged = _pad_layers(ru, layers, "converged", (n,))
+        flags = np.full((num_layers, n), "", dtype=object)
         for i, name in enumerate(layers):
-            rows[name].update(_result_row("ru", ru, i, curves))
             rows[name].update(decoder_rows[name])
+            solved = ru is not None and name in ru.layers
+            rows[name]["ru_solved"] = solved
+            if solved:
+                j = ru.layers.index(name)
+                rows[name].update(_result_row("ru", ru, j, curves, at=i))
+            else:
+                rows[name].update(dict.fromkeys(RU_FIELDS))
             if decoder_rows[name]["decoder_learned_nothing"]:
-                flags[i, :] = "decoder learned nothing"
+                flags[i, :] = (
+                    "decoder learned nothing"
+                    if solved
+                    else "not solved: decoder learned nothing"
+                )
                 warnings_.append(
                     f"RU {name}: the decoder learned (almost) nothing (held-out "
                     "MSE / image variance = "
                     f"{decoder_rows[name]['decoder_mse_over_variance']:.2f}); "
-                    "its RU maps are only its error map (greyed out). Train the "
-                    "decoders longer for real analyses"
+                    + (
+                        "its RU maps are only its error map (greyed out)"
+                        if solved
+                        else "RU was not solved there (ru_unlearned='skip')"
+                    )
+                    + ". Train the decoders longer for real analyses"
                 )
             else:
-                flags[i, ~ru.converged[i]] = "not converged"
+                flags[i, ~ru_converged[i]] = "not converged"
         unreliable["RU"] = flags
-    for label, res in (("CID", cid), *((("RU", ru),) if config.ru else ())):
+    for label, res in (("CID", cid), ("RU", ru)):
+        if res is None:
+            continue
         lin = res.linearity.mean(axis=1)
-        far = [f"{n} ({v:.3g})" for n, v in zip(layers, lin, strict=True) if v > 1.2]
+        far = [
+            f"{n_} ({v:.3g})" for n_, v in zip(res.layers, lin, strict=True) if v > 1.2
+        ]
         if res.method == "linear" and far:
             warnings_.append(
                 f"{label}: method 'linear' far from the linear regime at "
@@ -569,7 +612,7 @@ def _demo(
         predictions=predicted,
         class_names=SHAPE_NAMES,
         unreliable=unreliable,
-        column_notes=_column_notes(cid, ru if config.ru else None, rows, layers),
+        column_notes=_column_notes(cid, config.ru, rows, layers),
         caption=caption,
     )
     layer_unreliable = {
@@ -617,17 +660,33 @@ def _demo(
     return summary
 
 
-def _result_row(prefix: str, res, i: int, curves: dict) -> dict[str, Any]:
+def _result_row(prefix: str, res, i: int, curves: dict, at: int | None = None):
+    """Summary fields of layer ``i`` of ``res`` (row ``at`` of ``curves``)."""
     label = prefix.upper()
+    at = i if at is None else at
     return {
         f"{prefix}_mean": _round(res.mean[i].mean()),
-        f"{prefix}_concentration": _round(curves[f"{label} concentration"][i].mean()),
+        f"{prefix}_concentration": _round(curves[f"{label} concentration"][at].mean()),
         f"{prefix}_converged": _round(res.converged[i].mean()),
         f"{prefix}_budget_over_beta": _round(res.budget[i].mean() / res.beta),
         f"{prefix}_linearity": _round(res.linearity[i].mean()),
         f"{prefix}_mean_shift": _round(res.mean_shift[i].mean()),
         f"{prefix}_entropy_gain": _round(res.entropy_gain[i].mean()),
     }
+
+
+RU_FIELDS = tuple(
+    f"ru_{f}"
+    for f in (
+        "mean",
+        "concentration",
+        "converged",
+        "budget_over_beta",
+        "linearity",
+        "mean_shift",
+        "entropy_gain",
+    )
+)
 
 
 def _ru_phases(console, config, trained, fn, layers, images, key, progress):
@@ -706,30 +765,57 @@ def _ru_phases(console, config, trained, fn, layers, images, key, progress):
     t_dec = console.done(t0)
 
     ru_cfg = config.ru_config()
+    solved = [
+        name
+        for name in layers
+        if config.ru_unlearned == "solve" or not rows[name]["decoder_learned_nothing"]
+    ]
+    skipped = [name for name in layers if name not in solved]
     t0 = console.phase(
-        f"RU ({ru_cfg.method}, {ru_cfg.steps} steps): {len(layers)} layers x "
-        f"{images.shape[0]} images",
+        f"RU ({ru_cfg.method}, {ru_cfg.steps} steps): {len(solved)} layers x "
+        f"{images.shape[0]} images"
+        + (
+            f" (skipped, decoder learned nothing: {', '.join(skipped)})"
+            if skipped
+            else ""
+        ),
         None
         if not known
-        else len(layers) * _IDLE_CPU_S["ru_layer_compile"]
-        + len(layers) * images.shape[0] * _IDLE_CPU_S["ru_map"],
+        else len(solved) * _IDLE_CPU_S["ru_layer_compile"]
+        + len(solved) * images.shape[0] * _IDLE_CPU_S["ru_map"],
     )
-    ru = _solve(
-        console,
-        "RU",
-        lambda group: jid.ru(
-            fn,
-            {g: decoders[g] for g in group},
-            images,
-            key,
-            layers=group,
-            config=ru_cfg,
-        ),
-        layers,
-        ru_cfg,
-    )
+    ru = None
+    if solved:
+        ru = _solve(
+            console,
+            "RU",
+            lambda group: jid.ru(
+                fn,
+                {g: decoders[g] for g in group},
+                images,
+                key,
+                layers=group,
+                config=ru_cfg,
+            ),
+            solved,
+            ru_cfg,
+        )
     t_ru = console.done(t0)
     return ru, rows, t_dec, t_ru
+
+
+def _pad_layers(res, layers: Sequence[str], field: str, shape: tuple[int, ...]):
+    """``res.field`` over ``layers`` (``res``, a result or a dict with
+    ``"layers"``, may hold a subset of them, or be ``None``): NaN (``False``
+    for ``converged``) at the others."""
+    dtype = bool if field == "converged" else float
+    out = np.full((len(layers), *shape), False if dtype is bool else np.nan, dtype)
+    if res is not None:
+        get = res.get if isinstance(res, dict) else lambda k: getattr(res, k)
+        values = np.asarray(get(field))
+        for i, name in enumerate(get("layers")):
+            out[layers.index(name)] = values[i]
+    return out
 
 
 def _caption(config: DemoConfig, accuracy: float, n: int, warnings_) -> str:
@@ -746,7 +832,8 @@ def _caption(config: DemoConfig, accuracy: float, n: int, warnings_) -> str:
         lines.append(
             "Grey maps with a red frame: the solve did not meet its budget, or "
             f"the RU decoder learned nothing (held-out MSE >= "
-            f"{DECODER_LEARNED_NOTHING} x image variance); do not read them."
+            f"{DECODER_LEARNED_NOTHING} x image variance; RU is then not solved "
+            "unless ru_unlearned='solve'); do not read them."
         )
     else:
         lines.append("Grey maps with a red frame: the solve did not meet its budget.")
@@ -755,7 +842,7 @@ def _caption(config: DemoConfig, accuracy: float, n: int, warnings_) -> str:
     return "\n".join(lines)
 
 
-def _column_notes(cid, ru, rows, layers) -> dict[str, list[str]]:
+def _column_notes(cid, with_ru: bool, rows, layers) -> dict[str, list[str]]:
     n = cid.converged.shape[1]
     notes = {
         "CID": [
@@ -764,11 +851,15 @@ def _column_notes(cid, ru, rows, layers) -> dict[str, list[str]]:
             for i, name in enumerate(layers)
         ]
     }
-    if ru is not None:
+    if with_ru:
         notes["RU"] = [
             f"MSE/var {rows[name]['decoder_mse_over_variance']:.2f}, "
-            f"{int(ru.converged[i].sum())}/{n} conv."
-            for i, name in enumerate(layers)
+            + (
+                f"{round(rows[name]['ru_converged'] * n)}/{n} conv."
+                if rows[name]["ru_solved"]
+                else "not solved"
+            )
+            for name in layers
         ]
     return notes
 

@@ -37,14 +37,16 @@ _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 def normalise(m: np.ndarray) -> np.ndarray:
     """Scales one map to ``[0, 1]`` (its minimum to 0, its maximum to 1).
 
-    A constant map becomes all zeros.
+    A constant map becomes all zeros, NaN entries stay NaN.
 
     >>> normalise(np.array([[1.0, 3.0], [2.0, 1.0]])).tolist()
     [[0.0, 1.0], [0.5, 0.0]]
     """
     m = np.asarray(m, dtype=float)
-    lo, hi = float(m.min()), float(m.max())
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    if np.isnan(m).all():
+        return m
+    lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+    return (m - lo) / (hi - lo) if hi > lo else np.where(np.isnan(m), m, 0.0)
 
 
 def _colour_norm(scale: tuple[float, float], norm: bool) -> Normalize:
@@ -92,7 +94,8 @@ def pixel_maps_figure(
     Args:
       images: ``(B, H, W, C)`` images in ``[0, 1]``.
       maps: ``{metric name: (L, B, H, W) map in nats}``, e.g.
-        ``{"CID": cid.pixel, "RU": ru.pixel}``.
+        ``{"CID": cid.pixel, "RU": ru.pixel}``; NaN maps are ones that
+        were not computed (give their reason in ``unreliable``).
       layers: the ``L`` layer names.
       masks: optional ``(B, H, W)`` foreground masks (drawn as a contour).
       max_images: rows to draw (``None``: every image).
@@ -165,7 +168,14 @@ def pixel_maps_figure(
         top=1 - top / fig_h,
     )
 
-    scales = {name: (float(m.min()), float(m.max())) for name, m in arrays.items()}
+    # NaN marks maps that were not computed (e.g. RU at a layer whose decoder
+    # learned nothing); they are drawn blank with their reason.
+    scales = {
+        name: (float(np.nanmin(m)), float(np.nanmax(m)))
+        if not np.isnan(m).all()
+        else (0.0, 1.0)
+        for name, m in arrays.items()
+    }
     for col, kind in enumerate(kinds):
         if kind[0] == "gap":
             continue

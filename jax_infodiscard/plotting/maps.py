@@ -17,6 +17,7 @@ that notebooks can show it and tests can inspect its layout.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -231,7 +232,7 @@ def pixel_maps_figure(
                 ax.text(
                     0.5,
                     0.5,
-                    reason.replace(" ", "\n", 1),
+                    textwrap.fill(reason, 16),
                     transform=ax.transAxes,
                     ha="center",
                     va="center",

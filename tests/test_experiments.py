@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -259,6 +260,9 @@ def test_design_changes_the_scale_design_and_is_checked_before_any_write(tmp_pat
         "'depths' takes a value like": {"depths": 8},
         "'epochs' takes a value like": {"epochs": 1.5},
         "'mid_blocks' takes a value like": {"mid_blocks": 1},
+        "'width' must be an integer >= 1, got 0": {"width": 0},
+        "'depths' must be positive integers": {"depths": (8, 0)},
+        "'ru_train' must be an integer >= 0": {"ru_train": -1},
     }
     for message, design in bad.items():
         out = tmp_path / "depth"
@@ -272,10 +276,29 @@ def test_design_changes_the_scale_design_and_is_checked_before_any_write(tmp_pat
         AnalysisOptions(design="depths=8")
     with pytest.raises(ValueError, match="twice"):
         AnalysisOptions(design=[("epochs", 1), ("epochs", 2)])
-    # Every analysis but layerwise has a design per scale to change.
+    # Ranges of fields shared by several analyses.
+    from jax_infodiscard.experiments.analyses import adversarial, compression
+
+    for module, design, message in (
+        (compression, {"sparsities": (0.5, 1.0)}, "fractions strictly between"),
+        (compression, {"seeds": (0, 0)}, "distinct integers >= 0"),
+        (compression, {"seeds": ()}, "at least one"),
+        (adversarial, {"epsilon": 0.0}, "'epsilon' must be a number > 0"),
+        (adversarial, {"num_images": 0}, "'num_images' must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            apply_design(module.SIZES, AnalysisOptions(scale="toy", design=design))
+    # Every analysis but layerwise has a design per scale to change, and its
+    # own designs are in range: each one, applied field by field, passes.
     assert {n for n, a in ANALYSES.items() if a.sizes is None} == {"layerwise"}
     for analysis in ANALYSES.values():
         assert analysis.sizes is None or set(analysis.sizes) == {"toy", "fast", "full"}
+        for scale, sizes in (analysis.sizes or {}).items():
+            design = dataclasses.asdict(sizes)
+            applied = apply_design(
+                analysis.sizes, AnalysisOptions(scale=scale, design=design)
+            )
+            assert applied == sizes
 
 
 @pytest.mark.slow

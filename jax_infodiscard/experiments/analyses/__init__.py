@@ -134,6 +134,49 @@ def _design_pairs(design: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, _as_tuples(v)) for k, v in items))
 
 
+def _positive_ints(v: Any) -> bool:
+    return bool(v) and all(isinstance(d, int) and d >= 1 for d in v)
+
+
+# Ranges of the design fields that several analyses share (by name); a field
+# not named here is checked for its kind only, and its meaning where used.
+_FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{
+        name: (lambda v: v >= 1, "an integer >= 1")
+        for name in (
+            "width",
+            "num_train",
+            "epochs",
+            "num_images",
+            "filters",
+            "kernel",
+            "pgd_steps",
+            "top_k",
+        )
+    },
+    "ru_train": (lambda v: v >= 0, "an integer >= 0 (0: no RU)"),
+    "finetune_epochs": (lambda v: v >= 0, "an integer >= 0"),
+    "seeds": (
+        lambda v: (
+            len(v) >= 1
+            and all(isinstance(s, int) and s >= 0 for s in v)
+            and len(set(v)) == len(v)
+        ),
+        "distinct integers >= 0 (offsets of options.seed), at least one",
+    ),
+    "depths": (_positive_ints, "positive integers, at least one"),
+    "sparsities": (
+        lambda v: bool(v) and all(0 < p < 1 for p in v),
+        "fractions strictly between 0 and 1, at least one",
+    ),
+    "epsilon": (lambda v: v > 0, "a number > 0"),
+    "pgd_step_size": (lambda v: v > 0, "a number > 0"),
+    "temperature": (lambda v: v > 0, "a number > 0"),
+    "weight": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "accuracy_tolerance": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
 def _same_kind(value: Any, like: Any) -> bool:
     if isinstance(like, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(like, bool)
@@ -161,8 +204,9 @@ def apply_design(sizes: Mapping[str, Any], options: AnalysisOptions) -> Any:
       ValueError: a field the design does not have, or a value of another
         kind than the scale's (a tuple for a tuple, an integer for an
         integer, a finite number for a float, a string for a string, a
-        bool for a bool). What the values mean (a model name, a depth) is
-        checked where they are used.
+        bool for a bool), or out of its range (a width below 1, a sparsity
+        outside (0, 1), repeated seeds). What names mean (a model, a layer)
+        is checked where they are used.
 
     >>> from jax_infodiscard.experiments.analyses import depth
     >>> options = AnalysisOptions(scale="toy", design={"depths": [8]})
@@ -183,6 +227,9 @@ def apply_design(sizes: Mapping[str, Any], options: AnalysisOptions) -> Any:
             raise ValueError(
                 f"design field {k!r} takes a value like {getattr(base, k)!r}, got {v!r}"
             )
+        rule = _FIELD_RULES.get(k)
+        if rule is not None and not rule[0](v):
+            raise ValueError(f"design field {k!r} must be {rule[1]}, got {v!r}")
     return dataclasses.replace(base, **dict(options.design))
 
 

@@ -232,6 +232,54 @@ def test_verdict_table_and_outcomes():
     assert set(OUTCOMES) == {"held", "did not hold", "inconclusive"}
 
 
+def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
+    # A "does not change" claim must not hold by default when RU was not
+    # measured (decoder learned nothing) or is NaN at the compared layers.
+    from types import SimpleNamespace as NS
+
+    from jax_infodiscard.experiments.analyses import _common as C
+
+    rng = np.random.default_rng(0)
+    layers = ("l1", "l2")
+
+    def net(name, ru_mean, not_solved=()):
+        cid = NS(mean=rng.normal(size=(2, 6)), linearity=np.ones((2, 6)))
+        ru = None if ru_mean is None else NS(mean=np.asarray(ru_mean))
+        m = C.Measured(
+            name, layers, cid, ru=ru, ru_layers=("l1", "l2")[: 0 if ru is None else 2]
+        )
+        m.info["ru_not_solved"] = list(not_solved)
+        return m
+
+    base_ru = rng.normal(size=(2, 6))
+    close = base_ru + 1e-3 * rng.normal(size=(2, 6))
+    kw = dict(claim="RU does not change", figure="Fig. 7a")
+    held, _ = C.no_change_verdict(
+        {"a": [net("a", base_ru)], "b": [net("b", close)]}, "a", "ru", layers, **kw
+    )
+    assert held.outcome == "held"
+    # Network b's decoders learned nothing: no RU for b at all.
+    v, _ = C.no_change_verdict(
+        {"a": [net("a", base_ru)], "b": [net("b", None, ("l1", "l2"))]},
+        "a",
+        "ru",
+        layers,
+        **kw,
+    )
+    assert v.outcome == "inconclusive" and "learned nothing" in v.measured
+    assert "l1, l2" in v.measured
+    # RU measured but NaN at every compared layer (not solved there).
+    v, numbers = C.no_change_verdict(
+        {"a": [net("a", base_ru)], "b": [net("b", np.full((2, 6), np.nan))]},
+        "a",
+        "ru",
+        layers,
+        **kw,
+    )
+    assert v.outcome == "inconclusive"
+    assert numbers["b"]["seeds"][0]["n"] == 0
+
+
 def test_analysis_registry_and_unknown_names(tmp_path):
     assert "layerwise" in ANALYSES
     for name, a in ANALYSES.items():

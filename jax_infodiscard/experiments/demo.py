@@ -58,6 +58,7 @@ from jax_infodiscard.experiments.rundir import MANIFEST, RunFolder
 from jax_infodiscard.models import feature_fn as make_feature_fn
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
+from jax_infodiscard.training.decoder import LEARNED_NOTHING
 from jax_infodiscard.training.train import TrainConfig
 from jax_infodiscard.validation import check_int, check_names, check_number
 
@@ -73,10 +74,10 @@ __all__ = [
 ACCURACY_WARNING = 0.70
 """Below this test accuracy the demo warns that the model is barely trained."""
 
-DECODER_LEARNED_NOTHING = 0.8
+DECODER_LEARNED_NOTHING = LEARNED_NOTHING
 """An RU decoder whose held-out MSE is at least this share of the image
 variance (the MSE of always answering the mean image) counts as having learned
-(almost) nothing: its RU maps are greyed out."""
+(almost) nothing (:data:`jax_infodiscard.training.decoder.LEARNED_NOTHING`)."""
 
 DEFINITIONS = {
     "cid_mean": "mean over pixels and images of the pixel-wise CID: entropy of "
@@ -748,19 +749,18 @@ def _ru_phases(console, config, trained, fn, layers, images, key, progress):
         mse = (
             metrics.heldout_mse
             if metrics.heldout_mse is not None
-            else (metrics.train_mse)
+            else metrics.train_mse
         )
-        ratio = mse / metrics.image_variance if metrics.image_variance > 0 else 1.0
+        ratio = metrics.mse_over_variance
         rows[name] = {
             "decoder_heldout_mse": _round(mse),
             "decoder_mse_over_variance": _round(ratio),
-            "decoder_learned_nothing": bool(ratio >= DECODER_LEARNED_NOTHING),
+            "decoder_learned_nothing": metrics.learned_nothing,
             "decoder_steps": metrics.steps,
         }
         console.say(
             f"      decoder {name}: held-out MSE {mse:.2e} = {ratio:.2f} x the "
-            "image variance"
-            + (" (learned nothing)" if ratio >= DECODER_LEARNED_NOTHING else "")
+            "image variance" + (" (learned nothing)" if metrics.learned_nothing else "")
         )
     t_dec = console.done(t0)
 

@@ -72,6 +72,7 @@ from jax_infodiscard.training.checkpoint import (
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
+    "LEARNED_NOTHING",
     "DecoderConfig",
     "DecoderMetrics",
     "check_trained",
@@ -85,6 +86,11 @@ __all__ = [
 ]
 
 _KIND = "ru_decoder"
+
+LEARNED_NOTHING = 0.8
+"""A decoder whose held-out MSE is at least this share of the image variance
+(the MSE of always answering the mean image) has learned (almost) nothing:
+its RU maps would only show its own error."""
 _SCHEDULES = ("cosine", "constant")
 
 
@@ -193,6 +199,24 @@ class DecoderMetrics:
     steps_per_second: float
     seconds: float
     trained_with: tuple[str, ...] = ()
+
+    @property
+    def mse_over_variance(self) -> float:
+        """Held-out MSE (train MSE when nothing was held out) over the image
+        variance: 0 for a perfect decoder, about 1 for one that answers the
+        mean image.
+
+        >>> m = DecoderMetrics("conv1", 1, 0.0, 0.02, 0.01, 0.05, (), 0.0, 0.0)
+        >>> round(m.mse_over_variance, 6), m.learned_nothing
+        (0.2, False)
+        """
+        mse = self.heldout_mse if self.heldout_mse is not None else self.train_mse
+        return mse / self.image_variance if self.image_variance > 0 else 1.0
+
+    @property
+    def learned_nothing(self) -> bool:
+        """``mse_over_variance >= LEARNED_NOTHING``."""
+        return self.mse_over_variance >= LEARNED_NOTHING
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (the loss history becomes a list)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ from jax_infodiscard.experiments.data import (
 )
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import feature_fn
+from jax_infodiscard.training.decoder import LEARNED_NOTHING
 from jax_infodiscard.training.train import TrainConfig
 
 __all__ = [
@@ -364,7 +366,7 @@ def measure(
         )
         for layer in ru_layers
     }
-    decoders, mses = {}, {}
+    decoders, mses, ratios = {}, {}, {}
     for i, depth in enumerate(sorted(set(blocks.values()))):
         group = tuple(layer for layer in ru_layers if blocks[layer] == depth)
         decs, metrics = load_or_train_decoders(
@@ -380,9 +382,19 @@ def measure(
             decoders[layer] = decoder_fn(decs[layer])
             m = metrics[layer]
             mses[layer] = float(m.heldout_mse or m.train_mse)
-    decoders = {layer: decoders[layer] for layer in ru_layers}
+            ratios[layer] = round(m.mse_over_variance, 4)
+    # RU only where the decoder learned something: elsewhere its maps would
+    # be the decoder's own error, and differences between networks there
+    # would read as "RU unchanged". Those layers' RU stays NaN (not measured).
+    ru_layers = tuple(layer for layer in ru_layers if ratios[layer] < LEARNED_NOTHING)
+    out.info["decoder_mse"] = mses
+    out.info["decoder_mse_over_variance"] = ratios
+    out.info["ru_not_solved"] = [x for x in ratios if x not in ru_layers]
     if timer:
         timer.lap("decoders_s", t0)
+    if not ru_layers:
+        return out
+    decoders = {layer: decoders[layer] for layer in ru_layers}
     t0 = time.perf_counter()
     ru = jid.ru(fn, decoders, x, key, layers=ru_layers, config=ru_config(options))
     out.ru = ru.to_numpy()
@@ -390,7 +402,6 @@ def measure(
         timer.lap("ru_s", t0)
     out.ru_layers = ru_layers
     out.ru_concentration = _concentration(out.ru.pixel, masks)
-    out.info["decoder_mse"] = mses
     return out
 
 
@@ -430,7 +441,8 @@ def combine_seeds(
     rows = []
     for d in per_seed:
         outcome, mean, sem = paired_outcome(d, expect=expect)
-        rows.append({"mean": mean, "sem": sem, "outcome": outcome, "n": len(d)})
+        n = int(np.sum(np.isfinite(np.asarray(d, dtype=float))))
+        rows.append({"mean": mean, "sem": sem, "outcome": outcome, "n": n})
     outcomes = {r["outcome"] for r in rows}
     overall = outcomes.pop() if len(outcomes) == 1 else "inconclusive"
     if len(rows) == 1:
@@ -700,18 +712,38 @@ def delta_verdict(
             if base.values(quantity) is None or other.values(quantity) is None:
                 break
             shared = [x for x in layers if x in base.layers and x in other.layers]
-            diffs.append(
-                np.nanmean(
-                    [other.at(quantity, x) - base.at(quantity, x) for x in shared],
-                    axis=0,
+            with warnings.catch_warnings():  # all-NaN layers (RU not solved)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                diffs.append(
+                    np.nanmean(
+                        [other.at(quantity, x) - base.at(quantity, x) for x in shared],
+                        axis=0,
+                    )
                 )
-            )
         else:
             o, text, rows = combine_seeds(diffs, expect=expect)
             outcomes.append(o)
             texts.append(f"{name} − {reference}: {text}")
             numbers[name] = {"outcome": o, "layers": list(layers), "seeds": rows}
     if not outcomes:
+        unlearned = sorted(
+            {
+                x
+                for ms in groups.values()
+                for m in ms
+                for x in m.info.get("ru_not_solved", ())
+                if x in layers
+            }
+        )
+        if quantity.startswith("ru") and unlearned:
+            return verdict(
+                claim,
+                figure,
+                "RU not measured: the RU decoders learned nothing (held-out MSE "
+                f">= {LEARNED_NOTHING} x the image variance) at {', '.join(unlearned)}",
+                "inconclusive",
+                "RU is solved only where the decoder learned something",
+            ), numbers
         return None, numbers
     where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
     rule = (
@@ -907,7 +939,7 @@ def no_change_verdict(
     if v is None:
         return None, numbers
     rows = [r for n in numbers.values() for r in n["seeds"]]
-    if any(r["n"] < 2 for r in rows):
+    if not rows or any(r["n"] < 2 for r in rows):
         outcome = "inconclusive"
     elif all(r["outcome"] == "inconclusive" for r in rows):
         outcome = "held"

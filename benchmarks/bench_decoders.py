@@ -30,6 +30,8 @@ Usage::
 
     python benchmarks/bench_decoders.py --quick     # 5-15 minutes
     python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json
+    python benchmarks/bench_decoders.py --grid batch \
+        --out docs/results/bench_decoders_batch.json
 """
 
 from __future__ import annotations
@@ -56,8 +58,26 @@ OLD_DEFAULT = dict(steps=300, width=16, batch_size=32, learning_rate=3e-3)
 """The demo's decoder settings before this benchmark (issue 12)."""
 
 
-def runs(quick: bool) -> list[tuple[str, str, dict, int]]:
+NEW_DEFAULT = dict(learning_rate=1e-2)
+"""The demo's decoder settings since (changes from OLD_DEFAULT)."""
+
+
+def runs(quick: bool, grid: str = "default") -> list[tuple[str, str, dict, int]]:
     """``(label, mode, changes from OLD_DEFAULT, seed)`` in the order run."""
+    if grid == "batch":
+        # The batch-size axis around the new default: half the batch at the
+        # same steps (half the images seen), and twice the batch at half the
+        # steps (the same images seen).
+        return [
+            ("reference", "joint", NEW_DEFAULT, 0),
+            ("batch 16", "joint", {**NEW_DEFAULT, "batch_size": 16}, 0),
+            (
+                "batch 64 s150",
+                "joint",
+                {**NEW_DEFAULT, "batch_size": 64, "steps": 150},
+                0,
+            ),
+        ]
     if quick:
         return [
             ("reference", "joint", {"steps": 60}, 0),
@@ -137,6 +157,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench_decoders.json", help="JSON report")
     ap.add_argument("--cache", default=None, help="model cache (default: shared)")
     ap.add_argument(
+        "--grid",
+        choices=("default", "batch"),
+        default="default",
+        help="'batch': the new default (lr 1e-2) against batch 16 (300 steps) "
+        "and batch 64 (150 steps)",
+    )
+    ap.add_argument(
         "--only", default=None, help="comma-separated labels to run (and reference)"
     )
     args = ap.parse_args(argv)
@@ -147,7 +174,7 @@ def main(argv=None) -> dict:
     fn = make_feature_fn(trained.model, layers)
     num_images = 1_000 if args.quick else min(demo.decoder_images, demo.num_train)
     images = trained.train_data.images[:num_images]
-    plan = runs(args.quick)
+    plan = runs(args.quick, args.grid)
     if args.only:
         keep = {"reference", *args.only.split(",")}
         plan = [r for r in plan if r[0] in keep]
@@ -155,6 +182,7 @@ def main(argv=None) -> dict:
     report = {
         "argv": sys.argv if argv is None else ["bench_decoders.py", *argv],
         "quick": args.quick,
+        "grid": args.grid,
         "model": trained.path.name,
         "test_accuracy": float(trained.accuracy),
         "layers": list(layers),

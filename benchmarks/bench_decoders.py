@@ -30,8 +30,7 @@ Usage::
 
     python benchmarks/bench_decoders.py --quick     # 5-15 minutes
     python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json
-    python benchmarks/bench_decoders.py --grid batch \
-        --out docs/results/bench_decoders_batch.json
+    python benchmarks/bench_decoders.py --grid batch --out batch.json
 """
 
 from __future__ import annotations

@@ -225,6 +225,25 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         passes = passes + m * solver.DRAW_PASSES
     else:
         entropy = u
+    start, stop = solver.early_window(st.steps)
+    if method.iterate and method.level and stop <= st.steps:
+        # The safeguard of solver.py: the early window's average, levelled on
+        # the same draws, replaces the answer where it has more entropy.
+        u2 = s.early / float(stop - start)
+        c2, r2, share2, _ = solver.level(problem, u2, eps, beta, st.log_bounds)
+        u2 = solver.shift(u2, c2, st.log_bounds)
+        passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
+        if st.metric.entropy is None:
+            entropy2 = u2
+        else:
+            r2, share2, entropy2 = solver.measure(problem, u2, eps)
+            passes = passes + m * solver.DRAW_PASSES
+        axes = tuple(range(1, ndim))
+        take = jnp.mean(entropy2, axis=axes) > jnp.mean(entropy, axis=axes)
+        wide = take.reshape(take.shape + (1,) * (ndim - 1))
+        u, entropy = jnp.where(wide, u2, u), jnp.where(wide, entropy2, entropy)
+        r, share = jnp.where(take, r2, r), jnp.where(take, share2, share)
+        log_lam = jnp.where(take, -s.log_mu + 2.0 * c2, log_lam)
     diag, diag_passes = diagnostics.regime(
         problem, ctx.u_lin, u, entropy, r, ctx.keys, m, st.log_bounds
     )

@@ -22,7 +22,12 @@ averaged gradients (a dual-averaging scheme):
   fixed point ``s_i = (dH/ds_i s_i) / (2 mu q_i)``, where ``mu = 1 / lambda``
   is driven by the measured budget (``mu *= r / beta``);
 * the answer is the average of the iterates over the second half (Polyak),
-  moved by one constant in ``log sigma`` until held draws meet the budget.
+  moved by one constant in ``log sigma`` until held draws meet the budget;
+* safeguard: the average of an early window of iterates (``early_window``)
+  is levelled to the budget on the same draws too, and the one of the two
+  with the larger entropy is returned (per layer). On layers far from linear
+  (logits of a trained net) the long run can settle on a worse point than an
+  early one, whose averaged ``dr/ds`` still remembers the linear model.
 
 Averaging the gradient rather than taking the logarithm of each noisy estimate
 keeps the scheme unbiased: a per-iteration Newton step on ``log(q / mean q)``
@@ -104,6 +109,8 @@ class State(NamedTuple):
       log_mu: ``log(1 / lambda)`` ``(L,)``.
       acc: sum of the iterates of the second half ``(L, *S)``.
       count: iterates summed into ``acc``, scalar int32.
+      early: sum of the iterates of the early window ``(L, *S)``
+        (:func:`early_window`).
     """
 
     t: Array
@@ -113,6 +120,20 @@ class State(NamedTuple):
     log_mu: Array
     acc: Array
     count: Array
+    early: Array
+
+
+def early_window(total_steps: int) -> tuple[int, int]:
+    """Iterations ``[start, stop)`` averaged into the early candidate.
+
+    ``[k // 2, k)`` with ``k = max(2, total_steps // 16)``: the second half of
+    the first sixteenth of the run (iterations 3-5 of 96).
+
+    >>> early_window(96), early_window(4)
+    ((3, 6), (1, 2))
+    """
+    k = max(2, min(total_steps, total_steps // 16))
+    return k // 2, k
 
 
 def antithetic(key: PRNGKey, num: int, shape: tuple[int, ...]) -> Array:
@@ -236,6 +257,7 @@ def init_state(a: Array, scale: Array, beta: Array, u0: Array) -> State:
         log_mu=jnp.full((num_layers,), math.log(n)) - jnp.log(2.0 * beta),
         acc=jnp.zeros_like(u0),
         count=jnp.int32(0),
+        early=jnp.zeros_like(u0),
     )
 
 
@@ -296,6 +318,8 @@ def step(
     )
     u = jnp.clip((1.0 - step_size) * u + step_size * target, *log_bounds)
     tail = state.t >= total_steps - max(1, total_steps // 2)
+    start, stop = early_window(total_steps)
+    window = (state.t >= start) & (state.t < stop)
     return State(
         t=state.t + 1,
         u=u,
@@ -304,6 +328,7 @@ def step(
         log_mu=log_mu,
         acc=state.acc + jnp.where(tail, u, 0.0),
         count=state.count + tail.astype(jnp.int32),
+        early=state.early + jnp.where(window, u, 0.0),
     )
 
 

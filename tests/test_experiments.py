@@ -278,6 +278,17 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     )
     assert v.outcome == "inconclusive"
     assert numbers["b"]["seeds"][0]["n"] == 0
+    # ... and says why when the decoders there learned nothing.
+    v, _ = C.no_change_verdict(
+        {"a": [net("a", base_ru)], "b": [net("b", np.full((2, 6), np.nan), ["l1"])]},
+        "a",
+        "ru",
+        layers,
+        **kw,
+    )
+    assert v.outcome == "inconclusive" and "image variance) at l1" in v.measured
+    table = C.diagnostics_table([net("b", base_ru, ["l2"])], ["b (seed 1)"])
+    assert "| b (seed 1) | l2 |" in table and "not solved" in table
 
 
 def test_analysis_registry_and_unknown_names(tmp_path):

@@ -500,26 +500,34 @@ def verdict(claim: str, figure: str, measured: str, outcome: str, rule: str):
 
 
 # --------------------------------------------------------------- reporting
-def diagnostics_table(measured: Sequence[Measured]) -> str:
+def diagnostics_table(
+    measured: Sequence[Measured], labels: Sequence[str] | None = None
+) -> str:
     """Markdown table: per network and layer, CID, concentration, RU, regime.
 
     ``linearity`` is the true budget of the closed-form sigma over ``beta``
     (1: the layer is linear over the noise); ``entropy gain`` is the
     solution's mean CID minus the closed form's (nats): large values mean
     the linear picture is far off and results may contradict the paper's,
-    which came from a gradient-based solver.
+    which came from a gradient-based solver. ``labels`` name the rows'
+    networks (default: their names, e.g. with the seed added); RU reads "not
+    solved" where the layer's decoder learned nothing.
     """
+    labels = [m.name for m in measured] if labels is None else list(labels)
     lines = [
         "| network | layer | CID (nats) | concentration | RU (nats) | linearity "
         "| entropy gain | converged |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for m in measured:
+    for label, m in zip(labels, measured, strict=True):
+        not_solved = set(m.info.get("ru_not_solved", ()))
         for i, layer in enumerate(m.layers):
-            cells = [m.name, layer]
+            cells = [label, layer]
             for q in ("cid", "concentration", "ru"):
                 v = m.values(q)
-                if v is None:
+                if q == "ru" and layer in not_solved:
+                    cells.append("not solved (decoder learned nothing)")
+                elif v is None or not np.isfinite(v[i]).any():
                     cells.append("")
                 else:
                     cells.append(fmt(*_mean_sem(v[i])))
@@ -725,25 +733,28 @@ def delta_verdict(
             outcomes.append(o)
             texts.append(f"{name} − {reference}: {text}")
             numbers[name] = {"outcome": o, "layers": list(layers), "seeds": rows}
+    unmeasured = not outcomes or all(
+        r["n"] == 0 for n in numbers.values() for r in n["seeds"]
+    )
+    unlearned = sorted(
+        {
+            x
+            for ms in groups.values()
+            for m in ms
+            for x in m.info.get("ru_not_solved", ())
+            if x in layers
+        }
+    )
+    if quantity.startswith("ru") and unlearned and unmeasured:
+        return verdict(
+            claim,
+            figure,
+            "RU not measured: the RU decoders learned nothing (held-out MSE "
+            f">= {LEARNED_NOTHING} x the image variance) at {', '.join(unlearned)}",
+            "inconclusive",
+            "RU is solved only where the decoder learned something",
+        ), numbers
     if not outcomes:
-        unlearned = sorted(
-            {
-                x
-                for ms in groups.values()
-                for m in ms
-                for x in m.info.get("ru_not_solved", ())
-                if x in layers
-            }
-        )
-        if quantity.startswith("ru") and unlearned:
-            return verdict(
-                claim,
-                figure,
-                "RU not measured: the RU decoders learned nothing (held-out MSE "
-                f">= {LEARNED_NOTHING} x the image variance) at {', '.join(unlearned)}",
-                "inconclusive",
-                "RU is solved only where the decoder learned something",
-            ), numbers
         return None, numbers
     where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
     rule = (
@@ -811,15 +822,18 @@ def finish(
         zero_line=list(diff),
     )
     measured = [m for ms in groups.values() for m in ms]
+    labels = [
+        m.name if len(seeds) == 1 else f"{m.name} (seed {s})"
+        for ms in groups.values()
+        for s, m in zip(seeds, ms, strict=True)
+    ]
     out = {
         "design": dataclasses.asdict(design)
         if dataclasses.is_dataclass(design)
         else design,
         "reference": reference,
         "networks": {
-            f"{m.name}" if len(seeds) == 1 else f"{m.name} (seed {s})": m.summary()
-            for ms in groups.values()
-            for s, m in zip(seeds, ms, strict=True)
+            label: m.summary() for label, m in zip(labels, measured, strict=True)
         },
         "comparisons": dict(numbers),
         **dict(results or {}),
@@ -830,7 +844,7 @@ def finish(
             setting_text(options, images=images, seeds=seeds, extra=extra),
             "![curves](curves.png)\n\n![differences](differences.png)",
             "Regime diagnostics per network and layer:\n\n"
-            + diagnostics_table(measured),
+            + diagnostics_table(measured, labels),
         ]
     )
     return AnalysisResult(

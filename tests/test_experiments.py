@@ -243,7 +243,13 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     layers = ("l1", "l2")
 
     def net(name, ru_mean, not_solved=()):
-        cid = NS(mean=rng.normal(size=(2, 6)), linearity=np.ones((2, 6)))
+        ones = np.ones((2, 6))
+        cid = NS(
+            mean=rng.normal(size=(2, 6)),
+            linearity=ones,
+            entropy_gain=0 * ones,
+            converged=ones > 0,
+        )
         ru = None if ru_mean is None else NS(mean=np.asarray(ru_mean))
         m = C.Measured(
             name, layers, cid, ru=ru, ru_layers=("l1", "l2")[: 0 if ru is None else 2]

@@ -156,7 +156,10 @@ def test_nnx_cid_equals_handwritten_cid():
     ours = jid.cid(from_nnx(model, NNX_LAYERS), x, key, config=SHORT)
     ref = jid.cid(jax.tree_util.Partial(handwritten, weights), x, key, config=SHORT)
     assert ours.layers == ref.layers
-    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-4)
+    # The two programs round differently (features agree to 1e-5) and the
+    # solver's iterations amplify it (1.6e-4 nats seen); a wrong layer or
+    # weight moves maps by 0.1 nats and more.
+    np.testing.assert_allclose(ours.pixel, ref.pixel, atol=1e-3)
 
 
 def test_nnx_differentiates_and_vmaps_like_handwritten():
@@ -262,7 +265,7 @@ def test_linen_features_and_cid_equal_handwritten():
     ours = jid.cid(fn, x, key, config=SHORT)
     theirs = jid.cid(ref, x, key, layers=["conv2", "head"], config=SHORT)
     assert ours.layers == theirs.layers
-    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-4)
+    np.testing.assert_allclose(ours.pixel, theirs.pixel, atol=1e-3)  # as above
 
 
 def test_linen_unknown_path_and_batch_stats_guard():

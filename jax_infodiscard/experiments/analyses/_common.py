@@ -590,9 +590,12 @@ def plot_curves(
         same = len(layer_lists) == 1
         for label, (layers, values) in lines.items():
             v = np.asarray(values, float)
-            mu = np.nanmean(v, axis=1)
-            n = np.maximum(np.sum(np.isfinite(v), axis=1), 1)
-            se = np.nanstd(v, axis=1, ddof=1 if v.shape[1] > 1 else 0) / np.sqrt(n)
+            with warnings.catch_warnings():  # all-NaN layers: RU not solved
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mu = np.nanmean(v, axis=1)
+                n = np.maximum(np.sum(np.isfinite(v), axis=1), 1)
+                ddof = 1 if v.shape[1] > 1 else 0
+                se = np.nanstd(v, axis=1, ddof=ddof) / np.sqrt(n)
             x = (
                 np.arange(len(layers))
                 if same

@@ -73,7 +73,7 @@ def main():
                 progress=False,
             )
             decs[name] = decoder_fn(dec)
-            mses[(blocks, name)] = float(m.heldout_mse or m.train_mse)
+            mses[(blocks, name)] = float(m.eval_mse)
         results[blocks] = jid.ru(fn, decs, images, key, layers=layers).to_numpy()
         if blocks == 6:
             results["floor"] = jid.ru(

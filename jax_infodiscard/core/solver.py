@@ -132,7 +132,7 @@ def early_window(total_steps: int) -> tuple[int, int]:
     >>> early_window(96), early_window(4)
     ((3, 6), (1, 2))
     """
-    k = max(2, min(total_steps, total_steps // 16))
+    k = max(2, total_steps // 16)
     return k // 2, k
 
 

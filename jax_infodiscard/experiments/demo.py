@@ -540,19 +540,20 @@ def _demo(
         if ru is not None:
             folder.save_result("ru.npz", ru)
         # Over all layers; NaN at layers whose RU was not solved.
-        ru_pixel = _pad_layers(ru, layers, "pixel", cid.pixel.shape[1:])
-        maps["RU"] = ru_pixel
-        curves["RU mean"] = _pad_layers(ru, layers, "mean", (n,))
-        curves["RU concentration"] = _pad_layers(
-            None
-            if ru is None
-            else {"layers": ru.layers, "c": jid.concentration(ru.pixel, masks)},
-            layers,
-            "c",
-            (n,),
+        solved_layers = () if ru is None else ru.layers
+
+        def over_layers(values, shape, fill=np.nan):
+            return _pad_layers(solved_layers, values, layers, shape, fill)
+
+        maps["RU"] = over_layers(None if ru is None else ru.pixel, cid.pixel.shape[1:])
+        curves["RU mean"] = over_layers(None if ru is None else ru.mean, (n,))
+        curves["RU concentration"] = over_layers(
+            None if ru is None else jid.concentration(ru.pixel, masks), (n,)
         )
-        diag["RU linearity"] = _pad_layers(ru, layers, "linearity", (n,))
-        ru_converged = _pad_layers(ru, layers, "converged", (n,))
+        diag["RU linearity"] = over_layers(None if ru is None else ru.linearity, (n,))
+        ru_converged = over_layers(
+            None if ru is None else ru.converged, (n,), fill=False
+        )
         flags = np.full((num_layers, n), "", dtype=object)
         for i, name in enumerate(layers):
             rows[name].update(decoder_rows[name])
@@ -748,12 +749,7 @@ def _ru_phases(console, config, trained, fn, layers, images, key, progress):
     for name in layers:
         metrics = all_metrics[name]
         decoders[name] = decoder_fn(decs[name])
-        mse = (
-            metrics.heldout_mse
-            if metrics.heldout_mse is not None
-            else metrics.train_mse
-        )
-        ratio = metrics.mse_over_variance
+        mse, ratio = metrics.eval_mse, metrics.mse_over_variance
         rows[name] = {
             "decoder_heldout_mse": _round(mse),
             "decoder_mse_over_variance": _round(ratio),
@@ -806,17 +802,15 @@ def _ru_phases(console, config, trained, fn, layers, images, key, progress):
     return ru, rows, t_dec, t_ru
 
 
-def _pad_layers(res, layers: Sequence[str], field: str, shape: tuple[int, ...]):
-    """``res.field`` over ``layers`` (``res``, a result or a dict with
-    ``"layers"``, may hold a subset of them, or be ``None``): NaN (``False``
-    for ``converged``) at the others."""
-    dtype = bool if field == "converged" else float
-    out = np.full((len(layers), *shape), False if dtype is bool else np.nan, dtype)
-    if res is not None:
-        get = res.get if isinstance(res, dict) else lambda k: getattr(res, k)
-        values = np.asarray(get(field))
-        for i, name in enumerate(get("layers")):
-            out[layers.index(name)] = values[i]
+def _pad_layers(
+    have: Sequence[str], values, layers: Sequence[str], shape: tuple[int, ...], fill
+) -> np.ndarray:
+    """``values`` ``(len(have), *shape)`` of the layers ``have`` spread over
+    ``layers`` ``(len(layers), *shape)``, ``fill`` at the others (``values``
+    may be ``None`` when ``have`` is empty)."""
+    out = np.full((len(layers), *shape), fill)
+    for i, name in enumerate(have):
+        out[layers.index(name)] = np.asarray(values[i])
     return out
 
 

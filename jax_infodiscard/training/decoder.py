@@ -201,17 +201,22 @@ class DecoderMetrics:
     trained_with: tuple[str, ...] = ()
 
     @property
+    def eval_mse(self) -> float:
+        """The held-out MSE, or the train MSE when nothing was held out."""
+        return self.heldout_mse if self.heldout_mse is not None else self.train_mse
+
+    @property
     def mse_over_variance(self) -> float:
-        """Held-out MSE (train MSE when nothing was held out) over the image
-        variance: 0 for a perfect decoder, about 1 for one that answers the
-        mean image.
+        """``eval_mse`` over the image variance: 0 for a perfect decoder,
+        about 1 for one that answers the mean image.
 
         >>> m = DecoderMetrics("conv1", 1, 0.0, 0.02, 0.01, 0.05, (), 0.0, 0.0)
-        >>> round(m.mse_over_variance, 6), m.learned_nothing
-        (0.2, False)
+        >>> m.eval_mse, round(m.mse_over_variance, 6), m.learned_nothing
+        (0.01, 0.2, False)
         """
-        mse = self.heldout_mse if self.heldout_mse is not None else self.train_mse
-        return mse / self.image_variance if self.image_variance > 0 else 1.0
+        if self.image_variance <= 0:
+            return 1.0
+        return self.eval_mse / self.image_variance
 
     @property
     def learned_nothing(self) -> bool:

@@ -366,7 +366,7 @@ def measure(
         )
         for layer in ru_layers
     }
-    decoders, mses, ratios = {}, {}, {}
+    decoders, mses, ratios, unlearned = {}, {}, {}, set()
     for i, depth in enumerate(sorted(set(blocks.values()))):
         group = tuple(layer for layer in ru_layers if blocks[layer] == depth)
         decs, metrics = load_or_train_decoders(
@@ -381,12 +381,14 @@ def measure(
         for layer in group:
             decoders[layer] = decoder_fn(decs[layer])
             m = metrics[layer]
-            mses[layer] = float(m.heldout_mse or m.train_mse)
+            mses[layer] = float(m.eval_mse)
             ratios[layer] = round(m.mse_over_variance, 4)
+            if m.learned_nothing:
+                unlearned.add(layer)
     # RU only where the decoder learned something: elsewhere its maps would
     # be the decoder's own error, and differences between networks there
     # would read as "RU unchanged". Those layers' RU stays NaN (not measured).
-    ru_layers = tuple(layer for layer in ru_layers if ratios[layer] < LEARNED_NOTHING)
+    ru_layers = tuple(layer for layer in ru_layers if layer not in unlearned)
     out.info["decoder_mse"] = mses
     out.info["decoder_mse_over_variance"] = ratios
     out.info["ru_not_solved"] = [x for x in ratios if x not in ru_layers]

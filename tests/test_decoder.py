@@ -456,6 +456,26 @@ def test_joint_training_trains_each_layer_as_it_would_alone():
         assert len(other.loss_history) == 4
 
 
+def test_a_decoder_run_compiles_its_step_once():
+    # The first step's inputs must be placed like the outputs it returns (the
+    # next step's inputs), or the second step compiles again: 10 s per run on
+    # a CPU for the demo's four decoders. It happens when the network's
+    # parameters are committed to a device, as a trained or restored model's
+    # are. A config no other test uses, so the compiled program is new here.
+    from jax_infodiscard.models import create_model, feature_fn
+    from jax_infodiscard.training import decoder as decoder_training
+
+    model = create_model("convnet", rngs=nnx.Rngs(0))
+    fn = jax.device_put(feature_fn(model), jax.devices()[0])
+    cfg = dataclasses.replace(TINY, steps=3, width=8, eval_images=16, log_every=1)
+    images = smooth_images(24, size=32)
+    before = decoder_training._train_step._cache_size()
+    train_decoders(
+        fn, ("conv1", "logits"), images, cfg, key=jax.random.key(9), progress=False
+    )
+    assert decoder_training._train_step._cache_size() - before == 1
+
+
 def test_joint_training_quality_matches_separate_training(trained):
     # TINY's 1000 steps: each layer reaches the bound of the one-layer test
     # (identity: measured 0.0016-0.0018 x the image variance alone); the

@@ -830,6 +830,10 @@ def train_decoders(
 
     train_device = jnp.asarray(train)
     opt_state = _optimizer(config).init(params)
+    # The step's outputs are committed to the default device; commit its
+    # inputs there too, or the second step compiles the program again (the
+    # cache key holds each argument's placement): 10 s per decoder run on CPU.
+    params, opt_state = jax.device_put((params, opt_state), jax.devices()[0])
     history: list[np.ndarray] = []
     chunk_losses: list[Array] = []
     timer_start, timed_steps = 0.0, 0

@@ -46,7 +46,9 @@ class CIDConfig:
         uses the exact basis instead.
       steps: fixed-point iterations of ``optimize``.
       samples: noise draws per iteration (antithetic pairs; even).
-      step_size: damping ``omega`` of each iteration, in ``(0, 1]``.
+      step_size: initial damping ``omega_0`` of the iterations, in ``(0, 1]``;
+        iteration ``t`` moves ``omega_0 / (1 + 20 t / steps)`` of the way to
+        the fixed point (``core.solver.damping``).
       budget_samples: held draws (antithetic pairs; even) for the final budget,
         the RU map and the regime diagnostics.
       budget_tol: ``converged`` means ``|log(budget / beta)| < budget_tol``.

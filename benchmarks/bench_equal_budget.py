@@ -58,6 +58,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="key seed of the solves")
     p.add_argument("--ref-seeds", default="101,102")
     p.add_argument("--cache", default=os.environ.get("JAX_INFODISCARD_CACHE"))
+    p.add_argument(
+        "--ref-glob",
+        default="{cache}/bench_cid/*-{layer}-s{seed}-*.npz",
+        help="files of the cached references ({cache}, {layer}, {seed}); exactly "
+        "one may match per layer and seed",
+    )
     p.add_argument("--out", default="docs/results/bench_equal_budget.json")
     args = p.parse_args(argv)
     configs = json.loads(args.configs)
@@ -74,7 +80,14 @@ def main(argv=None) -> None:
 
         refs = []
         for s in args.ref_seeds.split(","):
-            found = sorted(glob.glob(f"{args.cache}/bench_cid/*-{layer}-s{s}-*.npz"))
+            pattern = args.ref_glob.format(cache=args.cache, layer=layer, seed=s)
+            found = sorted(glob.glob(pattern))
+            if len(found) > 1:
+                raise SystemExit(
+                    f"{len(found)} references match {pattern} (references of "
+                    "different solvers or settings); narrow --ref-glob:\n  "
+                    + "\n  ".join(found)
+                )
             if not found:
                 raise SystemExit(
                     f"no cached reference for {layer}, seed {s}: run "

@@ -19,8 +19,9 @@ averaged gradients (a dual-averaging scheme):
   weighted ``w_t = 2 / (t + 3)`` so that early iterates are forgotten, started
   from the linear model ``a / delta_f^2``;
 * each iteration moves ``log sigma`` a fraction ``omega_t`` of the way to the
-  fixed point (``omega_t = step_size / (1 + t / tau)``, :func:`damping`) ``s_i = (dH/ds_i s_i) / (2 mu q_i)``, where ``mu = 1 / lambda``
-  is driven by the measured budget (``mu *= r / beta``);
+  fixed point ``s_i = (dH/ds_i s_i) / (2 mu q_i)``, where ``mu = 1 / lambda``
+  is driven by the measured budget (``mu *= r / beta``); the damping decays,
+  ``omega_t = step_size / (1 + t / tau)`` (:func:`damping`);
 * the answer is the average of the iterates over the second half (Polyak),
   moved by one constant in ``log sigma`` until held draws meet the budget;
 * safeguard: the average of an early window of iterates (``early_window``)

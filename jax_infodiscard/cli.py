@@ -366,6 +366,7 @@ def _analyze(args) -> int:
         cid=_cid_config(args),
         cache_dir=args.cache,
         progress=_progress(args),
+        status=True,
     )
     result = run_analysis(
         args.name, args.out, options, overwrite=args.overwrite, argv=args.argv

@@ -68,6 +68,8 @@ class AnalysisOptions:
       cid: CID configuration (``--beta``, ``--method``).
       cache_dir: model cache (``None``: the shared default).
       progress: progress bars.
+      status: a line per finished phase (training, CID, decoders, RU) with
+        its time; the command line turns it on.
       design: changes to the analysis' design at ``scale``, as
         ``{field: value}`` over the fields of its ``Sizes`` (``SIZES[scale]``
         in the analysis' module), e.g. ``{"depths": (8,)}`` for ``depth``.
@@ -85,6 +87,7 @@ class AnalysisOptions:
     cid: CIDConfig = dataclasses.field(default_factory=CIDConfig)
     cache_dir: str | os.PathLike | None = None
     progress: bool = True
+    status: bool = False
     design: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
@@ -103,6 +106,7 @@ class AnalysisOptions:
         """The settings that shape results (for the run manifest)."""
         cfg = dataclasses.asdict(self)
         cfg.pop("progress")
+        cfg.pop("status")
         cfg.pop("cache_dir")
         return cfg
 

@@ -143,14 +143,30 @@ def crop_scale(dataset: str) -> float | None:
 
 
 class Timer:
-    """Wall time of named phases, in seconds (for ``results.json``)."""
+    """Wall time of named phases, in seconds (for ``results.json``).
 
-    def __init__(self):
+    With ``status``, each finished phase also prints one line (what the
+    command line shows, bars or not, so that a log says what the run is doing):
+
+    >>> timer = Timer(status=True)
+    >>> timer.lap("cid_s", time.perf_counter())  # doctest: +ELLIPSIS
+      done: cid in 0 s (run ... s)
+    """
+
+    def __init__(self, status: bool = False):
         self.seconds: dict[str, float] = {}
+        self.status = status
         self._start = time.perf_counter()
 
     def lap(self, name: str, since: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+        seconds = time.perf_counter() - since
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if self.status:
+            phase = name.removesuffix("_s").replace("_", " ")
+            print(
+                f"  done: {phase} in {seconds:.0f} s (run {self.total():.0f} s)",
+                flush=True,
+            )
 
     def total(self) -> float:
         return time.perf_counter() - self._start

@@ -68,7 +68,7 @@ SIZES = {
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains a normal and an adversarial network, measures, states verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     pgd = PGDConfig(epsilon=sz.epsilon, steps=sz.pgd_steps, step_size=sz.pgd_step_size)
     seeds = [options.seed + s for s in sz.seeds]

@@ -95,7 +95,7 @@ def _pruned(sparsity: float, epochs: int):
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains, prunes and fine-tunes, measures CID and robustness, verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     variants = {"original": {}} | {

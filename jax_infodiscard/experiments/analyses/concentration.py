@@ -80,7 +80,7 @@ def thirds(layers) -> tuple[list[str], list[str]]:
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the networks, measures concentration per layer, verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     nets = (sz.reference, *sz.others)

@@ -61,7 +61,7 @@ SIZES = {
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the original and the revised network, measures, states verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     revision = ((sz.layer, sz.filters, sz.kernel),)
     seeds = [options.seed + s for s in sz.seeds]

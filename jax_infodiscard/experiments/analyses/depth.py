@@ -92,7 +92,7 @@ STAGES = ("stage1", "stage2", "stage3")
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the ResNets and auto-encoders, measures, states the verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test = C.load_test(options, max(sz.num_images, 500))
     images = np.asarray(test.images[: sz.num_images])
     masks = C.masks_of(options, test, sz.num_images)

@@ -85,7 +85,7 @@ SIZES = {
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains teachers, ordinary and distilled students; measures; verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     teachers, accuracy = {}, {}

@@ -95,7 +95,7 @@ def bottleneck_outcome(cid: np.ndarray) -> tuple[str, dict]:
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains with a checkpoint per epoch, measures each, states the verdict."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer()
+    timer = C.Timer(options.status)
     test, images, masks = C.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     key = jax.random.key(options.seed)

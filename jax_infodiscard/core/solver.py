@@ -139,8 +139,8 @@ def damping(t, total_steps: int, step_size: float):
     oscillating about the fixed point. With a constant damping the
     oscillation biases the averaged ``dr/ds`` wherever it is convex in
     ``sigma``: at the logits of the trained demo convnet a constant 0.3 ended
-    0.2 nats per pixel below this schedule at equal held-out budget
-    (``benchmarks/bench_cid.py``), while conv1-conv5 did not move.
+    0.5 nats per pixel below this schedule at equal held-out budget
+    (``benchmarks/bench_equal_budget.py``), while conv1-conv5 did not move.
 
     >>> [round(float(damping(t, 96, 0.3)), 3) for t in (0, 48, 95)]
     [0.3, 0.027, 0.014]

@@ -11,16 +11,19 @@ import pytest
 from flax import nnx
 
 import jax_infodiscard as jid
+from jax_infodiscard.data import SyntheticConfig, load_synthetic
 from jax_infodiscard.evaluation import (
     descriptive_accuracy,
     feature_input_gradient,
     importance,
+    layer_fairness,
     layer_gradient,
     localization_recall,
 )
 from jax_infodiscard.models import create_model, feature_fn, model_fn
 from jax_infodiscard.models.layers import ConvBN, Dense, GlobalAvgPool, MaxPool
 from jax_infodiscard.models.surgery import next_conv, rescale_pair
+from jax_infodiscard.training.decoder import DecoderConfig
 
 S = 8
 
@@ -195,3 +198,43 @@ def test_rescale_pair_rejects_bad_layers():
         rescale_pair(model, "conv5")
     with pytest.raises(ValueError, match="factor"):
         rescale_pair(model, "conv1", 0.0)
+
+
+def test_layer_fairness_cid_and_ru_survive_the_rescaling_gradients_scale():
+    # Paper Sec. 3.4 on an untrained ConvNet (the invariance needs no
+    # training): w/4 on conv1, 4w on conv2 leaves the network's function, CID
+    # and RU unchanged; the gradient maps w.r.t. the features scale by 4 and
+    # the feature's input gradient by 1/4.
+    data = load_synthetic("test", 40, config=SyntheticConfig(image_size=16))
+    model = create_model("convnet", num_classes=10, image_size=16, rngs=nnx.Rngs(0))
+    cfg = jid.CIDConfig(
+        probes=16, steps=4, samples=2, budget_samples=8, layer_strategy="vmap"
+    )
+    table, fig = layer_fairness(
+        model,
+        data.images[:2],
+        data.masks[:2],
+        jax.random.key(0),
+        cid_config=cfg,
+        decoder_config=DecoderConfig(steps=3, width=8, num_blocks=1, batch_size=8),
+        decoder_images=data.images[8:],
+    )
+    first, second = table["layers"]
+    assert (first, second) == ("conv1", "conv2")
+    assert table["max_output_change"] < 1e-4
+    q = table["quantities"]
+    for name in (first, second):
+        for quantity in ("cid_mean", "concentration", "ru_mean"):
+            assert np.isfinite(q[name][quantity]["original"]), (name, quantity)
+        np.testing.assert_allclose(q[name]["cid_mean"]["ratio"], 1.0, atol=0.01)
+        np.testing.assert_allclose(q[name]["ru_mean"]["ratio"], 1.0, atol=0.02)
+    np.testing.assert_allclose(
+        q[first]["gradient_wrt_feature"]["ratio"], 4.0, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        q[first]["feature_input_gradient"]["ratio"], 0.25, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        q[second]["gradient_wrt_feature"]["ratio"], 1.0, rtol=1e-3
+    )
+    assert len(fig.axes) == 1

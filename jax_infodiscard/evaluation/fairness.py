@@ -12,6 +12,8 @@ module measures which quantities survive it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,7 +104,7 @@ def _measure(model, layers, images, masks, key, cid_config):
     return out
 
 
-def _ru_means(model, layers, images, key, decoder_config, decoder_images):
+def _ru_means(model, layers, images, key, decoder_config, decoder_images, ru_config):
     """Mean RU per layer, with one decoder per layer trained for ``model``
     (together: one forward pass of the network per training step)."""
     fn = feature_fn(model, layers)
@@ -115,7 +117,7 @@ def _ru_means(model, layers, images, key, decoder_config, decoder_images):
         progress=False,
     )
     decoders = {layer: decoder_fn(decs[layer]) for layer in layers}
-    res = jid.ru(fn, decoders, images, key, layers=layers)
+    res = jid.ru(fn, decoders, images, key, layers=layers, config=ru_config)
     return {layer: float(np.mean(res.mean[i])) for i, layer in enumerate(layers)}
 
 
@@ -142,8 +144,9 @@ def layer_fairness(
             analysed.
         factor: the scale ``c``.
         cid_config: CID configuration (default: the library default, `CIDConfig()`).
-        decoder_config: when given, the table also has ``"ru_mean"``: RU with
-            decoders trained (same keys) for each model's two layers on
+        decoder_config: when given, the table also has ``"ru_mean"``: RU
+            (solved with ``cid_config``'s settings) with decoders trained
+            (same keys) for each model's two layers on
             ``decoder_images`` (``float32 (N, H, W, C)``). The decoder
             normalises its input by the training features' statistics, so a
             decoder trained on ``h / c`` matches one trained on ``h``.
@@ -165,8 +168,12 @@ def layer_fairness(
     if decoder_config is not None:
         if decoder_images is None:
             raise ValueError("decoder_config needs decoder_images to train on")
+        # RU is solved with CID's settings (beta, steps, draws).
+        ru_config = jid.RUConfig(**dataclasses.asdict(cid_config))
         for m, out in ((model, before), (scaled, after)):
-            ru = _ru_means(m, layers, images, key, decoder_config, decoder_images)
+            ru = _ru_means(
+                m, layers, images, key, decoder_config, decoder_images, ru_config
+            )
             for name in layers:
                 out[name] = {"ru_mean": ru[name], **out[name]}
     table: dict = {

@@ -442,7 +442,9 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
         layer=config.fairness_layer,
         cid_config=config.cid,
         decoder_config=(
-            DecoderConfig(steps=config.fairness_decoder_steps, width=16)
+            DecoderConfig(
+                steps=config.fairness_decoder_steps, width=16, beta=config.cid.beta
+            )
             if config.fairness_decoder_steps
             else None
         ),

@@ -59,7 +59,6 @@ from jax.tree_util import Partial
 import jax_infodiscard as jid
 from jax_infodiscard import io
 from jax_infodiscard.config import METHODS
-from jax_infodiscard.core import solver
 from jax_infodiscard.experiments.cache import default_cache_dir, train_or_load
 from jax_infodiscard.experiments.data import load_examples
 from jax_infodiscard.experiments.demo import DemoConfig
@@ -208,10 +207,9 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
             "layer": layer,
             "seed": seed,
             "config": dataclasses.asdict(cfg),
+            # The damping schedule is in the config (``damping_time``), so
+            # references of the older constant-damping solver are not reused.
             "version": jid.__version__,
-            # The solver's schedule is not in the config: references of an
-            # older solver (constant damping) must not be reused.
-            "damping_decay": solver.DAMPING_DECAY,
         },
         sort_keys=True,
     )

@@ -47,8 +47,12 @@ class CIDConfig:
       steps: fixed-point iterations of ``optimize``.
       samples: noise draws per iteration (antithetic pairs; even).
       step_size: initial damping ``omega_0`` of the iterations, in ``(0, 1]``;
-        iteration ``t`` moves ``omega_0 / (1 + 20 t / steps)`` of the way to
-        the fixed point (``core.solver.damping``).
+        iteration ``t`` moves ``omega_0 / (1 + t / damping_time)`` of the way
+        to the fixed point (``core.solver.damping``).
+      damping_time: iterations after which the damping has halved (> 0), or
+        ``None`` for a constant damping. The decay settles the iterates:
+        measured at the logits of a trained convnet, 0.5 nats per pixel more
+        entropy than a constant damping at equal budget (README "Methods").
       budget_samples: held draws (antithetic pairs; even) for the final budget,
         the RU map and the regime diagnostics.
       budget_tol: ``converged`` means ``|log(budget / beta)| < budget_tol``.
@@ -77,6 +81,7 @@ class CIDConfig:
     steps: int = 96
     samples: int = 8
     step_size: float = 0.3
+    damping_time: float | None = 4.8
     budget_samples: int = 32
     budget_tol: float = 0.05
     per_channel: bool = False
@@ -119,6 +124,8 @@ def _validate(cfg: CIDConfig) -> None:
         if v % 2:
             raise ValueError(f"{name} must be even (antithetic pairs), got {v}")
     check_number("step_size", cfg.step_size, positive=True, maximum=1.0)
+    if cfg.damping_time is not None:
+        check_number("damping_time", cfg.damping_time, positive=True)
     check_number("budget_tol", cfg.budget_tol, positive=True)
     if not isinstance(cfg.per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {cfg.per_channel!r}")

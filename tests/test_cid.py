@@ -403,6 +403,7 @@ def test_bad_images(linear_model, images, error, match):
         (dict(budget_center="f"), "budget_center"),
         (dict(budget_tol=0.0), "budget_tol"),
         (dict(step_size=1.5), "step_size"),
+        (dict(damping_time=0.0), "damping_time"),
     ],
 )
 def test_bad_config(kwargs, match):

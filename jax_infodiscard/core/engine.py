@@ -87,6 +87,7 @@ class Static:
     steps: int
     samples: int
     step_size: float
+    damping_time: float | None
     budget_samples: int
     budget_tol: float
     per_channel: bool
@@ -110,6 +111,7 @@ class Static:
             steps=cfg.steps,
             samples=cfg.samples,
             step_size=cfg.step_size,
+            damping_time=cfg.damping_time,
             budget_samples=cfg.budget_samples,
             budget_tol=cfg.budget_tol,
             per_channel=cfg.per_channel,
@@ -187,6 +189,7 @@ def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, c
         keys=ctx.keys,
         samples=st.samples,
         step_size=st.step_size,
+        damping_time=st.damping_time,
         total_steps=st.steps,
         log_bounds=st.log_bounds,
     )

@@ -19,7 +19,9 @@ from jax_infodiscard.models import from_apply, from_linen, from_nnx
 
 EPS = 1e-5
 # Equality of two feature functions, not the solver's accuracy: a few steps.
-SHORT = jid.CIDConfig(probes=32, steps=6, samples=2, budget_samples=8)
+SHORT = jid.CIDConfig(
+    probes=32, steps=6, samples=2, budget_samples=8, layer_strategy="vmap"
+)
 
 
 def _images(n: int = 2, seed: int = 0) -> jax.Array:

@@ -205,9 +205,10 @@ def test_determinism_and_batch_independence(convnet, small_images):
     a = jid.cid(fn, small_images, keys, config=_SHORT)
     b = jid.cid(fn, small_images, keys, config=_SHORT)
     np.testing.assert_array_equal(a.pixel, b.pixel)
-    # Image 1 with other companions (and at another position), same key.
-    other = jnp.stack([small_images[1], 1.0 - small_images[0]])
-    c = jid.cid(fn, other, jnp.stack([keys[1], keys[0]]), config=_SHORT)
+    # Image 1 with other companions (and at another position), same key; the
+    # same batch size, so the compiled programs are reused.
+    other = jnp.stack([small_images[1], 1.0 - small_images[0], small_images[2]])
+    c = jid.cid(fn, other, keys[jnp.array([1, 0, 2])], config=_SHORT)
     np.testing.assert_allclose(c.pixel[:, 0], a.pixel[:, 1], atol=1e-3)
 
 

@@ -23,6 +23,9 @@ TINY_CID = jid.CIDConfig(
 )
 
 
+# Slow: the fairness check and the metrics have fast tests of their own
+# (tests/test_evaluation.py); this runs the job's plumbing end to end.
+@pytest.mark.slow
 def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
     cfg = EvaluateConfig(
         num_train=256,

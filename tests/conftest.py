@@ -185,3 +185,30 @@ def trained_convnet():
     )
     assert history["test_accuracy"][-1] > 0.3, history
     return feature_fn(model), jnp.asarray(te.images)
+
+
+def assert_rescaling_invariances(table: dict, output_tol: float = 1e-4) -> None:
+    """The layer-fairness table of a ``w/4, 4w`` rescaling (paper Sec. 3.4).
+
+    The network's function and CID do not move (RU too, where measured); the
+    gradient w.r.t. the rescaled feature scales by 4, the feature's input
+    gradient by 1/4, and the next layer's gradient does not move.
+    """
+    assert table["factor"] == 4.0
+    first, second = table["layers"]
+    assert table["max_output_change"] < output_tol
+    q = table["quantities"]
+    for name in (first, second):
+        assert np.isfinite(q[name]["concentration"]["original"]), name
+        np.testing.assert_allclose(q[name]["cid_mean"]["ratio"], 1.0, atol=0.01)
+        if "ru_mean" in q[name]:
+            np.testing.assert_allclose(q[name]["ru_mean"]["ratio"], 1.0, atol=0.02)
+    np.testing.assert_allclose(
+        q[first]["gradient_wrt_feature"]["ratio"], 4.0, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        q[first]["feature_input_gradient"]["ratio"], 0.25, rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        q[second]["gradient_wrt_feature"]["ratio"], 1.0, rtol=1e-3
+    )

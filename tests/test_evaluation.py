@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_rescaling_invariances
 from flax import nnx
 
 import jax_infodiscard as jid
@@ -227,24 +228,9 @@ def test_layer_fairness_cid_survives_the_rescaling_gradients_scale():
     # CID unchanged; the gradient maps w.r.t. the features scale by 4 and the
     # feature's input gradient by 1/4.
     table, fig = _fairness(with_ru=False)
-    first, second = table["layers"]
-    assert (first, second) == ("conv1", "conv2")
-    assert table["max_output_change"] < 1e-4
-    q = table["quantities"]
-    for name in (first, second):
-        assert "ru_mean" not in q[name]
-        for quantity in ("cid_mean", "concentration"):
-            assert np.isfinite(q[name][quantity]["original"]), (name, quantity)
-        np.testing.assert_allclose(q[name]["cid_mean"]["ratio"], 1.0, atol=0.01)
-    np.testing.assert_allclose(
-        q[first]["gradient_wrt_feature"]["ratio"], 4.0, rtol=1e-3
-    )
-    np.testing.assert_allclose(
-        q[first]["feature_input_gradient"]["ratio"], 0.25, rtol=1e-3
-    )
-    np.testing.assert_allclose(
-        q[second]["gradient_wrt_feature"]["ratio"], 1.0, rtol=1e-3
-    )
+    assert tuple(table["layers"]) == ("conv1", "conv2")
+    assert all("ru_mean" not in q for q in table["quantities"].values())
+    assert_rescaling_invariances(table)
     assert len(fig.axes) == 1
 
 
@@ -256,5 +242,4 @@ def test_layer_fairness_ru_survives_the_rescaling():
     q = table["quantities"]
     for name in table["layers"]:
         assert np.isfinite(q[name]["ru_mean"]["original"]), name
-        np.testing.assert_allclose(q[name]["ru_mean"]["ratio"], 1.0, atol=0.02)
-        np.testing.assert_allclose(q[name]["cid_mean"]["ratio"], 1.0, atol=0.01)
+    assert_rescaling_invariances(table)

@@ -126,14 +126,11 @@ class State(NamedTuple):
     early: Array
 
 
-DAMPING_TIME = 4.8
-"""Default ``damping_time`` of :func:`damping` (``CIDConfig.damping_time``)."""
-
-
-def damping(t, step_size: float, damping_time: float | None = DAMPING_TIME):
+def damping(t, step_size: float, damping_time: float | None):
     """Damping ``omega_t = step_size / (1 + t / damping_time)`` of iteration ``t``.
 
-    The damping halves after ``damping_time`` iterations (default 4.8), thirds
+    The damping halves after ``damping_time`` iterations
+    (``CIDConfig.damping_time``, default 4.8), thirds
     after twice that, and so on (a Robbins-Monro schedule): the first
     iterations move fast from the linear start, later ones less and less, so
     that the iterates settle instead of oscillating about the fixed point.
@@ -147,9 +144,9 @@ def damping(t, step_size: float, damping_time: float | None = DAMPING_TIME):
     point (25% median sigma error on the quadratic oracle; 0.045 nats per
     pixel short at conv3 of the trained demo convnet).
 
-    >>> [round(float(damping(t, 0.3)), 3) for t in (0, 48, 95)]
+    >>> [round(float(damping(t, 0.3, 4.8)), 3) for t in (0, 48, 95)]
     [0.3, 0.027, 0.014]
-    >>> round(float(damping(95, 0.3, damping_time=None)), 3)  # constant
+    >>> round(float(damping(95, 0.3, None)), 3)  # constant
     0.3
     """
     t = jnp.asarray(t, jnp.float32)
@@ -307,9 +304,9 @@ def step(
     *,
     samples: int,
     step_size: float,
+    damping_time: float | None,
     total_steps: int,
     log_bounds: tuple[float, float],
-    damping_time: float | None = DAMPING_TIME,
 ) -> State:
     """One averaged fixed-point iteration (see the module docstring).
 

@@ -19,6 +19,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -208,6 +209,18 @@ def _cid_config(args) -> CIDConfig:
     return CIDConfig(**{k: v for k, v in changes.items() if v is not None})
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"a JSON object {{field: value}} is needed, got {text!r}"
+        )
+    return value
+
+
 def _progress(args) -> bool:
     return not args.no_progress
 
@@ -360,6 +373,7 @@ def _analyze(args) -> int:
 
     options = AnalysisOptions(
         scale="fast" if args.fast else "full",
+        design=args.design,
         dataset=args.dataset,
         image_size=args.image_size,
         seed=args.seed,
@@ -396,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(d, "out/demo")
     _add_model(d)
     _add_cid(d)
-    _add_fast(d, "about 1.5 min on 2 CPU cores")
+    _add_fast(d, "about 4 min on an idle 2-core CPU; each phase prints its estimate")
     d.add_argument("--no-ru", action="store_true", help="skip RU (no decoders)")
     d.add_argument(
         "--ru-unlearned",
@@ -606,6 +620,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cid(a)
     _add_fast(a, "a few minutes on 2 CPU cores")
+    a.add_argument(
+        "--design",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="change fields of the analysis' design at its scale, as a JSON "
+        'object, e.g. \'{"num_images": 16, "seeds": [0, 1]}\' (the fields are '
+        "those of the module's Sizes; an unknown field is an error naming the "
+        "known ones)",
+    )
     _add_common(a)
     a.set_defaults(func=_analyze)
     return p

@@ -76,6 +76,16 @@ def test_choices_come_from_the_registries():
         (["run", "--out", "o", "--checkpoint", "/no/such/dir"], "does not exist"),
         (["run", "--out", "o", "--model", "convnet", "--crop-scale", "0"], "> 0"),
         (["analyze", "nope", "--out", "o"], "invalid choice: 'nope'"),
+        (["analyze", "damage", "--out", "o", "--design", "{x"], "--design: not JSON"),
+        (["analyze", "damage", "--out", "o", "--design", "[1]"], "a JSON object"),
+        (
+            ["analyze", "damage", "--out", "o", "--design", '{"bogus": 1}'],
+            "design has no field(s) ['bogus']; its fields are ['epochs',",
+        ),
+        (
+            ["analyze", "damage", "--out", "o", "--design", '{"seeds": [0, 0]}'],
+            "design field 'seeds' must be distinct integers",
+        ),
         (["demo", "--overwrite", "--out", "o", "--fast", "--no-ru", "--nope"], "nope"),
     ],
 )
@@ -163,3 +173,23 @@ def test_installed_entry_point_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_analyze_passes_the_design_and_the_scale(monkeypatch, tmp_path, capsys):
+    from jax_infodiscard.experiments import analyses
+
+    seen = {}
+
+    def fake_run(name, out, options, **kwargs):
+        seen.update(name=name, options=options)
+        return analyses.AnalysisResult(results={})
+
+    monkeypatch.setattr(analyses, "run_analysis", fake_run)
+    argv = ["analyze", "damage", "--out", str(tmp_path / "o"), "--no-progress"]
+    design = '{"num_images": 2, "seeds": [0, 1]}'
+    assert cli.main([*argv, "--fast", "--design", design]) == 0
+    options = seen["options"]
+    assert seen["name"] == "damage" and options.scale == "fast"
+    assert options.design == (("num_images", 2), ("seeds", (0, 1)))
+    assert cli.main(argv) == 0
+    assert seen["options"].scale == "full" and seen["options"].design == ()

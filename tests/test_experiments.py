@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -293,8 +294,37 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
         **kw,
     )
     assert v.outcome == "inconclusive" and "image variance) at l1" in v.measured
-    table = C.diagnostics_table([net("b", base_ru, ["l2"])], ["b (seed 1)"])
-    assert "| b (seed 1) | l2 |" in table and "not solved" in table
+    measured = net("b", base_ru, ["l2"])
+    table = C.diagnostics_table([measured], ["b (seed 1)"])
+    assert "| b (seed 1) |  | l1 |" in table and "not solved" in table
+    measured.info["test_accuracy"] = 0.8125
+    rows = C.diagnostics_table([measured], ["b (seed 1)"]).splitlines()
+    assert rows[2].startswith("| b (seed 1) | 81.2% | l1 |")
+    assert rows[3].startswith("| b (seed 1) |  | l2 |")
+
+
+def test_summary_of_a_layer_without_ru_is_nan_and_silent():
+    from types import SimpleNamespace
+
+    from jax_infodiscard.experiments.analyses import _common as C
+
+    ones = np.ones((2, 3))
+    cid = SimpleNamespace(
+        mean=ones,
+        linearity=ones,
+        entropy_gain=0 * ones,
+        mean_shift=0 * ones,
+        converged=ones > 0,
+        capped=ones < 0,
+    )
+    ru = SimpleNamespace(mean=np.array([[1.0, 2.0, 3.0], [np.nan] * 3]))
+    m = C.Measured("a", ("l1", "l2"), cid, ru=ru, ru_layers=("l1", "l2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Degrees of freedom <= 0"
+        layers = m.summary()["layers"]
+    assert layers["l1"]["ru"]["mean"] == 2.0
+    assert layers["l1"]["ru"]["sd"] == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    assert all(np.isnan(v) for v in layers["l2"]["ru"].values())
 
 
 def test_analysis_registry_and_unknown_names(tmp_path):

@@ -56,12 +56,12 @@ SIZES = {
     "toy": Sizes(("convnet", 4), (("convnet", 8),), 128, 1, 2, (0,)),
     "fast": Sizes(("alexnet", 16), (("vgg11", 8), ("vgg13", 8)), 2_000, 3, 8, (0,)),
     "full": Sizes(
-        ("alexnet", 32),
+        ("alexnet", 16),
         (("vgg11", 16), ("vgg13", 16), ("vgg16", 16)),
         5_000,
         6,
-        16,
-        (0, 1),
+        8,
+        (0,),
     ),
 }
 

@@ -54,7 +54,7 @@ class Sizes:
 SIZES = {
     "toy": Sizes("convnet", 4, "conv3", 4, 7, 128, 1, 2, (0,), 0),
     "fast": Sizes("vgg11", 8, "conv4_2", 4, 7, 2_000, 3, 8, (0,), 0),
-    "full": Sizes("vgg16", 16, "conv4_3", 4, 7, 5_000, 6, 16, (0, 1), 1_000),
+    "full": Sizes("vgg11", 16, "conv4_2", 4, 7, 5_000, 6, 8, (0, 1), 1_000),
 }
 
 

@@ -52,13 +52,13 @@ SIZES = {
         "resnet20", 8, ("conv1", "stage1", "stage2", "stage3"), 2_000, 6, 8, (0,)
     ),
     "full": Sizes(
-        "resnet32",
+        "resnet20",
         8,
-        ("conv1", "block1_3", "stage1", "block2_3", "stage2", "block3_3", "stage3"),
-        5_000,
-        12,
-        16,
-        (0, 1),
+        ("conv1", "stage1", "stage2", "stage3"),
+        4_000,
+        6,
+        8,
+        (0,),
     ),
 }
 

@@ -310,9 +310,7 @@ class Measured:
                 v = self.values(q)
                 if v is None:
                     continue
-                m, s = _mean_sem(v[i])
-                finite = v[i][np.isfinite(v[i])]
-                sd = float(finite.std()) if finite.size else math.nan
+                m, s, sd = _mean_sem_sd(v[i])
                 row[q] = {"mean": m, "sem": s, "sd": sd}
             for d in ("linearity", "entropy_gain", "mean_shift"):
                 row[d] = float(np.mean(getattr(self.cid, d)[i]))
@@ -322,13 +320,19 @@ class Measured:
         return out
 
 
-def _mean_sem(v: np.ndarray) -> tuple[float, float]:
+def _mean_sem_sd(v: np.ndarray) -> tuple[float, float, float]:
+    """Mean, standard error and standard deviation of the finite values
+    (NaN where there are too few; no numpy warning)."""
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
     if v.size == 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     sem = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return float(v.mean()), sem
+    return float(v.mean()), sem, float(v.std())
+
+
+def _mean_sem(v: np.ndarray) -> tuple[float, float]:
+    return _mean_sem_sd(v)[:2]
 
 
 def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:

@@ -72,6 +72,9 @@ class CIDConfig:
       layer_strategy: ``"vmap"`` (all layers in one program), ``"per_layer"``
         (one program per layer; XLA drops the network above the layer) or
         ``"auto"`` (the measured best for the backend and method).
+      unit_range: require images in ``[0, 1]`` (the unit the budget and
+        ``max_sigma`` are meant for; catches images in ``0..255``). ``False``
+        for models that expect another input range.
     """
 
     beta: float = 1.5e-4
@@ -90,6 +93,7 @@ class CIDConfig:
     chunk_size: int | None = None
     step_chunk: int | None = None
     layer_strategy: LayerStrategy = "auto"
+    unit_range: bool = True
 
     def __post_init__(self):
         _validate(self)
@@ -140,6 +144,8 @@ def _validate(cfg: CIDConfig) -> None:
         check_int("chunk_size", cfg.chunk_size)
     if cfg.step_chunk is not None:
         check_int("step_chunk", cfg.step_chunk)
+    if not isinstance(cfg.unit_range, bool):
+        raise TypeError(f"unit_range must be a bool, got {cfg.unit_range!r}")
     if cfg.layer_strategy not in LAYER_STRATEGIES:
         raise ValueError(
             f"layer_strategy must be one of {LAYER_STRATEGIES}, "

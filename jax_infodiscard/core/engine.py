@@ -35,11 +35,16 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import diagnostics, memory, solver
-from jax_infodiscard.core.features import image_features
+from jax_infodiscard.core.features import image_features, normalise
 from jax_infodiscard.core.linear import closed_form, column_norms, linear_distortion
 from jax_infodiscard.core.methods import METHOD_TABLE
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey, PyTree
-from jax_infodiscard.validation import as_partial, check_images, check_layers
+from jax_infodiscard.validation import (
+    as_partial,
+    check_images,
+    check_layers,
+    check_solution,
+)
 from jax_infodiscard.validation import image_keys as _image_keys
 
 ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
@@ -450,13 +455,25 @@ def compute(
             f"config must be a {metric.result.__name__[:-6]}Config, got "
             f"{type(config).__name__}"
         )
-    images = check_images(images)
+    images = check_images(
+        images,
+        unit_range=config.unit_range,
+        hint="; pass a config with unit_range=False if the model expects another "
+        "input range",
+    )
     fn = as_partial(feature_fn)
     names = check_layers(fn, images, layers)
     keys = _image_keys(key, images.shape[0])
     if check_extra is not None:
         extra = check_extra(fn, extra, images, names)
+    # Scale-free features (a power of two per layer), and back to the user's
+    # units after the finite check (validation.check_solution).
+    fn, extra, scale = normalise(fn, names, images[0], extra)
     out = run(metric, fn, extra, images, keys, names, config)
+    check_solution(out, names, metric.name, images)
+    out["feature_scale"] = np.asarray(out["feature_scale"], np.float64) * (
+        scale[:, None] ** 2
+    )
     result = assemble(metric.result, names, out, config, images.shape[-1])
     _check_and_warn(result, config, metric.name)
     return result
@@ -489,14 +506,7 @@ def assemble(cls, layers, out: dict, cfg: CIDConfig, channels: int):
 
 
 def _check_and_warn(result, cfg: CIDConfig, metric: str) -> None:
-    """Errors for features the solver cannot use; warnings for doubtful maps."""
-    dead = np.asarray(result.feature_scale) <= np.finfo(np.float32).tiny
-    if dead.any():
-        bad = sorted({result.layers[l] for l in np.nonzero(dead)[0]})
-        raise ValueError(
-            f"layer(s) {bad}: the feature does not change with the input (zero "
-            "Jacobian); CID is undefined there"
-        )
+    """Warnings for doubtful maps (errors: validation.check_solution)."""
     lin = np.asarray(result.linearity).mean(axis=1)
     if cfg.method == "linear":
         far = [f"{n} ({v:.2f})" for n, v in zip(result.layers, lin, strict=True)]

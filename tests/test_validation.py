@@ -217,3 +217,36 @@ def test_check_solution_names_every_failure_and_the_zero_jacobian():
     with pytest.raises(ValueError, match=r"zero Jacobian: 'a' at image\(s\) \[1\]"):
         v.check_solution(out, ("a",), "cid")
     v.check_solution({"feature_scale": np.ones((2, 3))}, ("a", "b"), "cid")
+
+
+def _tanh_scaled(c, x):
+    return {"f": c * jnp.tanh(x - 0.5)}
+
+
+def _tanh_inverse(c, f):
+    return jnp.arctanh(jnp.clip(f / c, -0.999, 0.999)) + 0.5
+
+
+def test_ru_with_features_times_1e20_gives_the_same_maps():
+    # The decoder sees the user's features: the engine undoes its scaling.
+    import warnings
+
+    from jax.tree_util import Partial
+
+    import jax_infodiscard as jid
+
+    cfg = jid.RUConfig(**_CFG)
+    out = []
+    for c in (1.0, 1e20):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = jid.ru(
+                Partial(_tanh_scaled, jnp.float32(c)),
+                Partial(_tanh_inverse, jnp.float32(c)),
+                _X,
+                jax.random.key(3),
+                config=cfg,
+            )
+        assert np.isfinite(res.pixel).all()
+        out.append(res)
+    np.testing.assert_allclose(out[1].pixel, out[0].pixel, atol=1e-4)

@@ -95,13 +95,15 @@ def deviations(
 #
 # CID and RU are invariant to a constant factor on a layer's features: the
 # budget ``E||h(x') - f||^2 / delta_f^2`` is a ratio. Squared float32 features
-# are not: features of 1e20 square to inf, features of 1e-20 to 0. The engine
-# therefore divides each layer's features by a power of two ``2^e_l`` chosen
-# from one image, before anything is squared. A power of two scales every
-# float32 operation exactly (no rounding), so the maps are the same bits as
-# those of the unscaled features wherever the latter were representable.
+# are not: features of 1e20 square to inf, features of 1e-20 to 0. Where a
+# layer's features lie outside 2^+-24, the engine divides them by a power of
+# two ``2^e_l`` chosen from one image, before anything is squared. A power of
+# two scales products and sums exactly (no rounding), so the maps agree with
+# those of unit-size features up to the rounding of a few logarithms. Ordinary
+# features (within 2^+-24) are not touched and keep their exact numbers.
 
 _MAX_EXPONENT = 100  # |e_l| <= 100 keeps 2^-e_l a normal float32
+_SAFE_EXPONENT = 24  # features within 2^+-24 are left as they are
 
 
 def _rms(tree: PyTree) -> float:
@@ -117,10 +119,17 @@ def _rms(tree: PyTree) -> float:
 
 
 def _exponent(magnitude: float) -> int:
-    """``round(log2(magnitude))`` clipped to ``[-100, 100]``; 0 if not positive."""
+    """``round(log2(magnitude))`` clipped to ``[-100, 100]``.
+
+    0 (no scaling) if ``magnitude`` is not positive, or within ``2^+-24``:
+    there squares and sums of float32 features are safe, and ordinary
+    networks keep the exact numbers of unscaled features.
+    """
     if not (math.isfinite(magnitude) and magnitude > 0):
         return 0
     e = round(math.log2(magnitude))
+    if abs(e) <= _SAFE_EXPONENT:
+        return 0
     return int(min(max(e, -_MAX_EXPONENT), _MAX_EXPONENT))
 
 
@@ -131,13 +140,14 @@ def layer_exponents(
 
     ``2^e_l`` is the root mean square of the features of image ``x``
     ``(H, W, C)``, rounded to a power of two; where they are all zero, that
-    of one Jacobian-vector product (a fixed direction); else 0 (no scaling).
-    Layers whose features are not all float32 keep ``e_l = 0``.
+    of one Jacobian-vector product (a fixed direction). Features within
+    ``2^+-24`` and layers whose features are not all float32 keep
+    ``e_l = 0`` (no scaling).
 
     >>> import jax.numpy as jnp
     >>> fn = lambda z: {"big": z * 1e20, "unit": z}
     >>> layer_exponents(fn, ("big", "unit"), jnp.full((2, 2, 1), 0.5))
-    {'big': 65, 'unit': -1}
+    {'big': 65, 'unit': 0}
     """
     out = feature_fn(x[None])
     exps = {}

@@ -23,6 +23,7 @@ from jax.tree_util import Partial
 from jax_infodiscard.types import Array
 
 __all__ = [
+    "ImageFailure",
     "NonFiniteError",
     "as_partial",
     "check_boxes",
@@ -345,15 +346,20 @@ def check_layers(
     return layers
 
 
-class NonFiniteError(ValueError):
-    """A solve produced NaN/inf; ``failures`` lists ``(layer, image, cause)``.
+class ImageFailure(ValueError):
+    """Some images cannot be solved; ``failures`` lists ``(layer, image, cause)``.
 
-    ``image`` is the index in the batch given to the solver.
+    ``image`` is the index in the batch given to the solver. The ``run`` job
+    records these images and goes on with the others.
     """
 
     def __init__(self, message: str, failures: list[tuple[str, int, str]]):
         super().__init__(message)
         self.failures = failures
+
+
+class NonFiniteError(ImageFailure):
+    """A solve produced NaN/inf (an infinite Jacobian, overflowing features)."""
 
 
 _SOLUTION_FIELDS = ("pixel", "log_sigma", "lam", "budget")
@@ -373,8 +379,8 @@ def check_solution(
       images: the ``(B, H, W, C)`` images, to quote their range in messages.
 
     Raises:
-      ValueError: a layer whose features do not depend on the input (zero
-        Jacobian) at some image.
+      ImageFailure: (a ``ValueError``) a layer whose features do not depend
+        on the input (zero Jacobian) at some image.
       NonFiniteError: an infinite or NaN Jacobian, or maps that are not
         finite; the message names the layer, the image and the cause, and
         ``failures`` lists every ``(layer, image, cause)``.
@@ -387,9 +393,18 @@ def check_solution(
             f"{layers[l]!r} at image(s) {np.nonzero(dead[l])[0][:5].tolist()}"
             for l in sorted(set(np.nonzero(dead)[0]))
         )
-        raise ValueError(
+        raise ImageFailure(
             f"layer(s) {bad}: the feature does not change with the input (zero "
-            f"Jacobian: {where}); {metric.upper()} is undefined there"
+            f"Jacobian: {where}); {metric.upper()} is undefined there",
+            [
+                (
+                    layers[l],
+                    int(b),
+                    "zero Jacobian: the feature does not change "
+                    "with the input at this image",
+                )
+                for l, b in zip(*np.nonzero(dead), strict=True)
+            ],
         )
     failures: list[tuple[str, int, str]] = []
     jac = ~np.isfinite(scale)

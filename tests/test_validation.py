@@ -214,8 +214,11 @@ def test_check_solution_names_every_failure_and_the_zero_jacobian():
     assert "budget is NaN/inf" in e.value.failures[1][2]
     assert "(1 more (layer, image) pairs)" in str(e.value)
     out["feature_scale"] = np.array([[1.0, np.finfo(np.float32).tiny, 2.0]])
-    with pytest.raises(ValueError, match=r"zero Jacobian: 'a' at image\(s\) \[1\]"):
+    with pytest.raises(
+        v.ImageFailure, match=r"zero Jacobian: 'a' at image\(s\) \[1\]"
+    ) as e:
         v.check_solution(out, ("a",), "cid")
+    assert [f[:2] for f in e.value.failures] == [("a", 1)]
     v.check_solution({"feature_scale": np.ones((2, 3))}, ("a", "b"), "cid")
 
 

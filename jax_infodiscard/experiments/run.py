@@ -20,11 +20,12 @@ streams the results, shard by shard, into Zarr stores in the run folder
   ``pixel`` maps and cross-checked against the stored ``mean``, and
   ``manifest.json``.
 
-An image whose solve ends in NaN/inf (:class:`NonFiniteError`) is not a
-silent NaN map: its maps are NaN in the store, the marker and ``report.md``
-name the layer, the image and the cause, and the summary leaves it out and
-counts it (``failed``). A full disk stops the run with "no space left on
-device", the path, and the advice to rerun with ``--resume``.
+An image whose solve ends in NaN/inf or meets a zero Jacobian
+(:class:`ImageFailure`) is not a silent NaN map: its maps are NaN in the
+store, the marker and ``report.md`` name the layer, the image and the
+cause, and the summary leaves it out and counts it (``failed``). A full
+disk stops the run with "no space left on device", the path, and the advice
+to rerun with ``--resume``.
 
 Shards are a fixed grid of ``shard_size`` images over the split. Image
 ``i`` always gets the key ``fold_in(key(seed), i)`` and always sits in the
@@ -77,7 +78,7 @@ from jax_infodiscard.experiments.store import (
     is_disk_full,
 )
 from jax_infodiscard.models import feature_fn, layer_names
-from jax_infodiscard.validation import NonFiniteError, check_int
+from jax_infodiscard.validation import ImageFailure, check_int
 
 __all__ = ["DatasetRunConfig", "format_summary", "run_dataset"]
 
@@ -260,11 +261,11 @@ def _failed_fields(fields: dict[str, np.ndarray], images: list[int]) -> None:
 def _solve(solve, batch: jax.Array, count: int, start: int):
     """``solve(batch)``, or, if images fail, the others and a failure record.
 
-    ``solve`` raises :class:`NonFiniteError` naming the failing (layer,
-    image) pairs. Those images are replaced by a good image of the batch
-    (results do not depend on batch companions, and the shapes stay those
-    of every shard: no recompilation), solved again, and their maps blanked
-    (NaN) for every layer.
+    ``solve`` raises :class:`ImageFailure` (NaN/inf, zero Jacobian) naming
+    the failing (layer, image) pairs. Those images are replaced by a good
+    image of the batch (results do not depend on batch companions, and the
+    shapes stay those of every shard: no recompilation), solved again, and
+    their maps blanked (NaN) for every layer.
 
     Returns:
       ``(result, failed, records)``: ``failed`` the batch indices whose maps
@@ -273,7 +274,7 @@ def _solve(solve, batch: jax.Array, count: int, start: int):
     """
     try:
         return solve(batch), [], []
-    except NonFiniteError as e:
+    except ImageFailure as e:
         failed = sorted({b for _, b, _ in e.failures if b < count})
         records = [
             {"image": start + b, "layer": layer, "cause": cause}

@@ -56,7 +56,9 @@ class _Result:
       converged: ``|log(budget / beta)| < budget_tol`` ``(L, B)`` bool.
       passes: model passes per map ``(L, B)`` int (forward, VJP and
         forward+backward each count as one), diagnostics included.
-      feature_scale: ``delta_f^2`` ``(L, B)``.
+      feature_scale: ``delta_f^2`` ``(L, B)`` float64, in the units of the
+        user's features (the solver works on features scaled by a power of
+        two, so features of any size fit).
       capped: sigma entries at ``max_sigma`` (ignored by the layer) ``(L, B)``.
       linearity: true budget of the closed-form (linear-regime) sigma divided
         by ``beta`` ``(L, B)``: 1 when the layer is linear over the noise.

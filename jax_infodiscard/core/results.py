@@ -6,12 +6,13 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, ClassVar
 
 import jax
 import numpy as np
+
+from jax_infodiscard.io import write_bytes
 
 _ARRAYS = (
     "pixel",
@@ -114,7 +115,7 @@ class _Result:
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         buf = io.BytesIO()
         np.savez_compressed(buf, __meta__=np.array(json.dumps(meta)), **arrays)
-        _atomic_write(os.fspath(path), buf.getvalue())
+        write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike):
@@ -157,21 +158,6 @@ class _Result:
             method=str(meta["method"]),
             **arrays,
         )
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _register(cls):

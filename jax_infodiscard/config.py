@@ -63,7 +63,7 @@ class CIDConfig:
         0.5 log(2 pi e)`` nats, and counted in ``CIDResult.capped``.
       min_sigma: floor on sigma (input units).
       chunk_size: images per vectorised chunk inside the compiled program
-        (``None``: all images of a device at once).
+        (``None``: the engine plans the largest chunk that fits the memory).
       step_chunk: iterations per compiled call. On CPU the iterations run as a
         host loop over compiled chunks of this many unrolled steps (XLA:CPU
         runs convolution gradients inside compiled loops 15-25x slower); on
@@ -111,6 +111,18 @@ class RUConfig(CIDConfig):
     maximises the reconstruction entropy under the budget, ``"linear"``
     evaluates RU at CID's closed-form sigma.
     """
+
+    @classmethod
+    def from_cid(cls, cfg: CIDConfig, **changes) -> RUConfig:
+        """The RU configuration with every field of ``cfg``, then ``changes``.
+
+        >>> RUConfig.from_cid(CIDConfig(beta=1e-3), steps=48).beta
+        0.001
+        """
+        if not isinstance(cfg, CIDConfig):
+            raise TypeError(f"cfg must be a CIDConfig, got {type(cfg).__name__}")
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(CIDConfig)}
+        return cls(**{**fields, **changes})
 
 
 def _validate(cfg: CIDConfig) -> None:

@@ -277,13 +277,14 @@ def test_two_processes_equal_one(reference, checkpoint, tmp_path, tmp_path_facto
 
 @pytest.mark.slow
 def test_ru_is_streamed_when_decoders_are_given(checkpoint, tmp_path):
+    from jax_infodiscard.experiments.cache import load_or_train_decoder
     from jax_infodiscard.training.checkpoint import restore_checkpoint
-    from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
+    from jax_infodiscard.training.decoder import DecoderConfig
 
     model, _ = restore_checkpoint(checkpoint)
     train = load_synthetic("train", 32, config=SyntheticConfig(image_size=SIZE))
     decoders = tmp_path / "decoders"
-    train_decoder(
+    load_or_train_decoder(
         feature_fn(model, LAYERS),
         LAYERS[0],
         train.images,

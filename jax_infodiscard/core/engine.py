@@ -369,13 +369,16 @@ def run(
     keys: Array,
     layers: tuple[str, ...],
     cfg: CIDConfig,
+    on_group: Callable[[tuple[str, ...], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Solves every image and layer; outputs are host arrays ``(L, B, ...)``.
 
     Images run in chunks (a host loop) of ``cfg.chunk_size`` or, with
     ``None``, of the size that :func:`memory.plan` finds to fit the free
     memory; each chunk is padded to the chunk size (one compilation) and to a
-    multiple of the local device count.
+    multiple of the local device count. ``on_group(layers, outputs)``, when
+    given, is called after each layer group of each chunk with its host
+    outputs ``(B_chunk, L_group, ...)`` (real images only).
     """
     strategy = resolve_strategy(cfg, len(layers))
     groups = [layers] if strategy == "vmap" else [(name,) for name in layers]
@@ -403,8 +406,9 @@ def run(
         im = _pad(images[start : start + size], size)
         ks = _pad(keys[start : start + size], size)
         n_real = min(size, num - start)
-        outs = [
-            _run_group(
+        outs = []
+        for g in groups:
+            out = _run_group(
                 Static.of(metric, g, cfg, probe_batch),
                 cfg,
                 feature_fn,
@@ -413,8 +417,9 @@ def run(
                 ks,
                 beta,
             )
-            for g in groups
-        ]
+            outs.append(out)
+            if on_group is not None:
+                on_group(g, {k: np.asarray(v)[:n_real] for k, v in out.items()})
         merged = {
             k: np.concatenate([np.asarray(o[k]) for o in outs], axis=1) for k in outs[0]
         }
@@ -433,6 +438,7 @@ def compute(
     config: CIDConfig,
     extra: PyTree = None,
     check_extra: Callable[..., PyTree] | None = None,
+    on_group: Callable[[tuple[str, ...], dict[str, np.ndarray]], None] | None = None,
 ):
     """The entry path of :func:`cid` and :func:`ru`: validate, run, assemble, warn.
 
@@ -446,6 +452,7 @@ def compute(
       extra: metric-specific inputs (RU: the decoders).
       check_extra: validates ``extra`` given ``(feature_fn, extra, images,
         layers)`` and returns it prepared (RU's decoder check).
+      on_group: progress callback of :func:`run`.
 
     Returns:
       A result record of class ``metric.result``.
@@ -469,7 +476,7 @@ def compute(
     # Scale-free features (a power of two per layer), and back to the user's
     # units after the finite check (validation.check_solution).
     fn, extra, scale = normalise(fn, names, images[0], extra)
-    out = run(metric, fn, extra, images, keys, names, config)
+    out = run(metric, fn, extra, images, keys, names, config, on_group)
     check_solution(out, names, metric.name, images)
     out["feature_scale"] = np.asarray(out["feature_scale"], np.float64) * (
         scale[:, None] ** 2

@@ -70,6 +70,12 @@ from jax_infodiscard.experiments.data import (
     load_examples,
     split_size,
 )
+from jax_infodiscard.experiments.measure import (
+    Decoders,
+    concentration_or_nan,
+    load_decoders,
+    solve,
+)
 from jax_infodiscard.experiments.rundir import RunFolder, RunFolderError
 from jax_infodiscard.experiments.store import (
     ArrayStore,
@@ -103,7 +109,7 @@ class DatasetRunConfig:
       shard_size: images per shard (one solver call and one chunk).
       cid: CID configuration.
       ru: RU configuration when decoders are given (``None``:
-        ``RUConfig(beta=cid.beta, chunk_size=cid.chunk_size)``); must be
+        ``RUConfig.from_cid(cid)``, every CID setting); must be
         ``None`` without decoders.
       seed: PRNG seed of the solver keys.
       model: train or load this model through the shared cache, or
@@ -137,7 +143,7 @@ class DatasetRunConfig:
         if self.ru is not None and self.decoders is None:
             raise ValueError("an RU configuration needs decoders")
         if self.decoders is not None and self.ru is None:
-            ru = jid.RUConfig(beta=self.cid.beta, chunk_size=self.cid.chunk_size)
+            ru = jid.RUConfig.from_cid(self.cid)
             object.__setattr__(self, "ru", ru)
         if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one layer (or be None)")
@@ -158,13 +164,10 @@ def _load_model(config: DatasetRunConfig, cache_dir, progress: bool):
     return train_or_load(config.model, cache_dir, progress=progress).model
 
 
-def _load_decoders(config: DatasetRunConfig, layers: Sequence[str]) -> dict | None:
+def _load_decoders(config: DatasetRunConfig, layers: Sequence[str]) -> Decoders | None:
     if config.decoders is None:
         return None
-    from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import load_decoder
-
-    return {name: decoder_fn(load_decoder(config.decoders, name)[0]) for name in layers}
+    return load_decoders(config.decoders, layers)
 
 
 class _Images:
@@ -191,17 +194,6 @@ class _Images:
         if self._all is not None:
             return Examples(*(None if a is None else a[start:stop] for a in self._all))
         return self._load(start, stop - start)
-
-
-def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
-    """``(L, B)`` concentration, NaN where a mask lacks fore- or background."""
-    if masks is None:
-        return None
-    out = np.full(pixel.shape[:2], np.nan, np.float32)
-    ok = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
-    if ok.any():
-        out[:, ok] = np.asarray(jid.concentration(pixel[:, ok], masks[ok]))
-    return out
 
 
 def _result_fields(result: Any) -> dict[str, np.ndarray]:
@@ -662,21 +654,27 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
         )
         masks = None if not masks_exist or ex.masks is None else np.asarray(ex.masks)
         solvers = {
-            "cid": partial(jid.cid, fn, key=keys, layers=layers, config=config.cid)
+            "cid": partial(solve, "cid", fn, key=keys, layers=layers, config=config.cid)
         }
         if decoders is not None:
             solvers["ru"] = partial(
-                jid.ru, fn, decoders, key=keys, layers=layers, config=config.ru
+                solve,
+                "ru",
+                fn,
+                key=keys,
+                layers=layers,
+                config=config.ru,
+                decoders=decoders,
             )
         checksums: dict[str, dict[str, str]] = {}
         failures: list[dict] = []
         try:
-            for metric, solve in solvers.items():
-                res, failed, records = _solve(solve, batch, count, start)
-                fields = _result_fields(res.to_numpy())
+            for metric, solve_batch in solvers.items():
+                res, failed, records = _solve(solve_batch, batch, count, start)
+                fields = _result_fields(res)
                 _failed_fields(fields, failed)
                 failures += [r | {"metric": metric} for r in records]
-                conc = _concentration(fields["pixel"][:, :count], masks)
+                conc = concentration_or_nan(fields["pixel"][:, :count], masks)
                 if conc is not None:
                     fields["concentration"] = conc
                 checksums[metric] = _write_result(

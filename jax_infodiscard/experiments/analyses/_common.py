@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-import jax_infodiscard as jid
 from jax_infodiscard.config import CIDConfig, RUConfig
 from jax_infodiscard.data import TFDS_SPECS
+from jax_infodiscard.experiments import measure as room
 from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     Verdict,
@@ -103,11 +103,10 @@ _SOLVER = {
     "full": {"steps": 48},
 }
 
-# RU decoders per scale (small: a decoder step costs about 0.2 s on 2 cores).
-# A peak learning rate of 1e-2 reconstructs better than 3e-3 at equal steps,
-# and at 300 steps batch 16 better than batch 32 at 3e-3 in 0.57x the time
-# per step (benchmarks/bench_decoders.py on the demo convnet, README "Decoder
-# cost": conv1 0.092 vs 0.107 of the image variance).
+# RU decoders per scale (small, a decoder step is costly on a CPU). A peak
+# learning rate of 1e-2 reconstructs better than 3e-3 at equal steps, and at
+# 300 steps batch 16 better than batch 32 in less time per step
+# (benchmarks/bench_decoders.py on the demo convnet; numbers in docs/ru.md).
 _DECODER = {
     "toy": {"steps": 4, "width": 8, "num_blocks": 1, "batch_size": 8, "eval_images": 8},
     "fast": {
@@ -141,8 +140,7 @@ def cid_config(options: AnalysisOptions) -> CIDConfig:
 
 def ru_config(options: AnalysisOptions) -> RUConfig:
     """The RU solver configuration: the CID one's fields, as an RUConfig."""
-    cfg = cid_config(options)
-    return RUConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    return RUConfig.from_cid(cid_config(options))
 
 
 def decoder_config(options: AnalysisOptions):
@@ -335,17 +333,6 @@ def _mean_sem(v: np.ndarray) -> tuple[float, float]:
     return _mean_sem_sd(v)[:2]
 
 
-def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
-    if masks is None:
-        return None
-    masks = np.asarray(masks, bool)
-    ok = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
-    out = np.full(pixel.shape[:2], np.nan, np.float32)
-    if ok.any():
-        out[:, ok] = np.asarray(jid.concentration(pixel[:, ok], masks[ok]))
-    return out
-
-
 def measure(
     name: str,
     model: Any,
@@ -379,70 +366,43 @@ def measure(
     layers = tuple(layers)
     fn = feature_fn(model, layers)
     x = jnp.asarray(images)
-    t0 = time.perf_counter()
-    res = jid.cid(fn, x, key, config=cid_config(options)).to_numpy()
+    # RU of the convolutional layers (the paper's); the measuring room gives a
+    # decoder at least the blocks it needs to upsample its feature to the
+    # image, trains layers of the same depth together, and solves RU only
+    # where the decoder learned something: elsewhere its maps would be the
+    # decoder's own error, and differences between networks there would read
+    # as "RU unchanged". Those layers' RU stays NaN (not measured).
+    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    m = room.measure(
+        fn,
+        x,
+        key,
+        layers=layers,
+        cid_config=cid_config(options),
+        masks=masks,
+        ru_config=ru_config(options),
+        decoder_images=None if ru_images is None else np.asarray(ru_images),
+        decoder_config=decoder_config(options),
+        decoder_folder=decoder_dir,
+        ru_layers=tuple(n for n in layers if len(shapes[n].shape) == 4),
+        progress=options.progress,
+    )
     if timer:
-        timer.lap("cid_s", t0)
-    out = Measured(name, layers, res, _concentration(res.pixel, masks))
+        for phase, seconds in m.seconds.items():
+            timer.lap(phase, time.perf_counter() - seconds)
+    out = Measured(name, layers, m.cid, m.concentration)
     out.info.update(dict(info or {}))
     if ru_images is None:
         return out
-    from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import load_or_train_decoders
-
-    t0 = time.perf_counter()
-    dec_cfg = decoder_config(options)
-    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
-    side = x.shape[1]
-    # RU of the convolutional layers (the paper's); a decoder gets at least
-    # the blocks it needs to upsample its feature to the image. Layers that
-    # need the same decoder depth train together (one forward pass per step).
-    ru_layers = tuple(layer for layer in layers if len(shapes[layer].shape) == 4)
-    blocks = {
-        layer: max(
-            dec_cfg.num_blocks,
-            math.ceil(math.log2(side / shapes[layer].shape[1])),
-        )
-        for layer in ru_layers
+    metrics = {} if m.decoders is None else m.decoders.metrics
+    out.info["decoder_mse"] = {n: float(v.eval_mse) for n, v in metrics.items()}
+    out.info["decoder_mse_over_variance"] = {
+        n: round(v.mse_over_variance, 4) for n, v in metrics.items()
     }
-    decoders, mses, ratios, unlearned = {}, {}, {}, set()
-    for i, depth in enumerate(sorted(set(blocks.values()))):
-        group = tuple(layer for layer in ru_layers if blocks[layer] == depth)
-        decs, metrics = load_or_train_decoders(
-            fn,
-            group,
-            np.asarray(ru_images),
-            dataclasses.replace(dec_cfg, num_blocks=depth),
-            key=jax.random.fold_in(key, 1000 + i),
-            checkpoint_dir=decoder_dir,
-            progress=options.progress,
-        )
-        for layer in group:
-            decoders[layer] = decoder_fn(decs[layer])
-            m = metrics[layer]
-            mses[layer] = float(m.eval_mse)
-            ratios[layer] = round(m.mse_over_variance, 4)
-            if m.learned_nothing:
-                unlearned.add(layer)
-    # RU only where the decoder learned something: elsewhere its maps would
-    # be the decoder's own error, and differences between networks there
-    # would read as "RU unchanged". Those layers' RU stays NaN (not measured).
-    ru_layers = tuple(layer for layer in ru_layers if layer not in unlearned)
-    out.info["decoder_mse"] = mses
-    out.info["decoder_mse_over_variance"] = ratios
-    out.info["ru_not_solved"] = [x for x in ratios if x not in ru_layers]
-    if timer:
-        timer.lap("decoders_s", t0)
-    if not ru_layers:
-        return out
-    decoders = {layer: decoders[layer] for layer in ru_layers}
-    t0 = time.perf_counter()
-    ru = jid.ru(fn, decoders, x, key, layers=ru_layers, config=ru_config(options))
-    out.ru = ru.to_numpy()
-    if timer:
-        timer.lap("ru_s", t0)
-    out.ru_layers = ru_layers
-    out.ru_concentration = _concentration(out.ru.pixel, masks)
+    out.info["ru_not_solved"] = [n for n in metrics if n not in m.ru_layers]
+    if m.ru is not None:
+        out.ru, out.ru_layers = m.ru, m.ru_layers
+        out.ru_concentration = m.ru_concentration
     return out
 
 

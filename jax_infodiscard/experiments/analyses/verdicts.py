@@ -345,23 +345,30 @@ def all_of(outcomes: Sequence[str]) -> str:
 
 
 def correlation_outcome(
-    per_seed: Sequence[float], *, held_at: float = 0.8, min_items: bool = True
+    per_seed: Sequence[float],
+    *,
+    held_at: float = 0.8,
+    min_items: bool = True,
+    min_seeds: int = 2,
 ) -> str:
     """Outcome of a claimed positive (rank) correlation measured per seed.
 
-    Held if there are at least two seeds, every seed's coefficient is
-    positive and their mean is at least ``held_at``; did not hold if there
-    are at least two seeds, every coefficient is at most 0 and their mean
-    too; otherwise inconclusive (also with a NaN coefficient, or when
-    ``min_items`` is False: too few networks to rank).
+    Held if there are at least ``min_seeds`` seeds, every seed's
+    coefficient is positive and their mean is at least ``held_at``; did not
+    hold if there are at least ``min_seeds`` seeds and every coefficient is
+    at most 0; otherwise inconclusive (also with a NaN coefficient, or when
+    ``min_items`` is False: too few networks to rank). ``min_seeds=1`` on
+    the first seed's coefficient gives what that seed alone says.
 
     >>> correlation_outcome([0.9, 1.0]), correlation_outcome([1.0])
     ('held', 'inconclusive')
+    >>> correlation_outcome([1.0], min_seeds=1)
+    'held'
     >>> correlation_outcome([-0.5, 0.0]), correlation_outcome([1.0, -0.4])
     ('did not hold', 'inconclusive')
     """
     r = np.asarray(per_seed, dtype=float)
-    if not min_items or r.size < 2 or not np.isfinite(r).all():
+    if not min_items or r.size < max(min_seeds, 1) or not np.isfinite(r).all():
         return "inconclusive"
     if (r > 0).all() and r.mean() >= held_at:
         return "held"

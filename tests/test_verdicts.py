@@ -162,3 +162,48 @@ def test_correlation_outcome_counts_seeds():
     assert correlation_outcome([-1.0, -0.4]) == "did not hold"
     assert correlation_outcome([1.0, 1.0], min_items=False) == "inconclusive"
     assert correlation_outcome([1.0, np.nan]) == "inconclusive"
+
+
+def test_analyses_fold_in_the_mc_error_where_results_carry_one():
+    # Results with and without ``mean_se`` (before and after the solver
+    # reports it): the same differences, a larger error with it.
+    from types import SimpleNamespace as NS
+
+    from jax_infodiscard.experiments.analyses import _common as C
+
+    rng = np.random.default_rng(0)
+    layers = ("l1", "l2")
+    shifts = {3: 0.05, 4: 0.06, 5: 0.04}
+
+    def net(name, shift, seed, se):
+        ones = np.ones((2, 8))
+        cid = NS(
+            mean=shift + 0.01 * rng.normal(size=(2, 8)),
+            linearity=ones,
+            entropy_gain=0 * ones,
+            converged=ones > 0,
+        )
+        if se is not None:
+            cid.mean_se = np.full((2, 8), se)
+        m = C.Measured(name, layers, cid)
+        m.info["seed"] = seed
+        return m
+
+    def verdict(se):
+        groups = {
+            "a": [net("a", 0.0, s, se) for s in shifts],
+            "b": [net("b", d, s, se) for s, d in shifts.items()],
+        }
+        kw = dict(expect="positive", claim="b discards more", figure="Fig. 1")
+        return C.delta_verdict(groups, "a", "cid", layers, **kw)
+
+    plain, numbers = verdict(None)
+    assert plain.outcome == "held" and plain.alone == "held"
+    assert plain.first_seed == 3 and "seed 5: " in plain.measured
+    assert [f["mc"] for f in numbers["b"]["seeds"]] == [0.0] * 3
+    noisy, numbers = verdict(0.2)
+    # Per image: two layers, two networks, 0.2 each: sqrt(4 x 0.04) / 2.
+    np.testing.assert_allclose(
+        [f["mc"] for f in numbers["b"]["seeds"]], 0.2 / math.sqrt(8)
+    )
+    assert noisy.outcome == "inconclusive"

@@ -283,10 +283,20 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     base_ru = rng.normal(size=(2, 6))
     close = base_ru + 1e-3 * rng.normal(size=(2, 6))
     kw = dict(claim="RU does not change", figure="Fig. 7a")
-    held, _ = C.no_change_verdict(
+    # One seed alone says "held", but one seed never decides.
+    one, _ = C.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", close)]}, "a", "ru", layers, **kw
     )
-    assert held.outcome == "held"
+    assert one.outcome == "inconclusive" and one.alone == "held"
+    close2 = base_ru + 1e-3 * rng.normal(size=(2, 6))
+    held, _ = C.no_change_verdict(
+        {"a": [net("a", base_ru)] * 2, "b": [net("b", close), net("b", close2)]},
+        "a",
+        "ru",
+        layers,
+        **kw,
+    )
+    assert held.outcome == "held" and held.alone == "held"
     # Network b's decoders learned nothing: no RU for b at all.
     v, _ = C.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", None, ("l1", "l2"))]},

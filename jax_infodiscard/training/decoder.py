@@ -1,4 +1,4 @@
-"""Training, checkpointing and reloading of the RU decoders.
+"""Training of the RU decoders (the store of trained ones: experiments.cache).
 
 For a feature function ``h`` and a layer ``l``, the decoder ``g_l``
 (:class:`jax_infodiscard.models.decoder.Decoder`) is trained to minimise
@@ -664,8 +664,54 @@ def train_decoders(
     feature_shapes = {
         name: _feature_shape(feature_fn, name, image_shape) for name in layers
     }
-    noise_std = config.training_noise_std
+    k_init, k_stats, k_train, k_eval, train, hold = _holdout_split(images, config, key)
+    eval_train = train[: config.eval_images]
+    eval_hold = hold[: config.eval_images]
+    eval_batch = min(config.batch_size, eval_train.shape[0])
+    graphdefs, params, rest = _init_decoders(
+        feature_fn,
+        feature_shapes,
+        image_shape,
+        eval_train,
+        config,
+        (k_init, k_stats),
+        eval_batch,
+    )
+    params, history, steps_per_second = _fit(
+        graphdefs, params, rest, feature_fn, train, k_train, config, progress
+    )
+    decoders = {}
+    for graphdef, name in zip(graphdefs, layers, strict=True):
+        decoders[name] = nnx.merge(graphdef, params[name], rest[name])
+        decoders[name].trained_steps = config.steps
+    train_mse, heldout_mse = _final_mse(
+        decoders, feature_fn, eval_train, eval_hold, k_eval, config, eval_batch
+    )
+    image_variance = float(
+        np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
+    )
+    seconds = time.perf_counter() - start_time
+    metrics = {
+        name: DecoderMetrics(
+            layer=name,
+            steps=config.steps,
+            noise_std=config.training_noise_std,
+            train_mse=train_mse[name],
+            heldout_mse=heldout_mse.get(name),
+            image_variance=image_variance,
+            loss_history=tuple(float(h[i]) for h in history),
+            steps_per_second=steps_per_second,
+            seconds=seconds,
+            trained_with=layers,
+        )
+        for i, name in enumerate(layers)
+    }
+    return decoders, metrics
 
+
+def _holdout_split(images: np.ndarray, config: DecoderConfig, key: PRNGKey):
+    """The keys of the phases and the train / held-out images (a random
+    ``config.holdout_fraction`` of them, at least one when positive)."""
     n = images.shape[0]
     n_hold = (
         0
@@ -681,16 +727,24 @@ def train_decoders(
     order = np.asarray(order)
     train = images[np.sort(order[n_hold:])]
     hold = images[np.sort(order[:n_hold])]
+    return k_init, k_stats, k_train, k_eval, train, hold
 
-    eval_train = train[: config.eval_images]
-    eval_hold = hold[: config.eval_images]
-    eval_batch = min(config.batch_size, eval_train.shape[0])
+
+def _init_decoders(
+    feature_fn, feature_shapes, image_shape, eval_train, config, keys, eval_batch
+):
+    """Fresh decoders of the layers of ``feature_shapes`` with their fixed
+    statistics set from ``eval_train``; returns ``(graphdefs, params, rest)``
+    (the decoder of layer ``i`` initialised with ``fold_in(k_init, i)``, the
+    first with ``k_init`` itself)."""
+    k_init, k_stats = keys
+    layers = tuple(feature_shapes)
     stats = _feature_stats(
         feature_fn,
         eval_train,
         k_stats,
         layers=layers,
-        noise_std=noise_std,
+        noise_std=config.training_noise_std,
         batch_size=eval_batch,
     )
     image_mean = jnp.asarray(eval_train.mean(axis=(0, 1, 2)))
@@ -711,13 +765,21 @@ def train_decoders(
         decoder.image_scale[...] = image_scale
         graphdef, params[name], rest[name] = nnx.split(decoder, nnx.Param, ...)
         graphdefs.append(graphdef)
-    graphdefs = tuple(graphdefs)
+    return tuple(graphdefs), params, rest
 
+
+def _fit(graphdefs, params, rest, feature_fn, train, k_train, config, progress):
+    """The training loop: ``config.steps`` compiled steps on ``train``.
+
+    Returns the trained ``params``, the loss history (one row per
+    ``log_every`` steps) and the steps per second after the first step.
+    """
+    layers = tuple(params)
     train_device = jnp.asarray(train)
     opt_state = _optimizer(config).init(params)
     # The step's outputs are committed to the default device; commit its
     # inputs there too, or the second step compiles the program again (the
-    # cache key holds each argument's placement): 10 s per decoder run on CPU.
+    # cache key holds each argument's placement).
     params, opt_state = jax.device_put((params, opt_state), jax.devices()[0])
     history: list[np.ndarray] = []
     chunk_losses: list[Array] = []
@@ -751,21 +813,25 @@ def train_decoders(
                 bar.set_postfix(loss=" ".join(f"{v:.3g}" for v in history[-1]))
                 chunk_losses = []
     timed_seconds = time.perf_counter() - timer_start if timed_steps else 0.0
+    rate = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
+    return params, history, rate
 
-    decoders = {}
-    for graphdef, name in zip(graphdefs, layers, strict=True):
-        decoders[name] = nnx.merge(graphdef, params[name], rest[name])
-        decoders[name].trained_steps = config.steps
+
+def _final_mse(decoders, feature_fn, eval_train, eval_hold, k_eval, config, batch):
+    """Train and held-out reconstruction MSE per layer (``{}`` held out
+    without held-out images); NaN/inf is an error naming the layer."""
     fns = {
         name: decoder_fn(dec, allow_untrained=True) for name, dec in decoders.items()
     }
     k_tr, k_ho = jax.random.split(k_eval)
-    eval_kwargs = dict(noise_std=noise_std, batch_size=eval_batch)
+    eval_kwargs = dict(noise_std=config.training_noise_std, batch_size=batch)
     train_mse = _mse(fns, feature_fn, eval_train, k_tr, **eval_kwargs)
     heldout_mse = (
-        _mse(fns, feature_fn, eval_hold, k_ho, **eval_kwargs) if n_hold else {}
+        _mse(fns, feature_fn, eval_hold, k_ho, **eval_kwargs)
+        if eval_hold.shape[0]
+        else {}
     )
-    for name in layers:
+    for name in decoders:
         for what, mse in (
             ("train", train_mse[name]),
             ("held-out", heldout_mse.get(name)),
@@ -775,23 +841,4 @@ def train_decoders(
                     f"the {what} reconstruction MSE of layer {name!r} is {mse}: "
                     "feature_fn returns NaN/inf values for some of those images"
                 )
-    image_variance = float(
-        np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
-    )
-    seconds = time.perf_counter() - start_time
-    metrics = {
-        name: DecoderMetrics(
-            layer=name,
-            steps=config.steps,
-            noise_std=noise_std,
-            train_mse=train_mse[name],
-            heldout_mse=heldout_mse.get(name),
-            image_variance=image_variance,
-            loss_history=tuple(float(h[i]) for h in history),
-            steps_per_second=timed_steps / timed_seconds if timed_seconds > 0 else 0.0,
-            seconds=seconds,
-            trained_with=layers,
-        )
-        for i, name in enumerate(layers)
-    }
-    return decoders, metrics
+    return train_mse, heldout_mse

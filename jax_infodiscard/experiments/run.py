@@ -664,7 +664,7 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
                 key=keys,
                 layers=layers,
                 config=config.ru,
-                decoders=decoders,
+                decoders={n: decoders.fns[n] for n in layers},
             )
         checksums: dict[str, dict[str, str]] = {}
         failures: list[dict] = []

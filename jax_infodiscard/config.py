@@ -62,8 +62,9 @@ class CIDConfig:
         unbounded optimum; it is reported at the cap, ``log(max_sigma) +
         0.5 log(2 pi e)`` nats, and counted in ``CIDResult.capped``.
       min_sigma: floor on sigma (input units).
-      chunk_size: images per vectorised chunk inside the compiled program
-        (``None``: all images of a device at once).
+      chunk_size: images per compiled call (a host loop over chunks bounds
+        memory). ``None``: as many as fit half the free memory, estimated
+        from the traced program (:func:`jax_infodiscard.core.memory.plan`).
       step_chunk: iterations per compiled call. On CPU the iterations run as a
         host loop over compiled chunks of this many unrolled steps (XLA:CPU
         runs convolution gradients inside compiled loops 15-25x slower); on

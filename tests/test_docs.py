@@ -285,6 +285,19 @@ def _install_cell(path: pathlib.Path) -> str:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_links_point_at_files_that_exist(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    text = "\n".join(
+        "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+    )
+    text = re.sub(r"`[^`\n]*`", "", text)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if not re.match(r"[a-z]+:", target):
+            file = target.partition("#")[0]
+            assert (notebook.parent / file).exists(), f"{notebook.name}: {target}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_install_cell_is_a_no_op_when_installed(notebook, capsys):
     """CI (and a checkout) already has the package: the first cell must not
     call pip."""

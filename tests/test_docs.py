@@ -251,9 +251,11 @@ def test_python_snippets_parse_and_import_real_names(page):
             if isinstance(node, ast.ImportFrom) and node.module:
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    assert hasattr(module, alias.name) or importlib.util.find_spec(
-                        f"{node.module}.{alias.name}"
-                    ), f"{node.module}.{alias.name}"
+                    name = f"{node.module}.{alias.name}"
+                    is_package = hasattr(module, "__path__")
+                    assert hasattr(module, alias.name) or (
+                        is_package and importlib.util.find_spec(name)
+                    ), name
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     importlib.import_module(alias.name)

@@ -31,7 +31,12 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "myst_parser",  # the Markdown pages (usage, benchmarks, ...)
 ]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# Headings up to level 3 get anchors, so that the pages' links to
+# `page.md#a-section` resolve (and are checked by the strict build).
+myst_heading_anchors = 3
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "results", "Thumbs.db", ".DS_Store"]
 html_theme = "furo"

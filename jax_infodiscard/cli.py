@@ -542,8 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size",
         type=POSITIVE,
         default=None,
-        help="images per vectorised chunk inside the solver (bounds memory; "
-        "default: the whole shard)",
+        help="images per compiled call of the solver (bounds memory; default: "
+        "as many as fit half the free memory, from a memory estimate)",
     )
     r.add_argument(
         "--image-size",

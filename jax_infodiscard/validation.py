@@ -436,6 +436,24 @@ def check_solution(
                     f"or turn NaN on noisy copies of the image{peak}",
                 )
             )
+    if "budget" in out:
+        # A budget of exactly 0 with a non-zero Jacobian: every noisy copy
+        # equals the image in float32 (the noise is below the resolution of
+        # pixels this large), so the solve measured nothing.
+        lost = (np.asarray(out["budget"], np.float64) == 0.0) & ~jac
+        for l, b in zip(*np.nonzero(lost), strict=True):
+            jac[l, b] = True
+            peak = ""
+            if images is not None:
+                peak = f" (|pixel| up to {float(np.max(np.abs(images[b]))):.3g})"
+            failures.append(
+                (
+                    layers[l],
+                    int(b),
+                    "the measured budget is 0: the noise is lost below the "
+                    f"float32 resolution of the input{peak}",
+                )
+            )
     if failures:
         layer, image, cause = failures[0]
         more = f" ({len(failures) - 1} more (layer, image) pairs)" * (len(failures) > 1)

@@ -949,3 +949,48 @@ def test_ru_ceiling_is_the_gaussian_entropy_of_the_pixel():
     assert ru_ceiling(v)[0, 1] - ru_ceiling(v)[0, 0] == pytest.approx(np.log(2))
     with pytest.raises(ValueError, match="pixel_variance"):
         ru_ceiling(np.array([0.0]))
+
+
+def _dense_ridge_ratio(fit_f, fit_x, held_f, held_x) -> float:
+    """Held-out MSE / variance of a ridge regression from the whole
+    standardised feature to the whole image (numpy, dual form), its penalty
+    the best of a grid on the held-out images (optimistic for the baseline)."""
+    mu, sd = fit_f.mean(0), fit_f.std(0) + 1e-6
+    a, b = (fit_f - mu) / sd, (held_f - mu) / sd
+    y_mean = fit_x.mean(0)
+    kernel, cross = a @ a.T, b @ a.T
+    evals, evecs = np.linalg.eigh(kernel)
+    rotated = evecs.T @ (fit_x - y_mean)
+    best = np.inf
+    for rel in 10.0 ** np.arange(-4.0, 3.01, 0.5):
+        lam = rel * np.mean(np.diag(kernel))
+        alpha = evecs @ (rotated / (np.maximum(evals, 0) + lam)[:, None])
+        best = min(best, np.mean((cross @ alpha + y_mean - held_x) ** 2))
+    return float(best / np.var(held_x))
+
+
+@pytest.mark.slow
+def test_decoders_at_the_demo_budget_reach_the_dense_ridge_baseline(trained_convnet):
+    # Issue 21: at 300 steps every decoder of a trained convnet reads at
+    # least what a dense ridge regression reads from the whole standardised
+    # feature (within 0.02 of its held-out MSE / variance), at every layer.
+    from jax_infodiscard.data import load_synthetic
+
+    fn, _ = trained_convnet
+    images = load_synthetic("train", 1200).images
+    layers = ("conv1", "conv3", "conv5", "logits")
+    cfg = DecoderConfig(steps=300, width=16, learning_rate=1e-2, beta=1.5e-4)
+    _, metrics = train_decoders(
+        fn, layers, images, cfg, key=jax.random.key(0), progress=False
+    )
+    noisy = images + cfg.training_noise_std * np.random.default_rng(0).normal(
+        size=images.shape
+    ).astype(np.float32)
+    feats = jax.jit(fn)(jnp.asarray(noisy))
+    x = noisy.reshape(len(images), -1).astype(np.float64)
+    for name in layers:
+        m = metrics[name]
+        f = np.asarray(feats[name], np.float64).reshape(len(images), -1)
+        ridge = _dense_ridge_ratio(f[:1000], x[:1000], f[1000:], x[1000:])
+        assert m.mse_over_variance <= ridge + 0.02, (name, m.mse_over_variance, ridge)
+        assert m.heldout_mse <= m.ridge_mse * 1.01, name  # training never hurts

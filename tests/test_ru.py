@@ -155,7 +155,9 @@ def test_trained_decoder_with_readout_on_identity_feature_gives_cid():
     from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
 
     rng = np.random.default_rng(4)
-    images = rng.uniform(size=(64, 8, 8, 3)).astype(np.float32)
+    # 32x32: the mean over 1,024 pixels of RU's sampled log-error is
+    # within 0.003 nats of its expectation (8x8 images: 0.013).
+    images = rng.uniform(size=(48, 32, 32, 3)).astype(np.float32)
     cfg = DecoderConfig(
         num_blocks=1,
         width=4,

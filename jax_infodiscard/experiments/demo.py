@@ -183,10 +183,12 @@ class DemoConfig:
         60; ``benchmarks/bench_decoders.py``).
       decoder_images: training images the decoders see (at most num_train).
       ru_unlearned: what to do at layers whose decoder does not recover
-        the image (its verdict, :func:`~jax_infodiscard.training.decoder.
-        decoder_verdict`, is not ``"recovers"``): ``"skip"`` their RU solve (default: their maps would only
-        show the decoder's error, and the solve costs as much as a useful one)
-        or ``"solve"`` it anyway (the maps are greyed out).
+        the image (its verdict, see
+        :func:`~jax_infodiscard.training.decoder.decoder_verdict`, is not
+        ``"recovers"``): ``"skip"`` their RU solve (default: their maps would
+        only show the decoder's error, or the ceiling where the layer keeps no
+        recoverable image information, and the solve costs as much as a
+        useful one) or ``"solve"`` it anyway (the maps are greyed out).
       ru_steps: iterations of the RU solver (each differentiates the network
         and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.

@@ -44,8 +44,8 @@ Architecture, for one feature of shape ``feature_shape`` and an image of shape
   alive at the range's edges.
 * **Linear readout** (``readout_kernel > 0``, the default of
   :class:`~jax_infodiscard.training.decoder.DecoderConfig`): a linear map of
-  the normalised feature plus the mean training image is added to the output,
-  and ``image_mean`` is not: ``out * image_scale + readout(f) + pixel_mean``.
+  the normalised feature plus a per-pixel intercept is added to the output,
+  and ``image_mean`` is not: ``out * image_scale + readout(f) + readout_bias``.
   Its weights are :class:`Readout` variables, solved in closed form (ridge
   regression, :mod:`jax_infodiscard.training.ridge`) before training and not
   trained by the optimizer; the head starts at zero, so the decoder starts as
@@ -484,12 +484,12 @@ class Decoder(nnx.Module):
         self.readout_shape = geometry
         if geometry is None:
             self.readout = None
-            self.pixel_mean = None
+            self.readout_bias = None
         else:
             # Solved in closed form before training; the head starts at zero
             # so that the decoder starts as the readout.
             self.readout = Readout(jnp.zeros(geometry, jnp.float32))
-            self.pixel_mean = FeatureStat(jnp.zeros(self.image_shape, jnp.float32))
+            self.readout_bias = FeatureStat(jnp.zeros(self.image_shape, jnp.float32))
         self.head = nnx.Conv(
             self.width,
             self.image_shape[-1],
@@ -523,10 +523,10 @@ class Decoder(nnx.Module):
         out = self.head(nnx.relu(x)) * self.image_scale[...]
         if self.readout is None:
             return out + self.image_mean[...]
-        return out + self.linear_readout(normalised) + self.pixel_mean[...]
+        return out + self.linear_readout(normalised) + self.readout_bias[...]
 
     def linear_readout(self, normalised: Array) -> Array:
-        """The readout's linear part (without the mean image) of normalised
+        """The readout's linear part (without its intercept) of normalised
         features ``(B, *feature_shape)``: ``(B, H, W, C)``."""
         inputs = readout_inputs(normalised, self.readout_shape[0])
         out = inputs @ self.readout[...]

@@ -63,6 +63,7 @@ from jax_infodiscard.models.decoder import (
     Decoder,
     create_decoder,
     decoder_fn,
+    depth_to_space,
     readout_geometry,
     readout_inputs,
     space_to_depth,
@@ -76,7 +77,7 @@ from jax_infodiscard.training.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from jax_infodiscard.training.ridge import RidgeStats, choose_ridge
+from jax_infodiscard.training.ridge import RidgeStats, choose_ridge, ridge_weights
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -720,13 +721,15 @@ def _ridge_moments(
     layers: tuple[str, ...],
     noise_std: float,
     inputs: tuple[int, ...],
-) -> dict[str, tuple[Array, Array, Array]]:
-    """Per layer: ``P^T P``, ``P^T T`` and ``sum T**2`` of one masked batch,
-    with ``P`` the readout inputs of the normalised noisy features and ``T``
-    the noisy images minus the mean image, in the readout's layout."""
+) -> dict[str, tuple[Array, ...]]:
+    """Per layer, the raw sums of one masked batch: ``P^T P``, ``P^T T``,
+    ``sum T**2`` and, per readout position, ``sum P`` and ``sum T``; ``P`` the
+    readout inputs of the normalised noisy features, ``T`` the noisy images
+    minus ``pixel_mean`` in the readout's layout."""
     x_noisy = _noisy(jax.random.fold_in(key, index), x, noise_std)
     features = feature_fn(x_noisy)
     target = x_noisy - pixel_mean
+    hi = jax.lax.Precision.HIGHEST
     out = {}
     for name, d in zip(layers, inputs, strict=True):
         mean, scale = stats[name]
@@ -738,15 +741,30 @@ def _ridge_moments(
         else:
             t = space_to_depth(target, x.shape[1] // p.shape[1])
             w = mask[:, None, None, None]
-        p = (w * p).reshape(-1, p.shape[-1])
-        t = (w * t).reshape(-1, t.shape[-1])
-        hi = jax.lax.Precision.HIGHEST
+        p, t = w * p, w * t
+        flat_p, flat_t = p.reshape(-1, p.shape[-1]), t.reshape(-1, t.shape[-1])
         out[name] = (
-            jnp.matmul(p.T, p, precision=hi),
-            jnp.matmul(p.T, t, precision=hi),
+            jnp.matmul(flat_p.T, flat_p, precision=hi),
+            jnp.matmul(flat_p.T, flat_t, precision=hi),
             jnp.sum(t * t),
+            jnp.sum(p, axis=0),
+            jnp.sum(t, axis=0),
         )
     return out
+
+
+def _centred(raw: tuple[np.ndarray, ...], count: float) -> RidgeStats:
+    """Ridge statistics of inputs and targets centred per readout position,
+    from the raw sums of :func:`_ridge_moments` over ``count`` images."""
+    pp, pt, tt, sum_p, sum_t = raw
+    sp = sum_p.reshape(-1, sum_p.shape[-1])  # (positions, d)
+    st = sum_t.reshape(-1, sum_t.shape[-1])  # (positions, o)
+    return RidgeStats(
+        pp - sp.T @ sp / count,
+        pt - sp.T @ st / count,
+        float(tt - np.sum(st * st) / count),
+        count * sp.shape[0],
+    )
 
 
 def _solve_readouts(
@@ -759,13 +777,17 @@ def _solve_readouts(
     geometry: dict[str, tuple[int, int]],
     noise_std: float,
     batch_size: int,
-) -> dict[str, tuple[np.ndarray, float]]:
-    """Per layer of ``geometry``: ridge readout weights ``(inputs, outputs)``
-    and penalty, from one pass over ``images`` (the first four fifths fit,
-    the last fifth chooses the penalty; then refitted on all)."""
+    image_shape: tuple[int, int, int],
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per layer of ``geometry``: the ridge readout's weights ``(inputs,
+    outputs)``, its intercept ``(H, W, C)`` and its penalty, from one pass
+    over ``images`` (the first four fifths fit, the last fifth chooses the
+    penalty; then refitted on all). Inputs and targets are centred per
+    readout position, so the intercept is the mean image minus the readout
+    of the mean feature."""
     layers = tuple(geometry)
     n_fit = max(1, (4 * images.shape[0]) // 5)
-    parts = {}
+    raw = {}
     for part, imgs in (("fit", images[:n_fit]), ("val", images[n_fit:])):
         batches = jax.device_get(
             [
@@ -787,27 +809,38 @@ def _solve_readouts(
                 for i, x, mask in _padded_batches(imgs, batch_size)
             ]
         )
-        parts[part] = {
-            name: RidgeStats(
-                np.sum([b[name][0] for b in batches], axis=0, dtype=np.float64),
-                np.sum([b[name][1] for b in batches], axis=0, dtype=np.float64),
-                float(np.sum([b[name][2] for b in batches], dtype=np.float64)),
-                float(imgs.shape[0]),
+        raw[part] = {
+            name: tuple(
+                np.sum([b[name][j] for b in batches], axis=0, dtype=np.float64)
+                for j in range(5)
             )
             for name in layers
         }
+    n_val = images.shape[0] - n_fit
     out = {}
     for name in layers:
-        fit, val = parts["fit"][name], parts["val"][name]
-        if val.count == 0:
-            val = fit
-        weights, penalty, _ = choose_ridge(fit, val)
-        if not np.all(np.isfinite(weights)):
+        fit = _centred(raw["fit"][name], float(n_fit))
+        val = _centred(raw["val"][name], float(n_val)) if n_val else fit
+        _, penalty, _ = choose_ridge(fit, val)
+        pooled = tuple(
+            a + b for a, b in zip(raw["fit"][name], raw["val"][name], strict=True)
+        )
+        n = float(images.shape[0])
+        weights = ridge_weights(_centred(pooled, n), np.array([penalty]))[0]
+        mean_p, mean_t = pooled[3] / n, pooled[4] / n
+        bias = mean_t - mean_p @ weights  # (h, w, o) or (o,)
+        if bias.ndim == 1:
+            bias = bias.reshape(image_shape)
+        else:
+            factor = image_shape[0] // bias.shape[0]
+            bias = np.asarray(depth_to_space(bias[None], factor)[0])
+        bias = bias + pixel_mean
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
             raise ValueError(
                 f"the ridge readout of layer {name!r} is not finite: feature_fn "
                 "returns NaN/inf values for some training images"
             )
-        out[name] = (weights.astype(np.float32), penalty)
+        out[name] = (weights.astype(np.float32), bias.astype(np.float32), penalty)
     return out
 
 
@@ -1108,6 +1141,7 @@ def train_decoders(
             geometry=geometry,
             noise_std=noise_std,
             batch_size=eval_batch,
+            image_shape=image_shape,
         )
         if geometry
         else {}
@@ -1129,7 +1163,7 @@ def train_decoders(
         decoder.image_scale[...] = image_scale
         if name in readouts:
             decoder.readout[...] = jnp.asarray(readouts[name][0])
-            decoder.pixel_mean[...] = jnp.asarray(pixel_mean)
+            decoder.readout_bias[...] = jnp.asarray(readouts[name][1])
             initial[name] = decoder_fn(decoder, allow_untrained=True)
         graphdef, params[name], rest[name] = nnx.split(decoder, nnx.Param, ...)
         graphdefs.append(graphdef)
@@ -1231,7 +1265,7 @@ def train_decoders(
             trained_with=layers,
             ridge_mse=ridge_mse.get(name),
             constant_mse=constant_mse,
-            ridge_penalty=readouts[name][1] if name in readouts else None,
+            ridge_penalty=readouts[name][2] if name in readouts else None,
         )
         for i, name in enumerate(layers)
     }

@@ -86,10 +86,11 @@ def test_demo_writes_figures_and_summary(tmp_path):
         meta = load_decoder(dec_dir, name)[1]
         assert meta["metrics"]["trained_with"] == ["conv1", "logits"]
         assert meta["config"]["learning_rate"] == cfg.decoder_learning_rate
-    # 10 decoder steps: at least the deep decoders learn nothing; the
-    # summary says so, and so does the warning list.
+    # Layers whose decoder recovers nothing (verdict other than "recovers")
+    # are named in the warnings. With the ridge readout (issue 21) even 10
+    # steps recover something at both layers here, so the list may be empty;
+    # the verdict rule is tested in tests/test_decoder.py.
     useless = [n for n, r in on_disk["layers"].items() if r["decoder_learned_nothing"]]
-    assert useless
     for name in useless:
         assert any(w.startswith(f"RU {name}: ") for w in on_disk["warnings"])
     # One epoch on 256 images: barely trained, and the summary warns.
@@ -102,7 +103,8 @@ def test_demo_writes_figures_and_summary(tmp_path):
     assert len(repr(on_disk["layers"]["conv1"]["cid_mean"])) <= len("-2.984e-05")
     assert "manifest.json" in summary["files"] and "cid.npz" in summary["files"]
     text = format_summary(summary, out)
-    for part in ("MSE/var", "linearity", "warning: RU", "barely trained", str(out)):
+    parts = ("MSE/var", "linearity", "barely trained", str(out))
+    for part in parts + (("warning: RU",) if useless else ()):
         assert part in text, part
     # The folder holds a complete run: refused without overwrite.
     with pytest.raises(RunFolderError, match="--overwrite"):

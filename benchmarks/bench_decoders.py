@@ -26,8 +26,17 @@ run minus the steps after the first).
   key, last; times are reported as ratios to the first reference, and the two
   references give the run-to-run spread of the MSE ratios and of the times.
 
+* ``--grid readout`` (issue 21): per layer, the decoder with its closed-form
+  ridge readout (``readout_kernel=3``) and without, at each budget of
+  ``--steps``; the readout alone (the decoder before training), the mean
+  image's error and the verdict of each decoder; and, unless ``--no-dense``,
+  the dense ridge baseline (:func:`dense_ridge`). ``--model vgg11`` for
+  VGG-11 (docs/decoders.md).
+
 Usage::
 
+    python benchmarks/bench_decoders.py --grid readout --steps 300,1000,3000 \
+        --out docs/results/bench_decoders_readout.json
     python benchmarks/bench_decoders.py --quick     # 5-15 minutes
     python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json
     python benchmarks/bench_decoders.py --grid batch --out batch.json
@@ -36,6 +45,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -43,6 +53,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 from jax_infodiscard.experiments.cache import train_or_load
 from jax_infodiscard.experiments.demo import DemoConfig
@@ -53,16 +64,31 @@ from jax_infodiscard.training.decoder import (
     train_decoders,
 )
 
-OLD_DEFAULT = dict(steps=300, width=16, batch_size=32, learning_rate=3e-3)
+OLD_DEFAULT = dict(
+    steps=300, width=16, batch_size=32, learning_rate=3e-3, readout_kernel=0
+)
 """The demo's decoder settings before this benchmark (issue 12)."""
 
 
 NEW_DEFAULT = dict(learning_rate=1e-2)
 """The demo's decoder settings since (changes from OLD_DEFAULT)."""
 
+READOUT = dict(learning_rate=1e-2, readout_kernel=3)
+"""The demo's decoder settings since issue 21: a closed-form ridge readout."""
 
-def runs(quick: bool, grid: str = "default") -> list[tuple[str, str, dict, int]]:
+
+def runs(
+    quick: bool, grid: str = "default", steps: tuple[int, ...] = (300,)
+) -> list[tuple[str, str, dict, int]]:
     """``(label, mode, changes from OLD_DEFAULT, seed)`` in the order run."""
+    if grid == "readout":
+        # Issue 21: the decoder with its ridge readout against the decoder
+        # without, at each budget; the readout alone is every run's step 0.
+        out = []
+        for n in steps:
+            out.append((f"readout s{n}", "joint", {**READOUT, "steps": n}, 0))
+            out.append((f"no readout s{n}", "joint", {**NEW_DEFAULT, "steps": n}, 0))
+        return out
     if grid == "batch":
         # The batch-size axis around the new default: half the batch at the
         # same steps (half the images seen), and twice the batch at half the
@@ -131,6 +157,16 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
             name: m.heldout_mse / m.image_variance for name, m in metrics.items()
         },
         "heldout_mse": {name: m.heldout_mse for name, m in metrics.items()},
+        "ridge_over_var": {
+            name: None if m.ridge_mse is None else m.ridge_mse / m.image_variance
+            for name, m in metrics.items()
+        },
+        "constant_over_var": {
+            name: m.constant_mse / m.image_variance for name, m in metrics.items()
+        },
+        "mse_over_constant": {name: m.mse_over_constant for name, m in metrics.items()},
+        "verdict": {name: m.verdict for name, m in metrics.items()},
+        "ridge_penalty": {name: m.ridge_penalty for name, m in metrics.items()},
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
@@ -150,6 +186,59 @@ def print_row(label: str, row: dict, ref: dict | None, layers) -> None:
     )
 
 
+def dense_ridge(fn, layers, images, beta: float, max_images: int = 2_400) -> dict:
+    """The linear baseline of issue 21, per layer: ridge regression from the
+    whole standardised feature (every unit its own mean and scale) to the
+    whole noisy image, fitted on the first 80% of ``images`` (at most
+    ``max_images``), its penalty chosen on the other 20% (numpy, float64,
+    dual form when the feature has more units than there are images).
+
+    Returns ``{layer: {"mse_over_var", "penalty", "seconds"}}``; the variance
+    is that of the held-out noisy images.
+    """
+    images = np.asarray(images[:max_images])
+    n = images.shape[0]
+    n_fit = (4 * n) // 5
+    rng = np.random.default_rng(0)
+    noisy = images + np.sqrt(beta) * rng.standard_normal(images.shape).astype(
+        np.float32
+    )
+    apply = jax.jit(fn)
+    feats = {name: [] for name in layers}
+    for lo in range(0, n, 200):
+        out = apply(noisy[lo : lo + 200])
+        for name in layers:
+            feats[name].append(np.asarray(out[name], np.float32))
+    target = noisy.reshape(n, -1).astype(np.float64)
+    mean_image = target[:n_fit].mean(axis=0)
+    target = target - mean_image
+    variance = float(np.var(noisy[n_fit:], dtype=np.float64))
+    report = {}
+    for name in layers:
+        t0 = time.perf_counter()
+        f = np.concatenate(feats.pop(name)).reshape(n, -1)
+        mu, sd = f[:n_fit].mean(axis=0), f[:n_fit].std(axis=0) + 1e-6
+        f = ((f - mu) / sd).astype(np.float32)
+        fit, held = f[:n_fit], f[n_fit:]
+        kernel = (fit @ fit.T).astype(np.float64)  # (n_fit, n_fit)
+        cross = (held @ fit.T).astype(np.float64)
+        evals, evecs = np.linalg.eigh(kernel)
+        rotated = evecs.T @ target[:n_fit]
+        best = (np.inf, 0.0)
+        for rel in 10.0 ** np.arange(-4.0, 3.01, 0.5):
+            lam = rel * float(np.mean(np.diag(kernel)))
+            alpha = evecs @ (rotated / (np.maximum(evals, 0) + lam)[:, None])
+            mse = float(np.mean((cross @ alpha - target[n_fit:]) ** 2))
+            best = min(best, (mse, lam))
+        report[name] = {
+            "mse_over_var": best[0] / variance,
+            "penalty": best[1],
+            "seconds": time.perf_counter() - t0,
+        }
+        del f, fit, held, kernel, cross, evecs, rotated
+    return report
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="60 steps, 5 runs")
@@ -157,10 +246,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache", default=None, help="model cache (default: shared)")
     ap.add_argument(
         "--grid",
-        choices=("default", "batch"),
+        choices=("default", "batch", "readout"),
         default="default",
         help="'batch': the new default (lr 1e-2) against batch 16 (300 steps) "
-        "and batch 64 (150 steps)",
+        "and batch 64 (150 steps); 'readout': decoders with and without the "
+        "ridge readout at each of --steps, and the dense ridge baseline",
+    )
+    ap.add_argument(
+        "--steps",
+        default="300",
+        help="'readout' grid: comma-separated decoder budgets (e.g. 300,1000,3000)",
+    )
+    ap.add_argument(
+        "--model",
+        choices=("demo", "vgg11"),
+        default="demo",
+        help="the demo's convnet, or VGG-11 (width 16, 5,000 images, 6 epochs: "
+        "the damage and compression analyses' default size)",
+    )
+    ap.add_argument(
+        "--no-dense", action="store_true", help="skip the dense ridge baseline"
     )
     ap.add_argument(
         "--only", default=None, help="comma-separated labels to run (and reference)"
@@ -168,12 +273,22 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     demo = DemoConfig()
-    trained = train_or_load(demo.model_spec(), args.cache, progress=False)
+    spec = demo.model_spec()
+    if args.model == "vgg11":
+        spec = dataclasses.replace(
+            spec,
+            model="vgg11",
+            num_train=5_000,
+            num_test=500,
+            train=dataclasses.replace(spec.train, epochs=6),
+            model_kwargs=(("width", 16),),
+        )
+    trained = train_or_load(spec, args.cache, progress=False)
     layers = tuple(trained.model.default_layers)
     fn = make_feature_fn(trained.model, layers)
     num_images = 1_000 if args.quick else min(demo.decoder_images, demo.num_train)
     images = trained.train_data.images[:num_images]
-    plan = runs(args.quick, args.grid)
+    plan = runs(args.quick, args.grid, tuple(int(n) for n in args.steps.split(",")))
     if args.only:
         keep = {"reference", *args.only.split(",")}
         plan = [r for r in plan if r[0] in keep]
@@ -206,6 +321,17 @@ def main(argv=None) -> dict:
         + f" {'wall s':>7s} {'ratio':>5s} {'fixed':>6s} {'ms/st':>6s}  load"
     )
     t0 = time.perf_counter()
+    if args.grid == "readout" and not args.no_dense:
+        report["dense_ridge"] = dense_ridge(fn, layers, images, demo.cid.beta)
+        print(
+            "dense ridge (standardised features, 80/20 split): "
+            + " ".join(
+                f"{n} {r['mse_over_var']:.3f} ({r['seconds']:.0f} s)"
+                for n, r in report["dense_ridge"].items()
+            ),
+            flush=True,
+        )
+        pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
     ref = None
     for label, mode, changes, seed in plan:
         cfg = DecoderConfig(**{**OLD_DEFAULT, **changes}, beta=demo.cid.beta)

@@ -26,12 +26,19 @@ from jax_infodiscard.models.decoder import (
     decoder_fn,
     depth_to_space,
     num_upsampling_blocks,
+    readout_geometry,
+    space_to_depth,
     vector_seed_shape,
 )
 from jax_infodiscard.training.decoder import (
+    NO_INFORMATION,
+    RECOVERS,
+    UNDERTRAINED,
     DecoderConfig,
     DecoderMetrics,
+    decoder_verdict,
     reconstruction_mse,
+    ru_ceiling,
     train_decoder,
     train_decoders,
 )
@@ -233,6 +240,7 @@ TINY = DecoderConfig(
     learning_rate=1e-2,
     eval_images=64,
     log_every=100,
+    readout_kernel=0,  # the residual network alone (the readout is tested below)
 )
 
 
@@ -809,3 +817,173 @@ def test_corrupt_decoder_cache_falls_back_with_one_warning_line(
     assert len(record) == 1 and meta["steps"] == 0
     assert f"step {TINY.steps} in" in str(record[0].message)
     assert "using step 0" in str(record[0].message)
+
+
+# --------------------------------------------------------------------------
+# Closed-form linear readout and the decoder verdict.
+
+READOUT = dataclasses.replace(TINY, steps=0, readout_kernel=3, eval_images=64)
+
+
+def linear_layers(x):
+    """A stride-2 rearrangement, a 4x4-pooled vector and a constant."""
+    pooled = jax.lax.reduce_window(
+        x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
+    return {
+        "s2d": 3.0 * space_to_depth(x, 2) - 1.0,
+        "pooled": pooled.reshape(x.shape[0], -1),
+        "none": jnp.zeros((x.shape[0], 4)),
+    }
+
+
+def test_readout_geometry_and_layout():
+    assert readout_geometry((4, 4, 12), (8, 8, 3), 3) == (108, 12)
+    assert readout_geometry((4, 4, 12), (8, 8, 3), 0) is None
+    assert readout_geometry((3, 4, 12), (8, 8, 3), 3) is None  # unequal strides
+    assert readout_geometry((4, 4, 1024), (8, 8, 3), 3) == (1024, 12)  # k -> 1
+    with pytest.raises(ValueError, match="readout_kernel must be 0 or odd"):
+        readout_geometry((4, 4, 12), (8, 8, 3), 2)
+    with pytest.raises(ValueError, match="readout_kernel must be 0 or odd"):
+        DecoderConfig(readout_kernel=4)
+    x = np.arange(2 * 6 * 6 * 2.0).reshape(2, 6, 6, 2)
+    np.testing.assert_array_equal(depth_to_space(space_to_depth(x, 3), 3), x)
+
+
+def test_decoder_starts_as_its_ridge_readout():
+    # Before training the decoder is the ridge readout plus the mean image
+    # (its head starts at zero): its held-out MSE is the readout's. A stride-2
+    # rearrangement of the image is read back almost exactly (the ridge
+    # layout matches the decoder's), a pooled vector as well as 4x4 pooling
+    # allows, a constant feature not at all.
+    images = smooth_images(120, size=8)
+    decs, metrics = train_decoders(
+        linear_layers,
+        ("s2d", "pooled", "none"),
+        images,
+        READOUT,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    for name, m in metrics.items():
+        assert m.ridge_mse == pytest.approx(m.heldout_mse, rel=1e-5), name
+        assert m.ridge_penalty is not None and m.ridge_penalty > 0
+    assert metrics["s2d"].ridge_mse < 0.01 * metrics["s2d"].constant_mse
+    assert metrics["pooled"].ridge_mse < 0.5 * metrics["pooled"].constant_mse
+    assert metrics["none"].ridge_mse == pytest.approx(
+        metrics["none"].constant_mse, rel=0.02
+    )
+    assert metrics["s2d"].verdict == RECOVERS
+    assert metrics["none"].verdict == NO_INFORMATION
+    assert metrics["none"].learned_nothing and not metrics["s2d"].learned_nothing
+    # The readout weights of the rearrangement invert it: 1 / (3 x scale) on
+    # the centre position, ~0 elsewhere.
+    dec = decs["s2d"]
+    w = np.asarray(dec.readout[...]).reshape(3, 3, 12, 12)
+    centre = w[1, 1] * 3.0 / np.asarray(dec.feature_scale[...])[:, None]
+    # (Smooth images: neighbouring positions correlate, so the ridge penalty
+    # shares a little weight out; measured diagonal 0.93-0.99.)
+    np.testing.assert_allclose(np.diag(centre), 1.0, atol=0.12)
+    np.testing.assert_allclose(centre - np.diag(np.diag(centre)), 0.0, atol=0.1)
+    assert np.abs(w[0, 0]).max() < 0.1 * np.abs(w[1, 1]).max()
+
+
+def test_trained_decoder_keeps_its_readout_and_round_trips(tmp_path):
+    images = smooth_images(96, size=8)
+    cfg = dataclasses.replace(READOUT, steps=60, log_every=20)
+    dec, m = train_decoder(
+        two_layer_features,
+        "pool",
+        images,
+        cfg,
+        key=jax.random.key(1),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    assert m.heldout_mse <= m.ridge_mse * 1.02
+    restored, meta = load_decoder(tmp_path, "pool")
+    assert meta["config"]["readout_kernel"] == 3
+    assert DecoderMetrics.from_dict(meta["metrics"]) == m
+    f = two_layer_features(jnp.asarray(images[:3]))["pool"]
+    np.testing.assert_array_equal(
+        _apply(decoder_fn(restored), f), _apply(decoder_fn(dec), f)
+    )
+
+
+def test_decoder_verdict_rule():
+    assert decoder_verdict(0.5) == RECOVERS
+    assert decoder_verdict(0.95) == RECOVERS  # exactly at the margin
+    assert decoder_verdict(0.96) == NO_INFORMATION
+    assert decoder_verdict(0.99, ridge_ratio=0.7) == UNDERTRAINED
+    assert decoder_verdict(0.99, longer_ratio=0.7) == UNDERTRAINED
+    assert decoder_verdict(0.99, 0.98, 0.97) == NO_INFORMATION
+    assert decoder_verdict(0.9, margin=0.2) == NO_INFORMATION
+    with pytest.raises(ValueError, match="margin"):
+        decoder_verdict(0.5, margin=1.0)
+    with pytest.raises(ValueError, match="decoder_ratio"):
+        decoder_verdict(math.nan)
+    # Metadata of earlier releases (no constant_mse): the old rule.
+    old = DecoderMetrics("l", 10, 0.0, 0.05, 0.045, 0.05, (), 1.0, 1.0)
+    assert old.constant_mse is None and old.learned_nothing  # 0.9 >= 0.8
+    assert DecoderMetrics.from_dict({**old.to_dict()}) == old
+
+
+def test_ru_ceiling_is_the_gaussian_entropy_of_the_pixel():
+    v = np.array([[0.01, 0.04]])
+    np.testing.assert_allclose(
+        ru_ceiling(v), 0.5 * np.log(2 * np.pi * np.e * v), rtol=1e-12
+    )
+    assert ru_ceiling(v)[0, 1] - ru_ceiling(v)[0, 0] == pytest.approx(np.log(2))
+    with pytest.raises(ValueError, match="pixel_variance"):
+        ru_ceiling(np.array([0.0]))
+
+
+def _dense_ridge_ratio(fit_f, fit_x, held_f, held_x) -> float:
+    """Held-out MSE / variance of a ridge regression from the whole
+    standardised feature to the whole image (numpy, dual form), its penalty
+    the best of a grid on the held-out images (optimistic for the baseline)."""
+    mu, sd = fit_f.mean(0), fit_f.std(0) + 1e-6
+    a, b = (fit_f - mu) / sd, (held_f - mu) / sd
+    y_mean = fit_x.mean(0)
+    kernel, cross = a @ a.T, b @ a.T
+    evals, evecs = np.linalg.eigh(kernel)
+    rotated = evecs.T @ (fit_x - y_mean)
+    best = np.inf
+    for rel in 10.0 ** np.arange(-4.0, 3.01, 0.5):
+        lam = rel * np.mean(np.diag(kernel))
+        alpha = evecs @ (rotated / (np.maximum(evals, 0) + lam)[:, None])
+        best = min(best, np.mean((cross @ alpha + y_mean - held_x) ** 2))
+    return float(best / np.var(held_x))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="issue 21's target, not met yet on the demo convnet: the 3x3 ridge "
+    "readout reads less than the dense ridge at conv3/conv5 (docs/decoders.md); "
+    "not run in this session",
+    strict=False,
+)
+def test_decoders_at_the_demo_budget_reach_the_dense_ridge_baseline(trained_convnet):
+    # Issue 21: at 300 steps every decoder of a trained convnet reads at
+    # least what a dense ridge regression reads from the whole standardised
+    # feature (within 0.02 of its held-out MSE / variance), at every layer.
+    from jax_infodiscard.data import load_synthetic
+
+    fn, _ = trained_convnet
+    images = load_synthetic("train", 1200).images
+    layers = ("conv1", "conv3", "conv5", "logits")
+    cfg = DecoderConfig(steps=300, width=16, learning_rate=1e-2, beta=1.5e-4)
+    _, metrics = train_decoders(
+        fn, layers, images, cfg, key=jax.random.key(0), progress=False
+    )
+    noisy = images + cfg.training_noise_std * np.random.default_rng(0).normal(
+        size=images.shape
+    ).astype(np.float32)
+    feats = jax.jit(fn)(jnp.asarray(noisy))
+    x = noisy.reshape(len(images), -1).astype(np.float64)
+    for name in layers:
+        m = metrics[name]
+        f = np.asarray(feats[name], np.float64).reshape(len(images), -1)
+        ridge = _dense_ridge_ratio(f[:1000], x[:1000], f[1000:], x[1000:])
+        assert m.mse_over_variance <= ridge + 0.02, (name, m.mse_over_variance, ridge)
+        assert m.heldout_mse <= m.ridge_mse * 1.01, name  # training never hurts

@@ -12,7 +12,6 @@ import jax_infodiscard as jid
 from jax_infodiscard.cli import main
 from jax_infodiscard.experiments.demo import (
     ACCURACY_WARNING,
-    DECODER_LEARNED_NOTHING,
     DemoConfig,
     format_summary,
     run_demo,
@@ -74,7 +73,7 @@ def test_demo_writes_figures_and_summary(tmp_path):
         assert row["decoder_heldout_mse"] > 0
         ratio = row["decoder_mse_over_variance"]
         assert 0 < ratio < 2
-        assert row["decoder_learned_nothing"] == (ratio >= DECODER_LEARNED_NOTHING)
+        assert row["decoder_learned_nothing"] == (row["decoder_verdict"] != "recovers")
         assert row["decoder_steps"] == 10
     # The two decoders were trained together (one run) and cached per layer.
     from jax_infodiscard.experiments.cache import (
@@ -90,14 +89,13 @@ def test_demo_writes_figures_and_summary(tmp_path):
         meta = load_decoder(dec_dir, name)[1]
         assert meta["metrics"]["trained_with"] == ["conv1", "logits"]
         assert meta["config"]["learning_rate"] == cfg.decoder_learning_rate
-    # 10 decoder steps: at least the deep decoders learn nothing; the
-    # summary says so, and so does the warning list.
+    # Layers whose decoder recovers nothing (verdict other than "recovers")
+    # are named in the warnings. With the ridge readout (issue 21) even 10
+    # steps recover something at both layers here, so the list may be empty;
+    # the verdict rule is tested in tests/test_decoder.py.
     useless = [n for n, r in on_disk["layers"].items() if r["decoder_learned_nothing"]]
-    assert useless
     for name in useless:
-        assert any(
-            w.startswith(f"RU {name}: the decoder learned") for w in on_disk["warnings"]
-        )
+        assert any(w.startswith(f"RU {name}: ") for w in on_disk["warnings"])
     # One epoch on 256 images: barely trained, and the summary warns.
     assert on_disk["test_accuracy"] < ACCURACY_WARNING
     assert any("barely trained" in w for w in on_disk["warnings"])
@@ -108,7 +106,8 @@ def test_demo_writes_figures_and_summary(tmp_path):
     assert len(repr(on_disk["layers"]["conv1"]["cid_mean"])) <= len("-2.984e-05")
     assert "manifest.json" in summary["files"] and "cid.npz" in summary["files"]
     text = format_summary(summary, out)
-    for part in ("MSE/var", "linearity", "warning: RU", "barely trained", str(out)):
+    parts = ("MSE/var", "linearity", "barely trained", str(out))
+    for part in parts + (("warning: RU",) if useless else ()):
         assert part in text, part
     # The folder holds a complete run: refused without overwrite.
     with pytest.raises(RunFolderError, match="--overwrite"):

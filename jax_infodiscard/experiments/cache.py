@@ -449,6 +449,8 @@ def _builder(metadata: Mapping[str, Any]) -> Decoder:
         tuple(metadata["image_shape"]),
         num_blocks=int(config.get("num_blocks", 6)),
         width=int(config.get("width", 32)),
+        # Checkpoints of earlier releases have no readout.
+        readout_kernel=int(config.get("readout_kernel", 0)),
         rngs=nnx.Rngs(0),
     )
 
@@ -597,7 +599,8 @@ def _matches(
     config: DecoderConfig,
 ) -> bool:
     try:
-        saved_config = DecoderConfig(**metadata["config"])
+        # Checkpoints of earlier releases have no readout.
+        saved_config = DecoderConfig(**{"readout_kernel": 0, **metadata["config"]})
     except (KeyError, TypeError, ValueError):
         return False
     return (

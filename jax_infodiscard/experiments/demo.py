@@ -64,7 +64,12 @@ from jax_infodiscard.experiments.rundir import MANIFEST, RunFolder
 from jax_infodiscard.models import feature_fn as make_feature_fn
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
-from jax_infodiscard.training.decoder import LEARNED_NOTHING, DecoderConfig
+from jax_infodiscard.training.decoder import (
+    LEARNED_NOTHING,
+    NO_INFORMATION,
+    RECOVERY_MARGIN,
+    DecoderConfig,
+)
 from jax_infodiscard.training.train import TrainConfig
 from jax_infodiscard.validation import check_int, check_names, check_number
 
@@ -107,14 +112,18 @@ DEFINITIONS = {
     "ru_*": "the same quantities for RU, the entropy of the decoder's "
     "reconstruction error (nats per pixel; higher = the input is worse "
     "recovered from the feature); null where RU was not solved",
-    "ru_solved": "whether RU was solved at the layer: by default not where the "
-    f"decoder learned nothing (decoder_mse_over_variance >= "
-    f"{DECODER_LEARNED_NOTHING}), whose maps would only show its error",
+    "ru_solved": "whether RU was solved at the layer: by default only where the "
+    f"decoder's held-out MSE is at most {1 - RECOVERY_MARGIN:g} x that of the "
+    "mean training image (decoder_verdict 'recovers')",
+    "decoder_verdict": "'recovers' (RU solved); 'undertrained' (the ridge "
+    "readout recovers more than the decoder: its RU would show its own error); "
+    f"'{NO_INFORMATION}' (neither beats the mean image: the layer keeps no "
+    "recoverable image information and RU is at its ceiling, the entropy of "
+    "the pixel given nothing, 0.5 log(2 pi e Var x_i))",
     "decoder_heldout_mse": "the RU decoder's mean squared reconstruction error "
     "on held-out images (squared unit-range pixel values)",
     "decoder_mse_over_variance": "decoder_heldout_mse divided by the variance "
-    "of the image values; 1 = no better than the mean image, maps at or above "
-    f"{DECODER_LEARNED_NOTHING} are greyed out (or not solved)",
+    "of the image values; 1 = no better than the mean of all pixel values",
     "timings_s": "wall-clock seconds of each phase (compilation included)",
 }
 """Meaning of the fields of ``summary.json`` (also written into it)."""
@@ -177,11 +186,13 @@ class DemoConfig:
         reconstructs better than 3e-3 at the same steps
         (``benchmarks/bench_decoders.py``, numbers in docs/ru.md).
       decoder_images: training images the decoders see (at most num_train).
-      ru_unlearned: what to do at layers whose decoder learned (almost)
-        nothing (held-out MSE >= ``DECODER_LEARNED_NOTHING`` x the image
-        variance): ``"skip"`` their RU solve (default: their maps would only
-        show the decoder's error, and the solve costs as much as a useful one)
-        or ``"solve"`` it anyway (the maps are greyed out).
+      ru_unlearned: what to do at layers whose decoder does not recover
+        the image (its verdict, see
+        :func:`~jax_infodiscard.training.decoder.decoder_verdict`, is not
+        ``"recovers"``): ``"skip"`` their RU solve (default: their maps would
+        only show the decoder's error, or the ceiling where the layer keeps no
+        recoverable image information, and the solve costs as much as a
+        useful one) or ``"solve"`` it anyway (the maps are greyed out).
       ru_steps: iterations of the RU solver (each differentiates the network
         and the decoder for ``cid.samples`` draws).
       cid: the CID configuration.
@@ -453,8 +464,7 @@ class _DemoListener(Listener):
         for name, m in decoders.metrics.items():
             self.console.say(
                 f"      decoder {name}: held-out MSE {m.eval_mse:.2e} = "
-                f"{m.mse_over_variance:.2f} x the image variance"
-                + (" (learned nothing)" if m.learned_nothing else "")
+                f"{m.mse_over_variance:.2f} x the image variance" + f" ({m.verdict})"
             )
 
     def done(self, name: str, seconds: float) -> None:
@@ -683,6 +693,7 @@ def _ru_tables(m: Measurement, n: int, rows, curves, diag, unreliable) -> list[s
                 "decoder_heldout_mse": _round(metrics.eval_mse),
                 "decoder_mse_over_variance": _round(metrics.mse_over_variance),
                 "decoder_learned_nothing": metrics.learned_nothing,
+                "decoder_verdict": metrics.verdict,
                 "decoder_steps": metrics.steps,
             }
         )
@@ -693,7 +704,18 @@ def _ru_tables(m: Measurement, n: int, rows, curves, diag, unreliable) -> list[s
             rows[name].update(_result_row("ru", m.ru, j, curves, at=i))
         else:
             rows[name].update(dict.fromkeys(RU_FIELDS))
-        if metrics.learned_nothing:
+        if metrics.verdict == NO_INFORMATION:
+            flags[i, :] = "no recoverable image information: RU at its ceiling"
+            warnings_.append(
+                f"RU {name}: this layer keeps no recoverable image information "
+                "(neither the decoder nor its ridge readout beats the mean "
+                f"image by {RECOVERY_MARGIN:.0%}; held-out MSE / image "
+                "variance = "
+                f"{rows[name]['decoder_mse_over_variance']:.2f}): RU is "
+                "at its ceiling there, the entropy of each pixel given nothing "
+                "(0.5 log(2 pi e Var x_i))" + ("" if solved else "; not solved")
+            )
+        elif metrics.learned_nothing:
             flags[i, :] = (
                 "decoder learned nothing"
                 if solved
@@ -832,9 +854,10 @@ def _caption(config: DemoConfig, accuracy: float, n: int, warnings_) -> str:
     if config.ru:
         lines.append(
             "Grey maps with a red frame: the solve did not meet its budget, or "
-            f"the RU decoder learned nothing (held-out MSE >= "
-            f"{DECODER_LEARNED_NOTHING} x image variance; RU is then not solved "
-            "unless ru_unlearned='solve'); do not read them."
+            "the RU decoder does not beat the mean image by "
+            f"{RECOVERY_MARGIN:.0%} (RU is then not solved unless "
+            "ru_unlearned='solve': where the layer keeps no recoverable image "
+            "information, RU is at its ceiling); do not read them."
         )
     else:
         lines.append("Grey maps with a red frame: the solve did not meet its budget.")

@@ -38,10 +38,24 @@ Architecture, for one feature of shape ``feature_shape`` and an image of shape
   resize (:func:`jax.image.resize`) brings it to ``(H, W)``; power-of-two
   ratios never resize.
 * A ReLU, a 3x3 convolution to ``C`` channels and the output
-  de-normalisation ``out * image_scale + image_mean``. The output is **linear**
-  (no sigmoid): the decoder reconstructs ``x' = x + noise``, which leaves the
-  unit range slightly, and a linear head keeps the MSE gradient alive at the
-  range's edges.
+  de-normalisation ``out * image_scale + image_mean``. The output is
+  **linear** (no sigmoid): the decoder reconstructs ``x' = x + noise``, which
+  leaves the unit range slightly, and a linear head keeps the MSE gradient
+  alive at the range's edges.
+* **Linear readout** (``readout_kernel > 0``, the default of
+  :class:`~jax_infodiscard.training.decoder.DecoderConfig`): a linear map of
+  the normalised feature plus a per-pixel intercept is added to the output,
+  and ``image_mean`` is not: ``out * image_scale + readout(f) + readout_bias``.
+  Its weights are :class:`Readout` variables, solved in closed form (ridge
+  regression, :mod:`jax_infodiscard.training.ridge`) before training and not
+  trained by the optimizer; the head starts at zero, so the decoder starts as
+  the ridge solution and the residual network learns what the linear map
+  misses. For a spatial feature at an integer stride ``s`` (``H = s h``,
+  ``W = s w``) the readout maps each ``k x k`` neighbourhood of feature
+  positions to the ``s x s`` block of pixels under its centre
+  (:func:`readout_inputs`, :func:`depth_to_space`); for a vector feature it
+  is a dense map to every pixel. Features at a non-integer stride, or whose
+  readout would be too large (:func:`readout_geometry`), get no readout.
 
 No normalisation layer depends on the batch, so the reconstruction of one
 image never depends on the other images of its batch.
@@ -60,6 +74,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -73,11 +88,15 @@ from jax_infodiscard.types import Array
 __all__ = [
     "Decoder",
     "FeatureStat",
+    "Readout",
     "SubpixelConvTranspose",
     "create_decoder",
     "decoder_fn",
     "depth_to_space",
     "num_upsampling_blocks",
+    "readout_geometry",
+    "readout_inputs",
+    "space_to_depth",
     "vector_seed_shape",
 ]
 
@@ -89,8 +108,17 @@ _LECUN = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
 _MAX_VECTOR_UPSAMPLING = 3
 
 
+_MAX_READOUT_INPUTS = 4608  # k*k*c of a local readout (3 x 3 x 512)
+_MAX_DENSE_READOUT = 2**24  # d * H * W * C weights of a dense readout
+
+
 class FeatureStat(nnx.Variable):
     """Fixed (non-trained) feature normalisation statistic of a decoder."""
+
+
+class Readout(nnx.Variable):
+    """Closed-form (ridge) linear readout weights of a decoder: not trained by
+    the optimizer, saved with the parameters."""
 
 
 def _as_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
@@ -199,17 +227,109 @@ def num_upsampling_blocks(
     return n
 
 
-def depth_to_space(x: Array) -> Array:
-    """``(B, h, w, 4 c) -> (B, 2 h, 2 w, c)``.
+def depth_to_space(x: Array, factor: int = 2) -> Array:
+    """``(B, h, w, s * s * c) -> (B, s h, s w, c)`` with ``s = factor``.
 
-    Channel ``(2 a + b) * c + o`` of input pixel ``(i, j)`` becomes channel
-    ``o`` of output pixel ``(2 i + a, 2 j + b)``.
+    Channel ``(s a + b) * c + o`` of input pixel ``(i, j)`` becomes channel
+    ``o`` of output pixel ``(s i + a, s j + b)``.
     """
-    batch, h, w, c4 = x.shape
-    if c4 % 4:
-        raise ValueError(f"depth_to_space needs channels divisible by 4, got {c4}")
-    x = x.reshape(batch, h, w, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(batch, 2 * h, 2 * w, c4 // 4)
+    batch, h, w, cs = x.shape
+    if cs % (factor * factor):
+        raise ValueError(
+            f"depth_to_space needs channels divisible by {factor * factor}, got {cs}"
+        )
+    c = cs // (factor * factor)
+    x = x.reshape(batch, h, w, factor, factor, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, factor * h, factor * w, c)
+
+
+def space_to_depth(x: Array, factor: int) -> Array:
+    """``(B, s h, s w, c) -> (B, h, w, s * s * c)``: the inverse of
+    :func:`depth_to_space`.
+
+    >>> x = jnp.arange(2 * 6 * 6 * 3.0).reshape(2, 6, 6, 3)
+    >>> bool(jnp.all(depth_to_space(space_to_depth(x, 3), 3) == x))
+    True
+    """
+    batch, hs, ws, c = x.shape
+    if hs % factor or ws % factor:
+        raise ValueError(
+            f"space_to_depth needs sides divisible by {factor}, got {hs}x{ws}"
+        )
+    h, w = hs // factor, ws // factor
+    x = x.reshape(batch, h, factor, w, factor, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, h, w, factor * factor * c)
+
+
+def readout_geometry(
+    feature_shape: Sequence[int], image_shape: Sequence[int], kernel: int
+) -> tuple[int, int] | None:
+    """``(inputs, outputs)`` of the linear readout of a decoder, or ``None``.
+
+    * Vector feature ``(d,)``: a dense map, ``(d, H * W * C)``; ``None`` when
+      it would hold more than 2**24 weights.
+    * Spatial feature ``(h, w, c)`` with ``H = s h`` and ``W = s w`` for one
+      integer ``s``: each ``k x k`` neighbourhood of feature positions
+      (``k = kernel``, zero-padded at the border) maps to the ``s x s x C``
+      block of pixels under its centre, ``(k * k * c, s * s * C)``; ``k``
+      drops to 1 when ``k * k * c`` exceeds 4,608. ``None`` for non-integer
+      or unequal strides.
+    * ``kernel == 0``: ``None`` (no readout).
+
+    >>> readout_geometry((8, 8, 64), (32, 32, 3), 3)
+    (576, 48)
+    >>> readout_geometry((10,), (32, 32, 3), 3)
+    (10, 3072)
+    >>> readout_geometry((7, 7, 8), (32, 32, 3), 3) is None
+    True
+    """
+    feature_shape = _check_feature_shape(feature_shape)
+    height, width, channels = _check_image_shape(image_shape)
+    if int(kernel) != kernel or kernel < 0 or (kernel and kernel % 2 == 0):
+        raise ValueError(
+            f"readout_kernel must be 0 or odd and positive, got {kernel!r}"
+        )
+    if kernel == 0:
+        return None
+    if len(feature_shape) == 1:
+        outputs = height * width * channels
+        if feature_shape[0] * outputs > _MAX_DENSE_READOUT:
+            return None
+        return feature_shape[0], outputs
+    h, w, c = feature_shape
+    if height % h or width % w or height // h != width // w:
+        return None
+    stride = height // h
+    k = kernel if kernel * kernel * c <= _MAX_READOUT_INPUTS else 1
+    return k * k * c, stride * stride * channels
+
+
+def readout_inputs(features: Array, inputs: int) -> Array:
+    """The inputs of a linear readout with ``inputs`` rows (from
+    :func:`readout_geometry`): ``(B, d)`` unchanged, or ``(B, h, w, k * k *
+    c)`` the zero-padded ``k x k`` neighbourhoods of a spatial feature
+    ``(B, h, w, c)``, ordered (row offset, column offset, channel).
+
+    >>> f = jnp.arange(2 * 3 * 3 * 2.0).reshape(2, 3, 3, 2)
+    >>> p = readout_inputs(f, 18)
+    >>> p.shape, bool(jnp.all(p[:, :, :, 8:10] == f))  # the centre
+    ((2, 3, 3, 18), True)
+    """
+    if features.ndim == 2:
+        return features
+    c = features.shape[-1]
+    k = math.isqrt(inputs // c)
+    if k * k * c != inputs:
+        raise ValueError(f"{inputs} readout inputs do not fit {c} channels")
+    if k == 1:
+        return features
+    _, h, w, _ = features.shape
+    p = k // 2
+    padded = jnp.pad(features, ((0, 0), (p, p), (p, p), (0, 0)))
+    return jnp.concatenate(
+        [padded[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)],
+        axis=-1,
+    )
 
 
 class SubpixelConvTranspose(nnx.Module):
@@ -291,6 +411,9 @@ class Decoder(nnx.Module):
         num_blocks: number of residual blocks (paper: 6; App. J also uses 8).
         width: channels of every residual block. 32 keeps training fast on a
             CPU; 64 gives a somewhat lower reconstruction error.
+        readout_kernel: ``k`` of the linear readout (see
+            :func:`readout_geometry`; odd); 0 builds no readout (the
+            architecture of earlier releases).
         rngs: ``nnx.Rngs`` used for parameter initialisation.
 
     Attributes:
@@ -316,6 +439,7 @@ class Decoder(nnx.Module):
         *,
         num_blocks: int = 6,
         width: int = 32,
+        readout_kernel: int = 0,
         rngs: nnx.Rngs,
     ):
         self.feature_shape = _check_feature_shape(feature_shape)
@@ -353,8 +477,25 @@ class Decoder(nnx.Module):
                 for i in range(self.num_blocks)
             ]
         )
+        self.readout_kernel = int(readout_kernel)
+        geometry = readout_geometry(
+            self.feature_shape, self.image_shape, self.readout_kernel
+        )
+        self.readout_shape = geometry
+        if geometry is None:
+            self.readout = None
+            self.readout_bias = None
+        else:
+            # Solved in closed form before training; the head starts at zero
+            # so that the decoder starts as the readout.
+            self.readout = Readout(jnp.zeros(geometry, jnp.float32))
+            self.readout_bias = FeatureStat(jnp.zeros(self.image_shape, jnp.float32))
         self.head = nnx.Conv(
-            self.width, self.image_shape[-1], (3, 3), kernel_init=_HE, rngs=rngs
+            self.width,
+            self.image_shape[-1],
+            (3, 3),
+            kernel_init=_HE if geometry is None else nnx.initializers.zeros,
+            rngs=rngs,
         )
 
     def __call__(self, features: Array) -> Array:
@@ -366,9 +507,7 @@ class Decoder(nnx.Module):
                 f"decoder expects features of shape (B, {', '.join(map(str, self.feature_shape))}),"  # noqa: E501
                 f" got {tuple(features.shape)}"
             )
-        x = (features.astype(jnp.float32) - self.feature_mean[...]) / (
-            self.feature_scale[...]
-        )
+        x = normalised = self.normalise(features)
         if self.project is not None:
             h0, w0 = self.seed_shape
             x = self.project(x).reshape(x.shape[0], h0, w0, self.width)
@@ -381,12 +520,36 @@ class Decoder(nnx.Module):
             x = jax.image.resize(
                 x, (x.shape[0], height, width, x.shape[3]), method="bilinear"
             )
-        out = self.head(nnx.relu(x))
-        return out * self.image_scale[...] + self.image_mean[...]
+        out = self.head(nnx.relu(x)) * self.image_scale[...]
+        if self.readout is None:
+            return out + self.image_mean[...]
+        return out + self.linear_readout(normalised) + self.readout_bias[...]
+
+    def linear_readout(self, normalised: Array) -> Array:
+        """The readout's linear part (without its intercept) of normalised
+        features ``(B, *feature_shape)``: ``(B, H, W, C)``."""
+        inputs = readout_inputs(normalised, self.readout_shape[0])
+        out = inputs @ self.readout[...]
+        if out.ndim == 2:
+            return out.reshape(out.shape[0], *self.image_shape)
+        return depth_to_space(out, self.image_shape[0] // self.feature_shape[0])
+
+    def normalise(self, features: Array) -> Array:
+        """Features ``(B, *feature_shape)`` centred and scaled per channel."""
+        return (jnp.asarray(features, jnp.float32) - self.feature_mean[...]) / (
+            self.feature_scale[...]
+        )
 
 
 @partial(
-    jax.jit, static_argnames=("feature_shape", "image_shape", "num_blocks", "width")
+    jax.jit,
+    static_argnames=(
+        "feature_shape",
+        "image_shape",
+        "num_blocks",
+        "width",
+        "readout_kernel",
+    ),
 )
 def _init_state(
     key: Array,
@@ -395,6 +558,7 @@ def _init_state(
     image_shape: tuple[int, int, int],
     num_blocks: int,
     width: int,
+    readout_kernel: int = 0,
 ) -> nnx.State:
     # XLA's RngBitGenerator compiles several times faster on a CPU than the
     # default threefry for the dozens of initializer draws of a decoder.
@@ -404,6 +568,7 @@ def _init_state(
         image_shape,
         num_blocks=num_blocks,
         width=width,
+        readout_kernel=readout_kernel,
         rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")),
     )
     return nnx.state(decoder)
@@ -415,6 +580,7 @@ def create_decoder(
     *,
     num_blocks: int = 6,
     width: int = 32,
+    readout_kernel: int = 0,
     key: Array,
 ) -> Decoder:
     """Builds a :class:`Decoder` with one compiled initialisation.
@@ -431,6 +597,8 @@ def create_decoder(
         image_shape: ``(H, W, C)`` of one image.
         num_blocks: number of residual blocks.
         width: channels of the residual blocks.
+        readout_kernel: ``k`` of the linear readout (0: none); its weights
+            start at zero.
         key: PRNG key of the initialisation.
 
     Returns:
@@ -447,6 +615,7 @@ def create_decoder(
         image_shape=image_shape,
         num_blocks=int(num_blocks),
         width=int(width),
+        readout_kernel=int(readout_kernel),
     )
     abstract = nnx.eval_shape(
         lambda: Decoder(
@@ -454,6 +623,7 @@ def create_decoder(
             image_shape,
             num_blocks=kwargs["num_blocks"],
             width=kwargs["width"],
+            readout_kernel=kwargs["readout_kernel"],
             rngs=nnx.Rngs(0),
         )
     )

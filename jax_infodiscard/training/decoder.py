@@ -53,20 +53,34 @@ from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from jax_infodiscard import validation
-from jax_infodiscard.models.decoder import Decoder, create_decoder, decoder_fn
+from jax_infodiscard.models.decoder import (
+    Decoder,
+    create_decoder,
+    decoder_fn,
+    depth_to_space,
+    readout_geometry,
+    readout_inputs,
+    space_to_depth,
+)
 from jax_infodiscard.training.optimizer import (
     SCHEDULES,
     all_finite,
     learning_rate,
     optimizer,
 )
+from jax_infodiscard.training.ridge import RidgeStats, choose_ridge, ridge_weights
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
     "LEARNED_NOTHING",
+    "NO_INFORMATION",
+    "RECOVERS",
+    "RECOVERY_MARGIN",
+    "UNDERTRAINED",
     "DecoderConfig",
     "DecoderMetrics",
     "reconstruction_mse",
+    "ru_ceiling",
     "train_decoder",
     "train_decoders",
 ]
@@ -75,6 +89,105 @@ LEARNED_NOTHING = 0.8
 """A decoder whose held-out MSE is at least this share of the image variance
 (the MSE of always answering the mean image) has learned (almost) nothing:
 its RU maps would only show its own error."""
+
+RECOVERY_MARGIN = 0.05
+"""A decoder recovers image information from its layer when its held-out MSE
+is at most ``1 - RECOVERY_MARGIN`` times that of the best constant predictor
+(the mean training image); see :func:`decoder_verdict` and docs/ru.md for the
+measurements behind the value."""
+
+RECOVERS = "recovers"
+NO_INFORMATION = "no recoverable information"
+UNDERTRAINED = "undertrained"
+
+
+def decoder_verdict(
+    decoder_ratio: float,
+    ridge_ratio: float | None = None,
+    longer_ratio: float | None = None,
+    *,
+    margin: float = RECOVERY_MARGIN,
+) -> str:
+    """What a decoder's held-out error says about its layer (pure).
+
+    Every ratio is a held-out MSE divided by that of the best constant
+    predictor (the mean training image): 1 means no better than a constant.
+
+    * :data:`RECOVERS` (``"recovers"``): the decoder beats the constant by
+      the margin (``decoder_ratio <= 1 - margin``). RU is measured there.
+    * :data:`UNDERTRAINED` (``"undertrained"``): it does not, but the ridge
+      readout or a longer-trained decoder does: the layer holds information
+      that this decoder failed to learn; its RU would only show its own
+      error. Train longer.
+    * :data:`NO_INFORMATION` (``"no recoverable information"``): neither the
+      decoder, nor the ridge readout, nor a longer-trained decoder (those
+      that are given) beats the constant: the layer keeps no recoverable
+      image information. Then the reconstruction ignores the feature, the
+      RU objective is flat in ``sigma`` and RU sits at its ceiling, the
+      entropy of the pixel given nothing (:func:`ru_ceiling`): a finding
+      about the layer, not a failure.
+
+    Args:
+        decoder_ratio: the decoder's held-out MSE over the constant's.
+        ridge_ratio: the same for the closed-form ridge readout (``None``:
+            not known).
+        longer_ratio: the same for a decoder trained longer (``None``: not
+            known).
+        margin: the share of the constant's error a decoder must remove.
+
+    Returns:
+        One of :data:`RECOVERS`, :data:`UNDERTRAINED`, :data:`NO_INFORMATION`.
+
+    >>> decoder_verdict(0.40, 0.55)
+    'recovers'
+    >>> decoder_verdict(0.99, 0.60)
+    'undertrained'
+    >>> decoder_verdict(0.99, 1.00, 0.98)
+    'no recoverable information'
+    """
+    for name, value in (
+        ("decoder_ratio", decoder_ratio),
+        ("ridge_ratio", ridge_ratio),
+        ("longer_ratio", longer_ratio),
+    ):
+        if value is not None:
+            validation.check_number(name, value, minimum=0)
+    validation.check_number("margin", margin, minimum=0, below=1)
+    threshold = 1.0 - margin
+    if decoder_ratio <= threshold:
+        return RECOVERS
+    others = [r for r in (ridge_ratio, longer_ratio) if r is not None]
+    if any(r <= threshold for r in others):
+        return UNDERTRAINED
+    return NO_INFORMATION
+
+
+def ru_ceiling(pixel_variance: Array | np.ndarray) -> np.ndarray:
+    """RU at a layer that keeps no recoverable image information, in nats.
+
+    When the reconstruction ignores the feature, the best it can answer is
+    the mean image ``mu``; the error ``x_i - mu_i`` then does not depend on
+    the noise, the RU objective is flat in ``sigma`` (every ``sigma`` on the
+    budget is a solution) and the entropy term is that of the pixel given
+    nothing: ``0.5 log(2 pi e v_i)`` with ``v_i = E (x_i - mu_i)**2`` the
+    pixel's variance over the data. No decoder trained with MSE does worse
+    on average, so this is RU's ceiling.
+
+    Args:
+        pixel_variance: ``v_i`` per pixel, ``(H, W)`` or ``(H, W, C)`` (in
+            squared unit-range units; pass the channel mean for RU with a
+            pixel-shared sigma).
+
+    Returns:
+        ``0.5 log(2 pi e v_i)`` of the same shape (float64).
+
+    >>> float(ru_ceiling(np.array(1 / (2 * np.pi * np.e))))
+    0.0
+    """
+    v = np.asarray(pixel_variance, np.float64)
+    if np.any(~np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError("pixel_variance must be finite and positive")
+    return 0.5 * np.log(2.0 * np.pi * np.e * v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +215,12 @@ class DecoderConfig:
             train and held-out MSE and the feature statistics.
         log_every: steps per progress-bar update and per entry of the loss
             history.
+        readout_kernel: ``k`` of the decoder's closed-form linear readout
+            (:func:`jax_infodiscard.models.decoder.readout_geometry`; odd);
+            0 for the decoder without readout of earlier releases.
+        ridge_images: at most this many training images give the readout's
+            ridge statistics (four fifths fit it, one fifth chooses its
+            penalty, then it is refitted on all of them).
 
     Example:
         >>> cfg = DecoderConfig(steps=500, width=16)
@@ -121,12 +240,25 @@ class DecoderConfig:
     holdout_fraction: float = 0.1
     eval_images: int = 512
     log_every: int = 50
+    readout_kernel: int = 3
+    ridge_images: int = 2048
 
     def __post_init__(self):
-        for name in ("num_blocks", "width", "batch_size", "eval_images", "log_every"):
+        for name in (
+            "num_blocks",
+            "width",
+            "batch_size",
+            "eval_images",
+            "log_every",
+            "ridge_images",
+        ):
             validation.check_int(name, getattr(self, name))
-        for name in ("steps", "warmup_steps"):
+        for name in ("steps", "warmup_steps", "readout_kernel"):
             validation.check_int(name, getattr(self, name), minimum=0)
+        if self.readout_kernel % 2 == 0 and self.readout_kernel:
+            raise ValueError(
+                f"readout_kernel must be 0 or odd, got {self.readout_kernel}"
+            )
         validation.check_number("learning_rate", self.learning_rate, positive=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(
@@ -170,6 +302,13 @@ class DecoderMetrics:
         trained_with: the layers whose decoders were trained in the same run
             (:func:`train_decoders`; they share ``steps_per_second`` and
             ``seconds``); empty in metadata written before it was recorded.
+        ridge_mse: held-out MSE of the closed-form ridge readout alone (the
+            decoder before training); ``None`` without a readout.
+        constant_mse: held-out MSE of the mean training image (the best
+            constant predictor); ``None`` in metadata written before it was
+            recorded.
+        ridge_penalty: the readout's ridge penalty (chosen by held-out error);
+            ``None`` without a readout.
     """
 
     layer: str
@@ -182,6 +321,9 @@ class DecoderMetrics:
     steps_per_second: float
     seconds: float
     trained_with: tuple[str, ...] = ()
+    ridge_mse: float | None = None
+    constant_mse: float | None = None
+    ridge_penalty: float | None = None
 
     @property
     def eval_mse(self) -> float:
@@ -203,8 +345,43 @@ class DecoderMetrics:
 
     @property
     def learned_nothing(self) -> bool:
-        """``mse_over_variance >= LEARNED_NOTHING``."""
-        return self.mse_over_variance >= LEARNED_NOTHING
+        """The decoder recovers nothing of the image: its :attr:`verdict` is
+        not :data:`RECOVERS` (in metadata of earlier releases, without
+        ``constant_mse``: ``mse_over_variance >= LEARNED_NOTHING``)."""
+        if self.constant_mse is None:
+            return self.mse_over_variance >= LEARNED_NOTHING
+        return self.verdict != RECOVERS
+
+    def _over_constant(self, mse: float | None) -> float | None:
+        if mse is None:
+            return None
+        scale = self.constant_mse if self.constant_mse else self.image_variance
+        return mse / scale if scale > 0 else 1.0
+
+    @property
+    def mse_over_constant(self) -> float:
+        """``eval_mse`` over the constant predictor's held-out MSE (the image
+        variance when that was not recorded): 1 = no better than the mean
+        image."""
+        return self._over_constant(self.eval_mse)
+
+    @property
+    def ridge_over_constant(self) -> float | None:
+        """``ridge_mse`` over the constant predictor's (``None`` without a
+        readout)."""
+        return self._over_constant(self.ridge_mse)
+
+    @property
+    def verdict(self) -> str:
+        """:func:`decoder_verdict` of :attr:`mse_over_constant` and
+        :attr:`ridge_over_constant`.
+
+        >>> m = DecoderMetrics("logits", 300, 0.01, 0.05, 0.0496, 0.05, (), 1.0, 1.0,
+        ...                    ridge_mse=0.0499, constant_mse=0.05)
+        >>> m.verdict, m.learned_nothing
+        ('no recoverable information', True)
+        """
+        return decoder_verdict(self.mse_over_constant, self.ridge_over_constant)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (the loss history becomes a list)."""
@@ -447,6 +624,142 @@ def _feature_stats(
     return stats
 
 
+@partial(jax.jit, static_argnames=("layers", "noise_std", "inputs"))
+def _ridge_moments(
+    feature_fn: Partial,
+    x: Array,
+    mask: Array,
+    key: PRNGKey,
+    index: int,
+    stats: dict[str, tuple[Array, Array]],
+    pixel_mean: Array,
+    *,
+    layers: tuple[str, ...],
+    noise_std: float,
+    inputs: tuple[int, ...],
+) -> dict[str, tuple[Array, ...]]:
+    """Per layer, the raw sums of one masked batch: ``P^T P``, ``P^T T``,
+    ``sum T**2`` and, per readout position, ``sum P`` and ``sum T``; ``P`` the
+    readout inputs of the normalised noisy features, ``T`` the noisy images
+    minus ``pixel_mean`` in the readout's layout."""
+    x_noisy = _noisy(jax.random.fold_in(key, index), x, noise_std)
+    features = feature_fn(x_noisy)
+    target = x_noisy - pixel_mean
+    hi = jax.lax.Precision.HIGHEST
+    out = {}
+    for name, d in zip(layers, inputs, strict=True):
+        mean, scale = stats[name]
+        f = (features[name].astype(jnp.float32) - mean) / scale
+        p = readout_inputs(f, d)
+        if p.ndim == 2:
+            t = target.reshape(target.shape[0], -1)
+            w = mask[:, None]
+        else:
+            t = space_to_depth(target, x.shape[1] // p.shape[1])
+            w = mask[:, None, None, None]
+        p, t = w * p, w * t
+        flat_p, flat_t = p.reshape(-1, p.shape[-1]), t.reshape(-1, t.shape[-1])
+        out[name] = (
+            jnp.matmul(flat_p.T, flat_p, precision=hi),
+            jnp.matmul(flat_p.T, flat_t, precision=hi),
+            jnp.sum(t * t),
+            jnp.sum(p, axis=0),
+            jnp.sum(t, axis=0),
+        )
+    return out
+
+
+def _centred(raw: tuple[np.ndarray, ...], count: float) -> RidgeStats:
+    """Ridge statistics of inputs and targets centred per readout position,
+    from the raw sums of :func:`_ridge_moments` over ``count`` images."""
+    pp, pt, tt, sum_p, sum_t = raw
+    sp = sum_p.reshape(-1, sum_p.shape[-1])  # (positions, d)
+    st = sum_t.reshape(-1, sum_t.shape[-1])  # (positions, o)
+    return RidgeStats(
+        pp - sp.T @ sp / count,
+        pt - sp.T @ st / count,
+        float(tt - np.sum(st * st) / count),
+        count * sp.shape[0],
+    )
+
+
+def _solve_readouts(
+    feature_fn: Partial,
+    images: np.ndarray,
+    key: PRNGKey,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+    pixel_mean: np.ndarray,
+    *,
+    geometry: dict[str, tuple[int, int]],
+    noise_std: float,
+    batch_size: int,
+    image_shape: tuple[int, int, int],
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Per layer of ``geometry``: the ridge readout's weights ``(inputs,
+    outputs)``, its intercept ``(H, W, C)`` and its penalty, from one pass
+    over ``images`` (the first four fifths fit, the last fifth chooses the
+    penalty; then refitted on all). Inputs and targets are centred per
+    readout position, so the intercept is the mean image minus the readout
+    of the mean feature."""
+    layers = tuple(geometry)
+    n_fit = max(1, (4 * images.shape[0]) // 5)
+    raw = {}
+    for part, imgs in (("fit", images[:n_fit]), ("val", images[n_fit:])):
+        batches = jax.device_get(
+            [
+                _ridge_moments(
+                    feature_fn,
+                    x,
+                    mask,
+                    jax.random.fold_in(key, part == "val"),
+                    i,
+                    {
+                        n: (jnp.asarray(m), jnp.asarray(s))
+                        for n, (m, s) in stats.items()
+                    },
+                    jnp.asarray(pixel_mean),
+                    layers=layers,
+                    noise_std=noise_std,
+                    inputs=tuple(geometry[n][0] for n in layers),
+                )
+                for i, x, mask in _padded_batches(imgs, batch_size)
+            ]
+        )
+        raw[part] = {
+            name: tuple(
+                np.sum([b[name][j] for b in batches], axis=0, dtype=np.float64)
+                for j in range(5)
+            )
+            for name in layers
+        }
+    n_val = images.shape[0] - n_fit
+    out = {}
+    for name in layers:
+        fit = _centred(raw["fit"][name], float(n_fit))
+        val = _centred(raw["val"][name], float(n_val)) if n_val else fit
+        _, penalty, _ = choose_ridge(fit, val)
+        pooled = tuple(
+            a + b for a, b in zip(raw["fit"][name], raw["val"][name], strict=True)
+        )
+        n = float(images.shape[0])
+        weights = ridge_weights(_centred(pooled, n), np.array([penalty]))[0]
+        mean_p, mean_t = pooled[3] / n, pooled[4] / n
+        bias = mean_t - mean_p @ weights  # (h, w, o) or (o,)
+        if bias.ndim == 1:
+            bias = bias.reshape(image_shape)
+        else:
+            factor = image_shape[0] // bias.shape[0]
+            bias = np.asarray(depth_to_space(bias[None], factor)[0])
+        bias = bias + pixel_mean
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+            raise ValueError(
+                f"the ridge readout of layer {name!r} is not finite: feature_fn "
+                "returns NaN/inf values for some training images"
+            )
+        out[name] = (weights.astype(np.float32), bias.astype(np.float32), penalty)
+    return out
+
+
 @partial(jax.jit, static_argnames=("noise_std",))
 def _batch_sse(
     decoders: dict[str, Partial],
@@ -668,13 +981,24 @@ def train_decoders(
     eval_train = train[: config.eval_images]
     eval_hold = hold[: config.eval_images]
     eval_batch = min(config.batch_size, eval_train.shape[0])
-    graphdefs, params, rest = _init_decoders(
+    graphdefs, params, rest, initial, readouts, pixel_mean = _init_decoders(
         feature_fn,
         feature_shapes,
         image_shape,
+        train,
         eval_train,
         config,
         (k_init, k_stats),
+        eval_batch,
+    )
+    ridge_mse, constant_mse = _baseline_mse(
+        initial,
+        feature_fn,
+        eval_train,
+        eval_hold,
+        pixel_mean,
+        k_eval,
+        config,
         eval_batch,
     )
     params, history, steps_per_second = _fit(
@@ -703,6 +1027,9 @@ def train_decoders(
             steps_per_second=steps_per_second,
             seconds=seconds,
             trained_with=layers,
+            ridge_mse=ridge_mse.get(name),
+            constant_mse=constant_mse,
+            ridge_penalty=readouts[name][2] if name in readouts else None,
         )
         for i, name in enumerate(layers)
     }
@@ -731,12 +1058,19 @@ def _holdout_split(images: np.ndarray, config: DecoderConfig, key: PRNGKey):
 
 
 def _init_decoders(
-    feature_fn, feature_shapes, image_shape, eval_train, config, keys, eval_batch
+    feature_fn, feature_shapes, image_shape, train, eval_train, config, keys, eval_batch
 ):
     """Fresh decoders of the layers of ``feature_shapes`` with their fixed
-    statistics set from ``eval_train``; returns ``(graphdefs, params, rest)``
-    (the decoder of layer ``i`` initialised with ``fold_in(k_init, i)``, the
-    first with ``k_init`` itself)."""
+    statistics set from ``eval_train`` and their ridge readouts solved from
+    the first ``config.ridge_images`` of ``train``.
+
+    Returns ``(graphdefs, params, rest, initial, readouts, pixel_mean)``: the
+    decoder of layer ``i`` is initialised with ``fold_in(k_init, i)`` (the
+    first with ``k_init`` itself); ``initial`` maps each layer with a readout
+    to its decoder function before training (the readout alone),
+    ``readouts`` to ``(kernel, bias, penalty)``, and ``pixel_mean`` is the
+    mean training image ``(H, W, C)``."""
+    noise_std = config.training_noise_std
     k_init, k_stats = keys
     layers = tuple(feature_shapes)
     stats = _feature_stats(
@@ -749,13 +1083,36 @@ def _init_decoders(
     )
     image_mean = jnp.asarray(eval_train.mean(axis=(0, 1, 2)))
     image_scale = jnp.asarray(eval_train.std(axis=(0, 1, 2)) + 1e-3)
-    graphdefs, params, rest = [], {}, {}
+    ridge_train = train[: config.ridge_images]
+    pixel_mean = ridge_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+    geometry = {
+        name: readout_geometry(feature_shapes[name], image_shape, config.readout_kernel)
+        for name in layers
+    }
+    geometry = {name: g for name, g in geometry.items() if g is not None}
+    readouts = (
+        _solve_readouts(
+            feature_fn,
+            ridge_train,
+            jax.random.fold_in(k_stats, 1),
+            stats,
+            pixel_mean,
+            geometry=geometry,
+            noise_std=noise_std,
+            batch_size=eval_batch,
+            image_shape=image_shape,
+        )
+        if geometry
+        else {}
+    )
+    graphdefs, params, rest, initial = [], {}, {}, {}
     for i, name in enumerate(layers):
         decoder = create_decoder(
             feature_shapes[name],
             image_shape,
             num_blocks=config.num_blocks,
             width=config.width,
+            readout_kernel=config.readout_kernel,
             key=k_init if i == 0 else jax.random.fold_in(k_init, i),
         )
         mean, scale = stats[name]
@@ -763,9 +1120,36 @@ def _init_decoders(
         decoder.feature_scale[...] = jnp.asarray(scale)
         decoder.image_mean[...] = image_mean
         decoder.image_scale[...] = image_scale
+        if name in readouts:
+            decoder.readout[...] = jnp.asarray(readouts[name][0])
+            decoder.readout_bias[...] = jnp.asarray(readouts[name][1])
+            initial[name] = decoder_fn(decoder, allow_untrained=True)
         graphdef, params[name], rest[name] = nnx.split(decoder, nnx.Param, ...)
         graphdefs.append(graphdef)
-    return tuple(graphdefs), params, rest
+    return tuple(graphdefs), params, rest, initial, readouts, pixel_mean
+
+
+def _baseline_mse(
+    initial, feature_fn, eval_train, eval_hold, pixel_mean, k_eval, config, batch
+):
+    """Held-out MSE of the ridge readouts alone (``initial``: the decoders
+    before training, whose head is 0) and of the best constant predictor
+    (the mean training image); both on the held-out images, or on the
+    training images when none are held out."""
+    _, k_ho = jax.random.split(k_eval)
+    reference = eval_hold if eval_hold.shape[0] else eval_train
+    noise_std = config.training_noise_std
+    ridge_mse = (
+        _mse(
+            initial, feature_fn, reference, k_ho, noise_std=noise_std, batch_size=batch
+        )
+        if initial
+        else {}
+    )
+    constant_mse = float(
+        np.mean(np.square(reference - pixel_mean), dtype=np.float64) + noise_std**2
+    )
+    return ridge_mse, constant_mse
 
 
 def _fit(graphdefs, params, rest, feature_fn, train, k_train, config, progress):

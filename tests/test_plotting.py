@@ -214,3 +214,64 @@ def test_normalise_maps_min_to_0_and_max_to_1():
     assert out.min() == 0.0 and out.max() == 1.0
     np.testing.assert_allclose(out, (m - 2.0) / 2.0)
     assert not normalise(np.ones((2, 2))).any()
+
+
+def _log_tick_labels(fig):
+    """``[(text, bbox)]`` of the drawn tick labels of the log-scale panel."""
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    (ax,) = [a for a in fig.axes if a.get_yscale() == "log"]
+    ticks = ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+    lo, hi = sorted(ax.get_ylim())
+    return [
+        (t.label1.get_text(), t.label1.get_window_extent(renderer))
+        for t in ticks
+        if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi
+    ]
+
+
+def _crowded(labels) -> list[tuple[str, str]]:
+    return [
+        (a, b)
+        for i, (a, box_a) in enumerate(labels)
+        for b, box_b in labels[i + 1 :]
+        if _overlap(box_a, box_b)
+    ]
+
+
+# Linearity per layer (mean over images, x 3 layers): the demo's wide range,
+# three, one and a half, one, half a decade and a narrow range around 1.
+LINEARITY_RANGES = [
+    (0.5, 90.0),
+    (0.3, 300.0),
+    (0.6, 8.0),
+    (0.7, 6.0),
+    (0.55, 2.5),
+    (0.6, 1.7),
+    (0.85, 1.25),
+]
+
+
+@pytest.mark.parametrize(("low", "high"), LINEARITY_RANGES)
+def test_log_axis_tick_labels_do_not_overlap(low, high):
+    values = np.geomspace(low, high, len(LAYERS))[:, None] * np.ones((1, 4))
+    fig = plot_layer_curves(
+        LAYERS, {"CID linearity": values}, None, log_panels={"linearity"}
+    )
+    labels = _log_tick_labels(fig)
+    assert len(labels) >= 2, labels  # the axis still says where it is
+    assert not _crowded(labels), _crowded(labels)
+    assert all(float(text) > 0 for text, _ in labels)  # plain numbers
+
+
+def test_log_overlap_check_catches_the_old_minor_labels():
+    """Every minor tick labelled (the old formatter) overlaps: the test can fail."""
+    from jax_infodiscard.plotting.maps import _PLAIN
+
+    values = np.geomspace(0.5, 90.0, len(LAYERS))[:, None] * np.ones((1, 4))
+    fig = plot_layer_curves(
+        LAYERS, {"CID linearity": values}, None, log_panels={"linearity"}
+    )
+    (ax,) = [a for a in fig.axes if a.get_yscale() == "log"]
+    ax.yaxis.set_minor_formatter(_PLAIN)
+    assert _crowded(_log_tick_labels(fig))

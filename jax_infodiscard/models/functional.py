@@ -68,7 +68,7 @@ def _inference_split(model: Any, caller: str) -> tuple[Any, Any]:
 
     BatchNorm on its running averages and dropout off
     (``nnx.view(use_running_average=True, deterministic=True)``, as
-    :func:`~jax_infodiscard.models.from_nnx` does), so that the output for
+    :func:`~jax_infodiscard.models.adapters.from_nnx` does), so that the output for
     one image does not depend on the rest of the batch. Zoo models pass the
     mode explicitly at every call; the view changes nothing for them.
 
@@ -177,7 +177,7 @@ def model_fn(model: nnx.Module) -> jax.tree_util.Partial:
         ``(B, S, S, 3)`` to the model output, logits ``(B, num_classes)``
         for classifiers (the reconstruction ``(B, S, S, 3)`` for
         auto-encoders), with BatchNorm on its running averages and dropout
-        off (the inference view :func:`~jax_infodiscard.models.from_nnx`
+        off (the inference view :func:`~jax_infodiscard.models.adapters.from_nnx`
         uses), so that one image's output does not depend on the batch.
 
     Raises:

@@ -24,9 +24,10 @@ import numpy as np
 
 import jax_infodiscard as jid
 from jax_infodiscard.data import load_synthetic
+from jax_infodiscard.experiments.cache import load_or_train_decoder
 from jax_infodiscard.models import feature_fn
 from jax_infodiscard.models.decoder import decoder_fn
-from jax_infodiscard.training.decoder import DecoderConfig, load_or_train_decoder
+from jax_infodiscard.training.decoder import DecoderConfig
 from jax_infodiscard.training.train import TrainConfig, train
 
 

@@ -63,7 +63,7 @@ class CIDConfig:
         0.5 log(2 pi e)`` nats, and counted in ``CIDResult.capped``.
       min_sigma: floor on sigma (input units).
       chunk_size: images per vectorised chunk inside the compiled program
-        (``None``: all images of a device at once).
+        (``None``: the engine plans the largest chunk that fits the memory).
       step_chunk: iterations per compiled call. On CPU the iterations run as a
         host loop over compiled chunks of this many unrolled steps (XLA:CPU
         runs convolution gradients inside compiled loops 15-25x slower); on
@@ -72,6 +72,9 @@ class CIDConfig:
       layer_strategy: ``"vmap"`` (all layers in one program), ``"per_layer"``
         (one program per layer; XLA drops the network above the layer) or
         ``"auto"`` (the measured best for the backend and method).
+      unit_range: require images in ``[0, 1]`` (the unit the budget and
+        ``max_sigma`` are meant for; catches images in ``0..255``). ``False``
+        for models that expect another input range.
     """
 
     beta: float = 1.5e-4
@@ -90,6 +93,7 @@ class CIDConfig:
     chunk_size: int | None = None
     step_chunk: int | None = None
     layer_strategy: LayerStrategy = "auto"
+    unit_range: bool = True
 
     def __post_init__(self):
         _validate(self)
@@ -107,6 +111,18 @@ class RUConfig(CIDConfig):
     maximises the reconstruction entropy under the budget, ``"linear"``
     evaluates RU at CID's closed-form sigma.
     """
+
+    @classmethod
+    def from_cid(cls, cfg: CIDConfig, **changes) -> RUConfig:
+        """The RU configuration with every field of ``cfg``, then ``changes``.
+
+        >>> RUConfig.from_cid(CIDConfig(beta=1e-3), steps=48).beta
+        0.001
+        """
+        if not isinstance(cfg, CIDConfig):
+            raise TypeError(f"cfg must be a CIDConfig, got {type(cfg).__name__}")
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(CIDConfig)}
+        return cls(**{**fields, **changes})
 
 
 def _validate(cfg: CIDConfig) -> None:
@@ -140,6 +156,8 @@ def _validate(cfg: CIDConfig) -> None:
         check_int("chunk_size", cfg.chunk_size)
     if cfg.step_chunk is not None:
         check_int("step_chunk", cfg.step_chunk)
+    if not isinstance(cfg.unit_range, bool):
+        raise TypeError(f"unit_range must be a bool, got {cfg.unit_range!r}")
     if cfg.layer_strategy not in LAYER_STRATEGIES:
         raise ValueError(
             f"layer_strategy must be one of {LAYER_STRATEGIES}, "

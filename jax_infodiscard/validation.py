@@ -23,6 +23,8 @@ from jax.tree_util import Partial
 from jax_infodiscard.types import Array
 
 __all__ = [
+    "ImageFailure",
+    "NonFiniteError",
     "as_partial",
     "check_boxes",
     "check_finite",
@@ -36,6 +38,7 @@ __all__ = [
     "check_number",
     "check_output_dir",
     "check_pixel_map",
+    "check_solution",
     "image_keys",
     "is_traced",
     "mask_values_ok",
@@ -47,7 +50,7 @@ def _describe(value: Any) -> str:
 
 
 def check_images(
-    images: Any, name: str = "images", *, unit_range: bool = False
+    images: Any, name: str = "images", *, unit_range: bool = False, hint: str = ""
 ) -> Array:
     """Validates a batch of images and returns it as ``float32 (B, H, W, C)``.
 
@@ -55,6 +58,7 @@ def check_images(
       images: array-like ``(B, H, W, C)`` of floats (NHWC).
       name: the argument's name, for messages.
       unit_range: also require every value in ``[0, 1]``.
+      hint: appended to the message of an out-of-range error.
 
     Raises:
       TypeError: ``images`` is not an array (a string, ``None``, a dict, ...).
@@ -92,6 +96,8 @@ def check_images(
             raise ValueError(
                 f"{name} must lie in the unit range [0, 1], got values in "
                 f"[{lo:.4g}, {hi:.4g}]"
+                + (" (0..255? divide by 255)" if 1 < hi <= 255 and lo >= 0 else "")
+                + hint
             )
     return arr.astype(jnp.float32)
 
@@ -344,6 +350,106 @@ def check_layers(
                     "inference mode and make the feature function per-image"
                 )
     return layers
+
+
+class ImageFailure(ValueError):
+    """Some images cannot be solved; ``failures`` lists ``(layer, image, cause)``.
+
+    ``image`` is the index in the batch given to the solver. The ``run`` job
+    records these images and goes on with the others.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, int, str]]):
+        super().__init__(message)
+        self.failures = failures
+
+
+class NonFiniteError(ImageFailure):
+    """A solve produced NaN/inf (an infinite Jacobian, overflowing features)."""
+
+
+_SOLUTION_FIELDS = ("pixel", "log_sigma", "lam", "budget")
+
+
+def check_solution(
+    out: dict, layers: tuple[str, ...], metric: str, images: Any = None
+) -> None:
+    """Refuses a solve with a zero, infinite or NaN Jacobian or non-finite maps.
+
+    Args:
+      out: the engine's outputs ``{field: (L, B, ...)}``; ``feature_scale``
+        is ``delta_f^2`` of the (scaled) features, clamped below at the
+        smallest normal float32.
+      layers: the ``L`` layer names.
+      metric: ``"cid"`` or ``"ru"``, for messages.
+      images: the ``(B, H, W, C)`` images, to quote their range in messages.
+
+    Raises:
+      ImageFailure: (a ``ValueError``) a layer whose features do not depend
+        on the input (zero Jacobian) at some image.
+      NonFiniteError: an infinite or NaN Jacobian, or maps that are not
+        finite; the message names the layer, the image and the cause, and
+        ``failures`` lists every ``(layer, image, cause)``.
+    """
+    scale = np.asarray(out["feature_scale"], np.float64)
+    dead = scale <= np.finfo(np.float32).tiny
+    if dead.any():
+        bad = sorted({layers[l] for l in np.nonzero(dead)[0]})
+        where = ", ".join(
+            f"{layers[l]!r} at image(s) {np.nonzero(dead[l])[0][:5].tolist()}"
+            for l in sorted(set(np.nonzero(dead)[0]))
+        )
+        raise ImageFailure(
+            f"layer(s) {bad}: the feature does not change with the input (zero "
+            f"Jacobian: {where}); {metric.upper()} is undefined there",
+            [
+                (
+                    layers[l],
+                    int(b),
+                    "zero Jacobian: the feature does not change "
+                    "with the input at this image",
+                )
+                for l, b in zip(*np.nonzero(dead), strict=True)
+            ],
+        )
+    failures: list[tuple[str, int, str]] = []
+    jac = ~np.isfinite(scale)
+    for l, b in zip(*np.nonzero(jac), strict=True):
+        failures.append(
+            (
+                layers[l],
+                int(b),
+                "the Jacobian is infinite or NaN (delta_f^2 = "
+                f"{scale[l, b]}): the feature function is not differentiable at "
+                "this image (e.g. sqrt or log at 0)",
+            )
+        )
+    for field in _SOLUTION_FIELDS:
+        if field not in out:
+            continue
+        arr = np.asarray(out[field], np.float64)
+        bad = ~np.isfinite(arr.reshape(arr.shape[0], arr.shape[1], -1)).all(axis=2)
+        for l, b in zip(*np.nonzero(bad & ~jac), strict=True):
+            jac[l, b] = True  # one record per (layer, image)
+            peak = ""
+            if images is not None:
+                peak = f" (|pixel| up to {float(np.max(np.abs(images[b]))):.3g})"
+            failures.append(
+                (
+                    layers[l],
+                    int(b),
+                    f"{field} is NaN/inf after the solve: the features overflow "
+                    f"or turn NaN on noisy copies of the image{peak}",
+                )
+            )
+    if failures:
+        layer, image, cause = failures[0]
+        more = f" ({len(failures) - 1} more (layer, image) pairs)" * (len(failures) > 1)
+        raise NonFiniteError(
+            f"{metric}: layer {layer!r}, image {image}: {cause}; no map is "
+            f"returned{more}",
+            failures,
+        )
 
 
 # ------------------------------------------------------------ masks and boxes

@@ -77,7 +77,7 @@ def linear_images():
 
 
 def oracle_sigma(a: np.ndarray, beta: float) -> np.ndarray:
-    """DESIGN.md sec. 2: ``sigma_i^2 = beta * delta_f^2 / (n * a_i)``."""
+    """docs/design.md, "Oracles": ``sigma_i^2 = beta * delta_f^2 / (n * a_i)``."""
     return np.sqrt(beta * a.sum() / (a.size * a))
 
 
@@ -119,7 +119,7 @@ def small_images():
 
 
 def quadratic_oracle_sigma(x: np.ndarray, beta: float, center: str = "input"):
-    """DESIGN.md sec. 6: the exact optimum for ``h(x)_i = x_i^2`` (one channel).
+    """docs/design.md, "Oracles": the exact optimum of ``h(x)_i = x_i^2`` (one channel).
 
     ``E||f' - f||^2 = sum_i (4 x_i^2 s_i + c s_i^2)`` with ``s_i = sigma_i^2``,
     ``c = 3`` (``f = h(x)``) or ``2`` (``f = E h(x')``); maximising
@@ -165,8 +165,8 @@ def trained_convnet():
 
     Returns ``(feature_fn, test_images)`` with layers conv1, conv3, conv5 and
     logits; its test accuracy is asserted well above chance (10%), so that
-    the regime is that of a trained network (far from linear, see DESIGN.md
-    sec. 6).
+    the regime is that of a trained network (far from linear, see docs/design.md,
+    "Regime").
     """
     from jax_infodiscard.data import load_synthetic
     from jax_infodiscard.models import feature_fn

@@ -25,13 +25,17 @@ NAMES = (
     "epochs",
     "concentration",
 )
-HEADER = "| claim | paper | measured | verdict | rule |"
+HEADER = "| claim | paper | measured | verdict |"
 
 
-def run_toy(name, tmp_path, figures=("curves.png", "differences.png")):
+def run_toy(name, tmp_path, figures=("curves.png", "differences.png"), **kwargs):
     """Runs ``name`` at toy size and checks what every analysis writes."""
     options = AnalysisOptions(
-        scale="toy", image_size=16, cache_dir=tmp_path / "cache", progress=False
+        scale="toy",
+        image_size=16,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        **kwargs,
     )
     out = tmp_path / name
     result = run_analysis(name, out, options)
@@ -45,15 +49,21 @@ def run_toy(name, tmp_path, figures=("curves.png", "differences.png")):
         v.outcome for v in result.verdicts
     ]
     # The verdict table: a header, a rule, one well-formed row per claim.
+    # Over seeds, a column beside the verdict says what the first seed
+    # (as trained) alone said.
     report = (out / "report.md").read_text().splitlines()
-    start = report.index(HEADER)
-    assert report[start + 1] == "|---|---|---|---|---|"
+    (start,) = [i for i, line in enumerate(report) if line.startswith(HEADER)]
+    seeds = dict(options.design).get("seeds", ANALYSES[name].sizes["toy"].seeds)
+    first = options.seed + seeds[0]
+    assert report[start] == f"{HEADER} seed {first} alone said | rule |"
+    assert report[start + 1] == "|---|---|---|---|---|---|"
     rows = report[start + 2 : start + 2 + len(result.verdicts)]
     for row, v in zip(rows, result.verdicts, strict=True):
         cells = [c.strip() for c in row.strip("|").split(" | ")]
-        assert len(cells) == 5, row
+        assert len(cells) == 6, row
         assert cells[3] == f"**{v.outcome}**" and v.outcome in OUTCOMES
-        assert cells[0] and cells[1] and cells[2] and cells[4]
+        assert cells[4] == v.alone and v.alone in OUTCOMES and v.first_seed == first
+        assert cells[0] and cells[1] and cells[2] and cells[5]
     # The regime diagnostic is reported for every analysed layer.
     assert "| linearity |" in "\n".join(report)
     for net in res["networks"].values():
@@ -90,12 +100,18 @@ def test_damage_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_adversarial_end_to_end(tmp_path):
     result, res = run_toy("adversarial", tmp_path)
-    assert set(res["networks"]) == {"normal", "adversarial"}
+    # The control: the normal net trained as many epochs again, clean.
+    assert set(res["networks"]) == {"normal", "adversarial", "normal longer"}
     assert res["pgd"]["steps"] == 1
     for values in res["robustness_l2"].values():
         assert len(values) == 1 and values[0] > 0
-    assert "CID" in result.verdicts[0].claim
+    claims = [v.claim for v in result.verdicts]
+    assert "CID" in claims[0] and "as many epochs" in claims[0]
+    assert "adversarial − normal longer: seed 0" in result.verdicts[0].measured
+    assert any(c.startswith("Control") for c in claims)
     assert "solver linearity" in result.verdicts[0].measured
+    # One seed never decides; what it said alone is kept.
+    assert {v.outcome for v in result.verdicts} == {"inconclusive"}
 
 
 @pytest.mark.slow
@@ -129,11 +145,44 @@ def test_distillation_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_epochs_end_to_end(tmp_path):
-    result, res = run_toy("epochs", tmp_path)
+    result, res = run_toy("epochs", tmp_path, figures=("curves.png", "course.png"))
     assert res["checkpoints"] == [1, 2, 3]
     assert set(res["networks"]) == {"epoch 1", "epoch 2", "epoch 3"}
     (verdict,) = result.verdicts
     assert "conv5" in verdict.claim
+    # Test accuracy of every checkpoint, beside the CID course.
+    (accuracy,) = res["test_accuracy"].values()
+    assert len(accuracy) == 3 and all(0.0 <= a <= 1.0 for a in accuracy)
+    assert res["networks"]["epoch 3"]["info"]["test_accuracy"] == accuracy[-1]
+    assert "test accuracy per checkpoint" in verdict.measured
+
+
+@pytest.mark.slow
+def test_two_seeds_end_to_end(tmp_path):
+    """Two seeds at toy size: labels are the seeds trained, the verdict counts
+    them, and the first seed's own verdict stands beside it."""
+    result, res = run_toy(
+        "damage", tmp_path, seed=3, design={"seeds": [0, 1], "num_images": 4}
+    )
+    assert set(res["networks"]) == {
+        f"{net} (seed {s})" for net in ("original", "damaged") for s in (3, 4)
+    }
+    cid = res["comparisons"]["cid"]["damaged"]
+    assert [f["seed"] for f in cid["seeds"]] == [3, 4]
+    assert all(f["n"] == 4 for f in cid["seeds"])
+    means = [f["mean"] for f in cid["seeds"]]
+    np.testing.assert_allclose(cid["mean"], np.mean(means))
+    np.testing.assert_allclose(cid["between_sd"], np.std(means, ddof=1))
+    errors = [np.hypot(f["sem"], f["mc"]) for f in cid["seeds"]]
+    np.testing.assert_allclose(
+        cid["se"], np.sqrt(max(np.var(means, ddof=1), np.mean(np.square(errors))) / 2)
+    )
+    verdict = result.verdicts[0]
+    assert "seed 3: " in verdict.measured and "seed 4: " in verdict.measured
+    assert "seed 0" not in verdict.measured and "over 2 seeds" in verdict.measured
+    assert "between-seed SD" in verdict.measured and "agree in sign" in verdict.measured
+    assert verdict.alone == cid["alone"] and verdict.first_seed == 3
+    assert "seed 3 alone said" in (tmp_path / "damage" / "report.md").read_text()
 
 
 def test_bottleneck_rule():

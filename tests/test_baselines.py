@@ -10,8 +10,8 @@ from jax.tree_util import Partial
 
 from jax_infodiscard import baselines
 from jax_infodiscard.baselines import (
-    _common,
     cam,
+    common,
     grad_cam,
     gradient,
     gradient_x_input,
@@ -309,10 +309,10 @@ def test_chunked_sum_and_map_equal_unchunked_for_any_chunk_size(chunk):
     xs = np.arange(13, dtype=np.float32)[:, None] * np.ones(3, np.float32)
     fn = Partial(_scaled_pair, params)
     expected = {"sum": params * xs, "square": (params * xs) ** 2}
-    total = _common.chunked_sum(
+    total = common.chunked_sum(
         Partial(_scaled_pair_total, params), jnp.asarray(xs), chunk
     )
-    mapped = _common.chunked_map(fn, jnp.asarray(xs), chunk)
+    mapped = common.chunked_map(fn, jnp.asarray(xs), chunk)
     for name in expected:
         np.testing.assert_allclose(mapped[name], expected[name], rtol=1e-6)
         np.testing.assert_allclose(total[name], expected[name].sum(axis=0), rtol=1e-6)
@@ -368,12 +368,12 @@ def test_chunked_explainers_do_not_recompile_for_new_parameters():
     )
     for run in runs:
         run(_smooth_model(seed=2))
-    sizes = (_common._add_chunk._cache_size(), _common._map_chunk._cache_size())
+    sizes = (common._add_chunk._cache_size(), common._map_chunk._cache_size())
     for run in runs:  # same architecture, other parameters: traced, not baked in
         jax.block_until_ready(run(_smooth_model(seed=5)).maps)
     assert (
-        _common._add_chunk._cache_size(),
-        _common._map_chunk._cache_size(),
+        common._add_chunk._cache_size(),
+        common._map_chunk._cache_size(),
     ) == sizes
 
 

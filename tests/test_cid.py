@@ -36,7 +36,7 @@ def _corr(a, b):
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
-# --- the exact linear oracle (DESIGN.md sec. 2), every method at defaults ------
+# --- the exact linear oracle (docs/design.md, "Oracles"), every method ---------
 
 
 @pytest.mark.parametrize("method", jid.config.METHODS)
@@ -71,7 +71,7 @@ def test_random_probes_estimate_the_column_norms(linear_model, linear_images):
     assert 0.01 < err < 0.5  # noisy, but in the right place
 
 
-# --- the nonlinear oracle (DESIGN.md sec. 6) -------------------------------------
+# --- the quadratic oracle (docs/design.md, "Oracles") ---------------------------
 
 
 def _square(x):

@@ -77,8 +77,11 @@ def test_demo_writes_figures_and_summary(tmp_path):
         assert row["decoder_learned_nothing"] == (ratio >= DECODER_LEARNED_NOTHING)
         assert row["decoder_steps"] == 10
     # The two decoders were trained together (one run) and cached per layer.
-    from jax_infodiscard.experiments.cache import decoder_cache_dir, model_cache_dir
-    from jax_infodiscard.training.decoder import load_decoder
+    from jax_infodiscard.experiments.cache import (
+        decoder_cache_dir,
+        load_decoder,
+        model_cache_dir,
+    )
 
     dec_dir = decoder_cache_dir(
         model_cache_dir(cfg.model_spec(), cache), num_images=cfg.num_train
@@ -142,17 +145,21 @@ def test_demo_writes_figures_and_summary(tmp_path):
     assert "not solved" in format_summary(again) or not useless
 
 
-def test_demo_decoder_defaults():
-    # Issue 12 (benchmarks/bench_decoders.py): 300 joint steps at a peak
-    # learning rate of 1e-2, width 16, batch 32; --fast keeps 60 steps.
-    cfg, fast = DemoConfig(), DemoConfig.fast()
-    assert (cfg.decoder_steps, cfg.decoder_width, cfg.decoder_batch_size) == (
-        300,
-        16,
-        32,
+def test_demo_decoders_train_at_the_cid_noise_level():
+    # The decoders see inputs perturbed at the budget's noise level
+    # (docs/design.md, "Definitions"), with the demo's decoder settings.
+    cfg = DemoConfig(cid=jid.CIDConfig(beta=1e-3), decoder_steps=7, decoder_width=4)
+    dec = cfg.decoder_config()
+    assert dec.beta == 1e-3 and dec.training_noise_std == pytest.approx(1e-3**0.5)
+    assert (dec.steps, dec.width, dec.batch_size, dec.learning_rate) == (
+        7,
+        4,
+        cfg.decoder_batch_size,
+        cfg.decoder_learning_rate,
     )
-    assert cfg.decoder_learning_rate == fast.decoder_learning_rate == 1e-2
-    assert fast.decoder_steps == 60
+    fast, full = DemoConfig.fast(), DemoConfig()
+    assert fast.decoder_config().learning_rate == full.decoder_config().learning_rate
+    assert fast.decoder_steps < full.decoder_steps and fast.num_train < full.num_train
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="decoder_learning_rate"):
             DemoConfig(decoder_learning_rate=bad)

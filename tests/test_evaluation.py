@@ -21,6 +21,7 @@ from jax_infodiscard.evaluation import (
     layer_gradient,
     localization_recall,
 )
+from jax_infodiscard.experiments.measure import ru_step
 from jax_infodiscard.models import create_model, feature_fn, model_fn
 from jax_infodiscard.models.layers import ConvBN, Dense, GlobalAvgPool, MaxPool
 from jax_infodiscard.models.surgery import next_conv, rescale_pair
@@ -213,12 +214,19 @@ def _fairness(with_ru: bool):
         data.masks[:2],
         jax.random.key(0),
         cid_config=cfg,
-        decoder_config=(
-            DecoderConfig(steps=3, width=8, num_blocks=1, batch_size=8)
+        ru_step=(
+            ru_step(
+                data.images[:2],
+                jax.random.key(0),
+                decoder_images=data.images[8:],
+                decoder_config=DecoderConfig(
+                    steps=3, width=8, num_blocks=1, batch_size=8
+                ),
+                cid_config=cfg,
+            )
             if with_ru
             else None
         ),
-        decoder_images=data.images[8:] if with_ru else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import re
 import warnings
 
@@ -32,6 +33,28 @@ from jax_infodiscard.training.train import TrainConfig
 
 
 # ------------------------------------------------------------- run folder
+def _git_of_package():
+    """The checkout's commit and dirtiness, asked of git directly (None when
+    the package is not tracked in a git work tree)."""
+    import subprocess
+
+    import jax_infodiscard
+
+    root = pathlib.Path(jax_infodiscard.__file__).resolve().parents[1]
+
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True)
+        return out.returncode, out.stdout.decode().strip()
+
+    code, _ = git("ls-files", "--error-unmatch", "jax_infodiscard")
+    if code:
+        return None
+    commit = git("rev-parse", "HEAD")[1]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit)
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")[1])
+    return {"commit": commit, "dirty": dirty}
+
+
 def test_run_folder_manifest_lifecycle(tmp_path):
     out = tmp_path / "run"
     folder = RunFolder.open(out, command="job", config={"n": 2}, argv=["x", "y"])
@@ -40,8 +63,7 @@ def test_run_folder_manifest_lifecycle(tmp_path):
     assert m["command"] == "job" and m["config"] == {"n": 2}
     assert m["argv"] == ["x", "y"]
     assert m["versions"]["jax"] and m["versions"]["python"]
-    git = m["git"]  # the tests run from a checkout
-    assert git is None or re.fullmatch(r"[0-9a-f]{40}", git["commit"])
+    assert m["git"] == _git_of_package()
     folder.write_json("results.json", {"v": 1})
     folder.write_text("report.md", "# r\n")
     folder.write_npz("a.npz", x=np.ones(2))
@@ -261,10 +283,20 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     base_ru = rng.normal(size=(2, 6))
     close = base_ru + 1e-3 * rng.normal(size=(2, 6))
     kw = dict(claim="RU does not change", figure="Fig. 7a")
-    held, _ = C.no_change_verdict(
+    # One seed alone says "held", but one seed never decides.
+    one, _ = C.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", close)]}, "a", "ru", layers, **kw
     )
-    assert held.outcome == "held"
+    assert one.outcome == "inconclusive" and one.alone == "held"
+    close2 = base_ru + 1e-3 * rng.normal(size=(2, 6))
+    held, _ = C.no_change_verdict(
+        {"a": [net("a", base_ru)] * 2, "b": [net("b", close), net("b", close2)]},
+        "a",
+        "ru",
+        layers,
+        **kw,
+    )
+    assert held.outcome == "held" and held.alone == "held"
     # Network b's decoders learned nothing: no RU for b at all.
     v, _ = C.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", None, ("l1", "l2"))]},

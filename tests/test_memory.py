@@ -55,3 +55,54 @@ def test_planned_chunks_give_the_same_maps(convnet, small_images, monkeypatch):
     ) == memory.Plan(1, 16)
     planned = jid.cid(fn, small_images, key, config=cfg)
     np.testing.assert_allclose(planned.pixel, whole.pixel, atol=1e-3)
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_limit_caps_the_free_memory(tmp_path, monkeypatch):
+    root, job = tmp_path / "cg", tmp_path / "cg" / "slurm" / "job_7"
+    _write(tmp_path / "self", "0::/slurm/job_7\n")
+    _write(root / "slurm" / "memory.max", "max\n")  # no limit above the job
+    _write(job / "memory.max", str(4 << 30))
+    _write(job / "memory.current", str(3 << 30))
+    _write(job / "memory.stat", f"anon 1\ninactive_file {1 << 30}\n")
+    free = memory.cgroup_free_bytes(str(root), str(tmp_path / "self"))
+    assert free == 2 << 30  # 4 GiB limit - (3 GiB used - 1 GiB reclaimable)
+    # free_bytes on CPU: the smaller of MemAvailable and the cgroup's room
+    monkeypatch.setattr(memory, "_CGROUP_ROOT", str(root))
+    monkeypatch.setattr(memory, "_SELF_CGROUP", str(tmp_path / "self"))
+    _write(tmp_path / "meminfo", "MemTotal: 99 kB\nMemAvailable: 67108864 kB\n")
+    monkeypatch.setattr(memory, "_MEMINFO", str(tmp_path / "meminfo"))
+    assert memory.host_free_bytes() == 2 << 30
+    _write(tmp_path / "meminfo", "MemAvailable: 1048576 kB\n")  # 1 GiB
+    assert memory.host_free_bytes() == 1 << 30
+    if jax.default_backend() == "cpu":
+        assert memory.free_bytes() == 1 << 30
+
+
+def test_cgroup_v1_limit_the_tightest_ancestor_wins(tmp_path):
+    mem = tmp_path / "cg" / "memory"
+    _write(tmp_path / "self", "4:memory:/docker/abc\n3:cpu:/docker/abc\n")
+    _write(mem / "memory.limit_in_bytes", "9223372036854771712\n")  # unlimited
+    _write(mem / "docker" / "memory.limit_in_bytes", str(1 << 30))
+    _write(mem / "docker" / "memory.usage_in_bytes", str(1 << 28))
+    _write(mem / "docker" / "abc" / "memory.limit_in_bytes", str(8 << 30))
+    _write(mem / "docker" / "abc" / "memory.usage_in_bytes", str(1 << 28))
+    free = memory.cgroup_free_bytes(str(tmp_path / "cg"), str(tmp_path / "self"))
+    assert free == (1 << 30) - (1 << 28)
+    # Inside a container the own cgroup is mounted at the root; no limit: None.
+    _write(tmp_path / "self", "4:memory:/not/mounted/here\n")
+    assert (
+        memory.cgroup_free_bytes(str(tmp_path / "cg"), str(tmp_path / "self")) is None
+    )
+    _write(mem / "memory.limit_in_bytes", str(2 << 30))
+    assert (
+        memory.cgroup_free_bytes(str(tmp_path / "cg"), str(tmp_path / "self"))
+        == 2 << 30
+    )
+    assert (
+        memory.cgroup_free_bytes(str(tmp_path / "cg"), str(tmp_path / "none")) is None
+    )

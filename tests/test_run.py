@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -276,13 +277,14 @@ def test_two_processes_equal_one(reference, checkpoint, tmp_path, tmp_path_facto
 
 @pytest.mark.slow
 def test_ru_is_streamed_when_decoders_are_given(checkpoint, tmp_path):
+    from jax_infodiscard.experiments.cache import load_or_train_decoder
     from jax_infodiscard.training.checkpoint import restore_checkpoint
-    from jax_infodiscard.training.decoder import DecoderConfig, train_decoder
+    from jax_infodiscard.training.decoder import DecoderConfig
 
     model, _ = restore_checkpoint(checkpoint)
     train = load_synthetic("train", 32, config=SyntheticConfig(image_size=SIZE))
     decoders = tmp_path / "decoders"
-    train_decoder(
+    load_or_train_decoder(
         feature_fn(model, LAYERS),
         LAYERS[0],
         train.images,
@@ -303,3 +305,128 @@ def test_ru_is_streamed_when_decoders_are_given(checkpoint, tmp_path):
         summary["layers"]["ru"]["conv1"]["mean"], ru["mean"].mean(), rtol=1e-6
     )
     assert json.loads((out / "ru.zarr" / ".zattrs").read_text())["metric"] == "ru"
+
+
+# --------------------------- issue 23: resume verifies data, failures, full disk
+
+
+def _copy(reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    return out
+
+
+def test_resume_recomputes_damaged_shards_and_says_so(reference, checkpoint, tmp_path):
+    out = _copy(reference, tmp_path)
+    marker = json.loads((out / "shards" / "000001.json").read_text())
+    assert set(marker["checksums"]["cid"]) >= {"pixel", "mean", "label"}
+    assert marker["failures"] == []
+    # Shard 1 loses a pixel chunk (it would read as NaN); shard 4's mean chunk
+    # gets one changed byte.
+    (out / "cid.zarr" / "pixel" / "0.1.0.0").unlink()
+    chunk = out / "cid.zarr" / "mean" / "0.4"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning) as rec:
+        summary = run_dataset(out, _config(checkpoint), resume=True, progress=False)
+    messages = sorted(str(w.message) for w in rec)
+    assert len(messages) == 2
+    assert re.search(r"shard 1 .*damaged: cid.zarr/pixel .*recomputing", messages[0])
+    assert re.search(r"shard 4 .*damaged: cid.zarr/mean .*checksum", messages[1])
+    assert summary["recomputed_damaged_shards"] == [1, 4]
+    assert summary["computed_now"] == 2 * SHARD
+    ref = _arrays(reference[0])
+    for name, arr in _arrays(out).items():
+        np.testing.assert_array_equal(arr, ref[name], err_msg=name)
+    assert read_manifest(out)["status"] == "complete"
+
+
+def test_an_unfinished_folder_suggests_resume_first(reference, checkpoint, tmp_path):
+    out = _copy(reference, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(manifest | {"status": "running"}))
+    with pytest.raises(RunFolderError, match=r"unfinished.*pass --resume to continue"):
+        run_dataset(out, _config(checkpoint), progress=False)
+
+
+def test_a_full_disk_names_the_path_and_how_to_resume(
+    reference, checkpoint, tmp_path, monkeypatch
+):
+    import errno
+
+    from jax_infodiscard.experiments import run as run_module
+    from jax_infodiscard.experiments.store import disk_full, is_disk_full
+
+    out = _copy(reference, tmp_path)
+    (out / "shards" / "000003.json").unlink()
+
+    write_json = run_module.io.write_json
+
+    def full(path, obj, **kwargs):
+        if "shards" in str(path):  # the disk fills up while shard 3 is written
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_json(path, obj, **kwargs)
+
+    monkeypatch.setattr(run_module.io, "write_json", full)
+    with pytest.raises(OSError, match=r"no space left on device .*000003.*--resume"):
+        run_dataset(out, _config(checkpoint), resume=True, progress=False)
+    assert read_manifest(out)["status"] == "failed"
+    monkeypatch.undo()
+    summary = run_dataset(out, _config(checkpoint), resume=True, progress=False)
+    assert summary["computed_now"] == SHARD
+    # tensorstore reports it as a ValueError with RESOURCE_EXHAUSTED inside
+    assert is_disk_full(ValueError("RESOURCE_EXHAUSTED: ... error writing x"))
+    assert not is_disk_full(ValueError("shape mismatch"))
+    err = disk_full(tmp_path / "a.zarr" / "pixel")
+    assert err.errno == errno.ENOSPC and "a.zarr/pixel" in str(err)
+
+
+def test_the_summary_comes_from_the_maps_and_counts_failed_images(tmp_path):
+    from jax_infodiscard.experiments.run import _summary
+    from jax_infodiscard.experiments.store import ArrayStore
+
+    store = ArrayStore(tmp_path / "cid.zarr")
+    store.write_attrs({"num_images": 4})
+    pixel = np.arange(32, dtype=np.float32).reshape(1, 4, 2, 4)
+    pixel[0, 2] = np.nan  # a failed image
+    mean = pixel.mean(axis=(2, 3))  # NaN for the failed image
+    for name, arr in (("pixel", pixel), ("mean", mean)):
+        a = store.array(name, arr.shape, arr.dtype, arr.shape, ["layer", "image"])
+        store.write(a, name, (), arr)
+    row = _summary({"cid": store}, ["conv1"], block=3)["cid"]["conv1"]
+    assert row["failed"] == 1
+    assert row["mean"] == pytest.approx(np.mean(pixel[0, [0, 1, 3]]))
+    mean[0, 3] += 1.0  # the stored summary no longer matches the maps
+    store.write(
+        store.array("mean", mean.shape, mean.dtype, mean.shape, []), "mean", (), mean
+    )
+    with pytest.raises(RuntimeError, match=r"mean\[0, 3\] = .* pixel maps give"):
+        _summary({"cid": store}, ["conv1"])
+
+
+def test_a_failing_image_becomes_a_failure_record_not_a_nan_map():
+    from functools import partial
+
+    from jax_infodiscard.experiments.run import _failed_fields, _result_fields, _solve
+
+    fn = lambda x: {"sqrt": jnp.sqrt(x)}
+    rng = np.random.default_rng(0)
+    batch = jnp.asarray(rng.uniform(0.1, 1.0, size=(3, 4, 3, 1)), jnp.float32)
+    keys = jax.random.split(jax.random.key(0), 3)
+    cfg = jid.CIDConfig(method="linear", probes=8, budget_samples=4)
+    solve = partial(jid.cid, fn, key=keys, config=cfg)
+    clean = solve(batch)
+    res, failed, records = _solve(solve, batch.at[1, 0, 0, 0].set(0.0), 3, 100)
+    assert failed == [1]
+    assert [(r["image"], r["layer"]) for r in records] == [(101, "sqrt")]
+    assert "Jacobian is infinite" in records[0]["cause"]
+    fields = _result_fields(res.to_numpy())
+    _failed_fields(fields, failed)
+    assert np.isnan(fields["pixel"][:, 1]).all() and not fields["converged"][:, 1].any()
+    for b in (0, 2):  # the other images: the numbers of the clean batch
+        np.testing.assert_array_equal(
+            fields["pixel"][:, b], np.asarray(clean.pixel)[:, b]
+        )

@@ -128,3 +128,128 @@ def test_check_images_unit_range_and_finite():
         v.check_images(x + 1, unit_range=True)
     with pytest.raises(TypeError, match=r"\(B, H, W, C\)"):
         v.check_images(None)
+
+
+# ----------------------------------------- issue 23: finite or a named error
+
+
+def _tanh_features(w, s, x):
+    """``s * tanh(W x)``: ``s`` is a leaf, so every scale shares one compile."""
+    return {"t": s * jnp.tanh(x.reshape(x.shape[0], -1) @ w.T)}
+
+
+_W = jnp.asarray(np.random.default_rng(0).normal(size=(5, 4 * 3 * 2)), jnp.float32)
+_X = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 4, 3, 2)), jnp.float32)
+_CFG = dict(steps=2, probes=8, samples=2, budget_samples=4, step_chunk=2)
+
+
+def _cid(fn, images, **changes):
+    import warnings
+
+    import jax_infodiscard as jid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # budget warnings of a 2-step solve
+        cfg = jid.CIDConfig(**(_CFG | changes))
+        return jid.cid(fn, images, jax.random.key(0), config=cfg)
+
+
+def test_features_times_1e20_and_1e_minus20_give_the_same_maps():
+    from jax.tree_util import Partial
+
+    ref = _cid(Partial(_tanh_features, _W, jnp.float32(1.0)), _X)
+    for s in (1e20, 1e-20):
+        res = _cid(Partial(_tanh_features, _W, jnp.float32(s)), _X)
+        assert np.isfinite(res.pixel).all()
+        np.testing.assert_allclose(res.pixel, ref.pixel, atol=1e-4)
+        # delta_f^2 in the user's units: s^2 times that of the unscaled features
+        np.testing.assert_allclose(
+            res.feature_scale, ref.feature_scale * np.float64(s) ** 2, rtol=1e-4
+        )
+
+
+def test_layer_exponents_are_powers_of_two_near_the_feature_size():
+    from jax_infodiscard.core.features import layer_exponents
+
+    fn = lambda x: {"big": x * 3e20, "small": x * 1e-30, "zero": (x - 0.5) * 1e25}
+    exps = layer_exponents(fn, ("big", "small", "zero"), jnp.full((2, 2, 1), 0.5))
+    # 1.5e20 = 2^67.0; 5e-31 = 2^-100.7 (clipped to -100); features of 0: the
+    # Jacobian-vector product's size, 1e25 * rms(cos(0..3)) ~ 2^82.9
+    assert exps == {"big": 67, "small": -100, "zero": 83}
+
+
+def test_images_in_0_255_are_refused_unless_unit_range_is_off():
+    fn = lambda x: {"t": jnp.tanh(x)}
+    with pytest.raises(ValueError, match=r"unit range \[0, 1\].*0\.\.255.*unit_range"):
+        _cid(fn, _X * 255)
+    with pytest.raises(TypeError, match="unit_range must be a bool"):
+        _cid(fn, _X, unit_range="no")
+
+
+def test_pixels_of_1e38_end_in_an_error_naming_layer_image_and_cause():
+    fn = lambda x: {"relu": 2.0 * jax.nn.relu(x - 0.3)}
+    images = _X.at[1].multiply(1e38)
+    with pytest.raises(v.NonFiniteError, match=r"layer 'relu', image 1: .*overflow"):
+        _cid(fn, images, unit_range=False, method="linear")
+
+
+def test_an_infinite_jacobian_ends_in_an_error_naming_layer_image_and_cause():
+    fn = lambda x: {"sqrt": jnp.sqrt(x)}
+    with pytest.raises(
+        v.NonFiniteError, match=r"layer 'sqrt', image 1: .*Jacobian is infinite"
+    ) as e:
+        _cid(fn, _X.at[1, 0, 0, 0].set(0.0), method="linear")
+    assert e.value.failures[0][:2] == ("sqrt", 1)
+
+
+def test_check_solution_names_every_failure_and_the_zero_jacobian():
+    out = {
+        "feature_scale": np.array([[1.0, np.inf, 2.0]]),
+        "pixel": np.zeros((1, 3, 2, 2)),
+        "budget": np.array([[1.0, 1.0, np.nan]]),
+    }
+    with pytest.raises(v.NonFiniteError) as e:
+        v.check_solution(out, ("a",), "ru")
+    assert [f[:2] for f in e.value.failures] == [("a", 1), ("a", 2)]
+    assert "budget is NaN/inf" in e.value.failures[1][2]
+    assert "(1 more (layer, image) pairs)" in str(e.value)
+    out["feature_scale"] = np.array([[1.0, np.finfo(np.float32).tiny, 2.0]])
+    with pytest.raises(
+        v.ImageFailure, match=r"zero Jacobian: 'a' at image\(s\) \[1\]"
+    ) as e:
+        v.check_solution(out, ("a",), "cid")
+    assert [f[:2] for f in e.value.failures] == [("a", 1)]
+    v.check_solution({"feature_scale": np.ones((2, 3))}, ("a", "b"), "cid")
+
+
+def _tanh_scaled(c, x):
+    return {"f": c * jnp.tanh(x - 0.5)}
+
+
+def _tanh_inverse(c, f):
+    return jnp.arctanh(jnp.clip(f / c, -0.999, 0.999)) + 0.5
+
+
+def test_ru_with_features_times_1e20_gives_the_same_maps():
+    # The decoder sees the user's features: the engine undoes its scaling.
+    import warnings
+
+    from jax.tree_util import Partial
+
+    import jax_infodiscard as jid
+
+    cfg = jid.RUConfig(**_CFG)
+    out = []
+    for c in (1.0, 1e20):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = jid.ru(
+                Partial(_tanh_scaled, jnp.float32(c)),
+                Partial(_tanh_inverse, jnp.float32(c)),
+                _X,
+                jax.random.key(3),
+                config=cfg,
+            )
+        assert np.isfinite(res.pixel).all()
+        out.append(res)
+    np.testing.assert_allclose(out[1].pixel, out[0].pixel, atol=1e-4)

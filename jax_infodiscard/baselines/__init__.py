@@ -38,11 +38,12 @@ from jax_infodiscard.baselines import (
     sequential,
     smoothgrad,
 )
-from jax_infodiscard.baselines._common import Explanation
+from jax_infodiscard.baselines.common import Explanation
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
     "EXPLAINERS",
+    "MODEL_FORMS",
     "Explanation",
     "cam",
     "explain",
@@ -69,6 +70,26 @@ EXPLAINERS: dict[str, Callable[..., Explanation]] = {
     "lrp_epsilon": lrp_epsilon.explain,
 }
 """Method name -> ``explain`` function of its module."""
+
+MODEL_FORMS: dict[str, str] = {
+    "gradient": "model_fn",
+    "gradient_x_input": "model_fn",
+    "integrated_gradients": "model_fn",
+    "smoothgrad": "model_fn",
+    "lime": "model_fn",
+    "grad_cam": "split",
+    "cam": "split",
+    "guided_backprop": "model_fn",
+    "lrp_epsilon": "sequential",
+}
+"""Method name -> the form of model its ``explain`` takes: ``"model_fn"``
+(``images (B, H, W, C) -> logits (B, K)``), ``"split"`` (the pair
+``(body_fn, head_fn)`` split at a layer) or ``"sequential"`` (a sequence of
+:mod:`~jax_infodiscard.baselines.sequential` layers).
+
+>>> set(MODEL_FORMS) == set(EXPLAINERS)
+True
+"""
 
 
 def explain(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain"]
@@ -35,7 +35,7 @@ _TINY = 1e-12
 def _worker(body_fn, head_fn, images, target, weights, relu, resize_method):
     acts = body_fn(images)
     logits, head_vjp = jax.vjp(head_fn, acts)
-    target = _common.resolve_target(target, logits)
+    target = common.resolve_target(target, logits)
     (grads,) = head_vjp(jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype))
     if weights is None:
         class_weights = jnp.sum(grads, axis=(1, 2))
@@ -49,7 +49,7 @@ def _worker(body_fn, head_fn, images, target, weights, relu, resize_method):
     spatial = jnp.max(jnp.abs(grads - mean_grad), axis=(1, 2, 3)) / (
         jnp.max(jnp.abs(mean_grad), axis=(1, 2, 3)) + _TINY
     )
-    change = _common.select_logit(logits - head_fn(jnp.zeros_like(acts)), target)
+    change = common.select_logit(logits - head_fn(jnp.zeros_like(acts)), target)
     linear = jnp.mean(low, axis=(1, 2))
     scale = jnp.mean(jnp.abs(acts), axis=(1, 2))
     affine = jnp.abs(change - linear) / (
@@ -58,7 +58,7 @@ def _worker(body_fn, head_fn, images, target, weights, relu, resize_method):
 
     if relu:
         low = jax.nn.relu(low)
-    maps = _common.upsample(low, images.shape[1:3], resize_method)
+    maps = common.upsample(low, images.shape[1:3], resize_method)
     extras = {
         "low_res": low,
         "class_weights": class_weights,
@@ -81,7 +81,7 @@ def explain(
     validate: bool = True,
     rtol: float = 1e-3,
     resize_method: str = "bilinear",
-) -> _common.Explanation:
+) -> common.Explanation:
     """CAM class maps for a model whose head is GAP + linear.
 
     Args:
@@ -110,10 +110,10 @@ def explain(
             targets.
     """
     del key
-    body_fn, head_fn = _common.as_layer_model(model)
-    images = _common.check_images(images)
-    classes = _common.layer_num_classes(body_fn, head_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    body_fn, head_fn = common.as_layer_model(model)
+    images = common.check_images(images)
+    classes = common.layer_num_classes(body_fn, head_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     if weights is not None:
         weights = jnp.asarray(weights, jnp.float32)
         channels = jax.eval_shape(body_fn, images).shape[-1]
@@ -136,4 +136,4 @@ def explain(
                 f"{affine:.3g} (relative; tolerance {rtol}). Use grad_cam for "
                 "other heads."
             )
-    return _common.Explanation(maps, extras, MODEL_CALLS, "cam")
+    return common.Explanation(maps, extras, MODEL_CALLS, "cam")

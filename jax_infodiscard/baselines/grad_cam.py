@@ -8,7 +8,7 @@ the class), upsampled to the image size with :func:`jax.image.resize`.
 Maps are not normalised.
 
 The model is given split at the layer as ``(body_fn, head_fn)``; see
-:func:`jax_infodiscard.baselines._common.as_layer_model`.
+:func:`jax_infodiscard.baselines.common.as_layer_model`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain"]
@@ -30,13 +30,13 @@ MODEL_CALLS = 1
 def _worker(body_fn, head_fn, images, target, relu, resize_method):
     acts = body_fn(images)
     logits, head_vjp = jax.vjp(head_fn, acts)
-    target = _common.resolve_target(target, logits)
+    target = common.resolve_target(target, logits)
     (grads,) = head_vjp(jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype))
     weights = jnp.mean(grads, axis=(1, 2))
     low = jnp.einsum("bhwk,bk->bhw", acts, weights)
     if relu:
         low = jax.nn.relu(low)
-    maps = _common.upsample(low, images.shape[1:3], resize_method)
+    maps = common.upsample(low, images.shape[1:3], resize_method)
     extras = {
         "low_res": low,
         "channel_weights": weights,
@@ -54,7 +54,7 @@ def explain(
     target: Array | None = None,
     relu: bool = True,
     resize_method: str = "bilinear",
-) -> _common.Explanation:
+) -> common.Explanation:
     """Grad-CAM class maps at the layer between ``body_fn`` and ``head_fn``.
 
     Args:
@@ -78,9 +78,9 @@ def explain(
             that are not ``(B, h, w, k)``, malformed images or targets.
     """
     del key
-    body_fn, head_fn = _common.as_layer_model(model)
-    images = _common.check_images(images)
-    classes = _common.layer_num_classes(body_fn, head_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    body_fn, head_fn = common.as_layer_model(model)
+    images = common.check_images(images)
+    classes = common.layer_num_classes(body_fn, head_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(body_fn, head_fn, images, target, relu, resize_method)
-    return _common.Explanation(maps, extras, MODEL_CALLS, "grad_cam")
+    return common.Explanation(maps, extras, MODEL_CALLS, "grad_cam")

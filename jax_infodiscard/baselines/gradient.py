@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import jax
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain"]
@@ -21,8 +21,8 @@ MODEL_CALLS = 1
 
 @jax.jit
 def _worker(model_fn, images, target):
-    logits, target, gradients = _common.target_gradient(model_fn, images, target)
-    maps = _common.reduce_abs_max(gradients)
+    logits, target, gradients = common.target_gradient(model_fn, images, target)
+    maps = common.reduce_abs_max(gradients)
     return maps, {"gradients": gradients, "logits": logits, "target": target}
 
 
@@ -32,7 +32,7 @@ def explain(
     key: PRNGKey | None = None,
     *,
     target: Array | None = None,
-) -> _common.Explanation:
+) -> common.Explanation:
     """Gradient saliency of the target logit with respect to the input.
 
     Args:
@@ -63,9 +63,9 @@ def explain(
         [[[2.0, 5.0], [8.0, 11.0]]]
     """
     del key
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    classes = _common.num_classes(model_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    classes = common.num_classes(model_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(model_fn, images, target)
-    return _common.Explanation(maps, extras, MODEL_CALLS, "gradient")
+    return common.Explanation(maps, extras, MODEL_CALLS, "gradient")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import jax
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain"]
@@ -21,9 +21,9 @@ MODEL_CALLS = 1
 
 @jax.jit
 def _worker(model_fn, images, target):
-    logits, target, gradients = _common.target_gradient(model_fn, images, target)
+    logits, target, gradients = common.target_gradient(model_fn, images, target)
     attributions = images * gradients
-    maps = _common.reduce_sum(attributions)
+    maps = common.reduce_sum(attributions)
     return maps, {"attributions": attributions, "logits": logits, "target": target}
 
 
@@ -33,7 +33,7 @@ def explain(
     key: PRNGKey | None = None,
     *,
     target: Array | None = None,
-) -> _common.Explanation:
+) -> common.Explanation:
     """Gradient times input for the target logit.
 
     Args:
@@ -51,9 +51,9 @@ def explain(
         ValueError: for malformed images or targets.
     """
     del key
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    classes = _common.num_classes(model_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    classes = common.num_classes(model_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(model_fn, images, target)
-    return _common.Explanation(maps, extras, MODEL_CALLS, "gradient_x_input")
+    return common.Explanation(maps, extras, MODEL_CALLS, "gradient_x_input")

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain", "guided_fn"]
@@ -221,7 +221,7 @@ def guided_fn(model_fn: Callable[[Array], Array], images: Array) -> Callable:
     Returns:
         A function ``x -> model_fn(x)`` with guided ReLU backward passes.
     """
-    model_fn = _common.as_model_fn(model_fn)
+    model_fn = common.as_model_fn(model_fn)
     leaves, treedef = jax.tree_util.tree_flatten(model_fn)
 
     def flat(leaves, x):
@@ -241,8 +241,8 @@ def guided_fn(model_fn: Callable[[Array], Array], images: Array) -> Callable:
 @jax.jit
 def _worker(model_fn, images, target):
     fn = guided_fn(model_fn, images)
-    logits, target, gradients = _common.target_gradient(fn, images, target)
-    maps = _common.reduce_abs_max(gradients)
+    logits, target, gradients = common.target_gradient(fn, images, target)
+    maps = common.reduce_abs_max(gradients)
     return maps, {"gradients": gradients, "logits": logits, "target": target}
 
 
@@ -252,7 +252,7 @@ def explain(
     key: PRNGKey | None = None,
     *,
     target: Array | None = None,
-) -> _common.Explanation:
+) -> common.Explanation:
     """Guided-backpropagation saliency of the target logit.
 
     Args:
@@ -272,9 +272,9 @@ def explain(
         ValueError: for malformed images or targets.
     """
     del key
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    classes = _common.num_classes(model_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    classes = common.num_classes(model_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(model_fn, images, target)
-    return _common.Explanation(maps, extras, MODEL_CALLS, "guided_backprop")
+    return common.Explanation(maps, extras, MODEL_CALLS, "guided_backprop")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["RULES", "IntegratedGradientsConfig", "explain", "make_baseline"]
@@ -42,9 +42,8 @@ class IntegratedGradientsConfig:
             intervals.
         internal_batch_size: path points evaluated together (each on the whole
             image batch, so the model sees ``B * internal_batch_size`` images);
-            bounds memory. On a 2-core CPU (trained demo convnet, 8 images,
-            300 steps) 1-4 points per chunk ran at 155-168 ms per map and 20
-            at 203 ms: CPUs prefer small calls; raise it on accelerators.
+            bounds memory. CPUs prefer small calls (docs/benchmarks.md);
+            raise it on accelerators.
     """
 
     steps: int = 300
@@ -52,8 +51,8 @@ class IntegratedGradientsConfig:
     internal_batch_size: int = 4
 
     def __post_init__(self):
-        _common.check_positive_int("steps", self.steps)
-        _common.check_positive_int("internal_batch_size", self.internal_batch_size)
+        common.check_positive_int("steps", self.steps)
+        common.check_positive_int("internal_batch_size", self.internal_batch_size)
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}.")
         if self.rule == "trapezoid" and self.steps < 2:
@@ -143,9 +142,9 @@ def _endpoints(model_fn, images, baseline, target):
     batch = images.shape[0]
     ends = model_fn(jnp.concatenate([images, baseline], axis=0))
     logits_x, logits_b = ends[:batch], ends[batch:]
-    target = _common.resolve_target(target, logits_x)
-    f_x = _common.select_logit(logits_x, target)
-    f_b = _common.select_logit(logits_b, target)
+    target = common.resolve_target(target, logits_x)
+    f_x = common.select_logit(logits_x, target)
+    f_b = common.select_logit(logits_b, target)
     return target, f_x, f_b, images - baseline
 
 
@@ -156,7 +155,7 @@ def _weighted_gradients(model_fn, baseline, delta, target, points):
     alphas, weights = points
     n, batch = alphas.shape[0], baseline.shape[0]
     path = baseline[None] + alphas[:, None, None, None, None] * delta[None]
-    _, _, gradients = _common.target_gradient(
+    _, _, gradients = common.target_gradient(
         model_fn, path.reshape(n * batch, *baseline.shape[1:]), jnp.tile(target, n)
     )
     gradients = gradients.reshape(n, *baseline.shape)
@@ -176,14 +175,14 @@ def _finish(delta, path_integral, f_x, f_b, target):
         "baseline_logit": f_b,
         "target": target,
     }
-    return _common.reduce_sum(attributions), extras
+    return common.reduce_sum(attributions), extras
 
 
 def _worker(model_fn, images, baseline, target, config: IntegratedGradientsConfig):
     """Maps ``(B, H, W)`` and extras; path points in compiled chunks."""
     target, f_x, f_b, delta = _endpoints(model_fn, images, baseline, target)
     integrand = Partial(_weighted_gradients, model_fn, baseline, delta, target)
-    path_integral = _common.chunked_sum(
+    path_integral = common.chunked_sum(
         integrand,
         quadrature(config.steps, config.rule),
         config.internal_batch_size,
@@ -202,7 +201,7 @@ def explain(
     baseline: str | Array = "zeros",
     blur_sigma: float = 5.0,
     internal_batch_size: int = 4,
-) -> _common.Explanation:
+) -> common.Explanation:
     """Integrated gradients of the target logit.
 
     Args:
@@ -231,10 +230,10 @@ def explain(
     """
     del key
     config = IntegratedGradientsConfig(steps, rule, internal_batch_size)
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    classes = _common.num_classes(model_fn, images)
-    target = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    classes = common.num_classes(model_fn, images)
+    target = common.check_target(target, images.shape[0], classes)
     baseline = make_baseline(images, baseline, blur_sigma=blur_sigma)
     maps, extras = _worker(model_fn, images, baseline, target, config)
-    return _common.Explanation(maps, extras, config.steps + 2, "integrated_gradients")
+    return common.Explanation(maps, extras, config.steps + 2, "integrated_gradients")

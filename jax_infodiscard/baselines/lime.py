@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["LimeConfig", "explain", "superpixels"]
@@ -65,8 +65,8 @@ class LimeConfig:
     internal_batch_size: int = 50
 
     def __post_init__(self):
-        _common.check_positive_int("samples", self.samples)
-        _common.check_positive_int("internal_batch_size", self.internal_batch_size)
+        common.check_positive_int("samples", self.samples)
+        common.check_positive_int("internal_batch_size", self.internal_batch_size)
         if not 0.0 < self.keep_probability < 1.0:
             raise ValueError(
                 f"keep_probability must be in (0, 1), got {self.keep_probability}."
@@ -203,10 +203,10 @@ def _prepare(model_fn, images, segments, counts, keys, target, config, max_segme
         fill = jnp.full_like(images, float(config.fill))
 
     if target is None:
-        target = _common.resolve_target(None, model_fn(images))
+        target = common.resolve_target(None, model_fn(images))
 
     draw = jax.vmap(
-        lambda k: _common.flat_bernoulli(
+        lambda k: common.flat_bernoulli(
             k, config.keep_probability, (config.samples, n_seg)
         )
     )
@@ -219,7 +219,7 @@ class _MaskScore:
     """Explained output of the target for one mask per image.
 
     Hashable, so that ``Partial(_MaskScore(output), ...)`` hits the
-    compilation cache of :func:`_common.chunked_map` on repeated calls.
+    compilation cache of :func:`common.chunked_map` on repeated calls.
     """
 
     output: str
@@ -236,7 +236,7 @@ class _MaskScore:
         logits = model_fn(batch.reshape(n * b, *images.shape[1:]))
         if self.output == "probabilities":
             logits = jax.nn.softmax(logits, axis=-1)
-        return _common.select_logit(logits, jnp.tile(target, n)).reshape(n, b)
+        return common.select_logit(logits, jnp.tile(target, n)).reshape(n, b)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -258,7 +258,7 @@ def _worker(model_fn, images, segments, counts, keys, target, config, max_segmen
     score_mask = Partial(
         _MaskScore(config.output), model_fn, images, fill, segments, target
     )
-    y = _common.chunked_map(
+    y = common.chunked_map(
         score_mask, jnp.swapaxes(masks, 0, 1), config.internal_batch_size
     ).T
     maps, coef, intercept, score = _fit(masks, y, valid, counts, segments, config)
@@ -290,7 +290,7 @@ def explain(
     fill: str | float = "mean",
     output: str = "logits",
     internal_batch_size: int = 50,
-) -> _common.Explanation:
+) -> common.Explanation:
     """LIME superpixel attributions of the target class.
 
     Args:
@@ -335,13 +335,13 @@ def explain(
         output,
         internal_batch_size,
     )
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    keys = _common.image_keys(key, images.shape[0])
-    classes = _common.num_classes(model_fn, images)
-    checked = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    keys = common.image_keys(key, images.shape[0])
+    classes = common.num_classes(model_fn, images)
+    checked = common.check_target(target, images.shape[0], classes)
     if segments is None:
-        _common.check_positive_int("n_segments", n_segments)
+        common.check_positive_int("n_segments", n_segments)
         seg = superpixels(
             images, n_segments=n_segments, compactness=compactness, sigma=slic_sigma
         )
@@ -362,4 +362,4 @@ def explain(
         width,
     )
     calls = config.samples + (1 if checked is None else 0)
-    return _common.Explanation(maps, extras, calls, "lime")
+    return common.Explanation(maps, extras, calls, "lime")

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jax_infodiscard.baselines import _common, sequential
+from jax_infodiscard.baselines import common, sequential
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["explain", "relevance"]
@@ -70,7 +70,7 @@ def relevance(
         inputs.append(x)
         x = sequential.apply_layer(layer, x)
     logits = x
-    target = _common.resolve_target(target, logits)
+    target = common.resolve_target(target, logits)
     rel = jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype) * logits
     for layer, x_in in zip(reversed(layers), reversed(inputs), strict=True):
         if isinstance(layer, sequential.LINEAR_LAYERS):
@@ -83,7 +83,7 @@ def relevance(
 @jax.jit
 def _worker(layers, images, target, epsilon):
     rel, logits, target = relevance(layers, images, target, epsilon)
-    out = _common.select_logit(logits, target)
+    out = common.select_logit(logits, target)
     extras = {
         "relevance": rel,
         "output_relevance": out,
@@ -91,7 +91,7 @@ def _worker(layers, images, target, epsilon):
         "logits": logits,
         "target": target,
     }
-    return _common.reduce_sum(rel), extras
+    return common.reduce_sum(rel), extras
 
 
 def explain(
@@ -101,7 +101,7 @@ def explain(
     *,
     target: Array | None = None,
     epsilon: float = 1e-6,
-) -> _common.Explanation:
+) -> common.Explanation:
     """LRP-epsilon relevance of the target logit for a sequential network.
 
     Args:
@@ -135,8 +135,8 @@ def explain(
             )
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
-    images = _common.check_images(images)
-    classes = _common.num_classes(sequential.model_fn(layers), images)
-    target = _common.check_target(target, images.shape[0], classes)
+    images = common.check_images(images)
+    classes = common.num_classes(sequential.model_fn(layers), images)
+    target = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(layers, images, target, jnp.float32(epsilon))
-    return _common.Explanation(maps, extras, MODEL_CALLS, "lrp_epsilon")
+    return common.Explanation(maps, extras, MODEL_CALLS, "lrp_epsilon")

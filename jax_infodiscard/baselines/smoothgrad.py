@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = ["SmoothGradConfig", "explain"]
@@ -42,8 +42,8 @@ class SmoothGradConfig:
     internal_batch_size: int = 10
 
     def __post_init__(self):
-        _common.check_positive_int("samples", self.samples)
-        _common.check_positive_int("internal_batch_size", self.internal_batch_size)
+        common.check_positive_int("samples", self.samples)
+        common.check_positive_int("internal_batch_size", self.internal_batch_size)
         if not self.noise_level >= 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}.")
 
@@ -53,7 +53,7 @@ def _prepare(model_fn, images, target, noise_level):
     """Target (arg-max of one forward pass when ``None``) and the per-image
     noise scale ``noise_level * (max - min)``, ``(B, 1, 1, 1)``."""
     if target is None:
-        target = _common.resolve_target(None, model_fn(images))
+        target = common.resolve_target(None, model_fn(images))
     spread = jnp.max(images, axis=(1, 2, 3)) - jnp.min(images, axis=(1, 2, 3))
     return target, (noise_level * spread)[:, None, None, None]
 
@@ -63,7 +63,7 @@ class _NoisyGradients:
     """Summed gradients (or squares) at a chunk of noisy copies of every image.
 
     Hashable, so that ``Partial(_NoisyGradients(squared), ...)`` hits the
-    compilation cache of :func:`_common.chunked_sum` on repeated calls.
+    compilation cache of :func:`common.chunked_sum` on repeated calls.
     """
 
     squared: bool
@@ -75,13 +75,13 @@ class _NoisyGradients:
 
         def noise(index):
             return jax.vmap(
-                lambda k: _common.flat_normal(
+                lambda k: common.flat_normal(
                     jax.random.fold_in(k, index), shape[1:], images.dtype
                 )
             )(keys)
 
         noisy = images[None] + scale[None] * jax.vmap(noise)(indices)
-        _, _, gradients = _common.target_gradient(
+        _, _, gradients = common.target_gradient(
             model_fn, noisy.reshape(n * shape[0], *shape[1:]), jnp.tile(target, n)
         )
         if self.squared:
@@ -92,7 +92,7 @@ class _NoisyGradients:
 @jax.jit
 def _finish(total, samples):
     smooth = total / samples
-    return _common.reduce_abs_max(smooth), smooth
+    return common.reduce_abs_max(smooth), smooth
 
 
 def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
@@ -101,7 +101,7 @@ def _worker(model_fn, images, keys, target, config: SmoothGradConfig):
     integrand = Partial(
         _NoisyGradients(config.squared), model_fn, images, keys, scale, target
     )
-    total = _common.chunked_sum(
+    total = common.chunked_sum(
         integrand,
         np.arange(config.samples, dtype=np.int32),
         config.internal_batch_size,
@@ -120,7 +120,7 @@ def explain(
     noise_level: float = 0.15,
     squared: bool = False,
     internal_batch_size: int = 10,
-) -> _common.Explanation:
+) -> common.Explanation:
     """SmoothGrad saliency of the target logit.
 
     Args:
@@ -145,11 +145,11 @@ def explain(
         ValueError: for malformed images, targets, keys or settings.
     """
     config = SmoothGradConfig(samples, noise_level, squared, internal_batch_size)
-    model_fn = _common.as_model_fn(model_fn)
-    images = _common.check_images(images)
-    keys = _common.image_keys(key, images.shape[0])
-    classes = _common.num_classes(model_fn, images)
-    checked = _common.check_target(target, images.shape[0], classes)
+    model_fn = common.as_model_fn(model_fn)
+    images = common.check_images(images)
+    keys = common.image_keys(key, images.shape[0])
+    classes = common.num_classes(model_fn, images)
+    checked = common.check_target(target, images.shape[0], classes)
     maps, extras = _worker(model_fn, images, keys, checked, config)
     calls = config.samples + (1 if checked is None else 0)
-    return _common.Explanation(maps, extras, calls, "smoothgrad")
+    return common.Explanation(maps, extras, calls, "smoothgrad")

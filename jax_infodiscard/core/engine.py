@@ -35,11 +35,16 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import diagnostics, memory, solver
-from jax_infodiscard.core.features import image_features
+from jax_infodiscard.core.features import image_features, normalise
 from jax_infodiscard.core.linear import closed_form, column_norms, linear_distortion
 from jax_infodiscard.core.methods import METHOD_TABLE
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey, PyTree
-from jax_infodiscard.validation import as_partial, check_images, check_layers
+from jax_infodiscard.validation import (
+    as_partial,
+    check_images,
+    check_layers,
+    check_solution,
+)
 from jax_infodiscard.validation import image_keys as _image_keys
 
 ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
@@ -364,13 +369,16 @@ def run(
     keys: Array,
     layers: tuple[str, ...],
     cfg: CIDConfig,
+    on_group: Callable[[tuple[str, ...], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Solves every image and layer; outputs are host arrays ``(L, B, ...)``.
 
     Images run in chunks (a host loop) of ``cfg.chunk_size`` or, with
     ``None``, of the size that :func:`memory.plan` finds to fit the free
     memory; each chunk is padded to the chunk size (one compilation) and to a
-    multiple of the local device count.
+    multiple of the local device count. ``on_group(layers, outputs)``, when
+    given, is called after each layer group of each chunk with its host
+    outputs ``(B_chunk, L_group, ...)`` (real images only).
     """
     strategy = resolve_strategy(cfg, len(layers))
     groups = [layers] if strategy == "vmap" else [(name,) for name in layers]
@@ -398,8 +406,9 @@ def run(
         im = _pad(images[start : start + size], size)
         ks = _pad(keys[start : start + size], size)
         n_real = min(size, num - start)
-        outs = [
-            _run_group(
+        outs = []
+        for g in groups:
+            out = _run_group(
                 Static.of(metric, g, cfg, probe_batch),
                 cfg,
                 feature_fn,
@@ -408,8 +417,9 @@ def run(
                 ks,
                 beta,
             )
-            for g in groups
-        ]
+            outs.append(out)
+            if on_group is not None:
+                on_group(g, {k: np.asarray(v)[:n_real] for k, v in out.items()})
         merged = {
             k: np.concatenate([np.asarray(o[k]) for o in outs], axis=1) for k in outs[0]
         }
@@ -428,6 +438,7 @@ def compute(
     config: CIDConfig,
     extra: PyTree = None,
     check_extra: Callable[..., PyTree] | None = None,
+    on_group: Callable[[tuple[str, ...], dict[str, np.ndarray]], None] | None = None,
 ):
     """The entry path of :func:`cid` and :func:`ru`: validate, run, assemble, warn.
 
@@ -441,6 +452,7 @@ def compute(
       extra: metric-specific inputs (RU: the decoders).
       check_extra: validates ``extra`` given ``(feature_fn, extra, images,
         layers)`` and returns it prepared (RU's decoder check).
+      on_group: progress callback of :func:`run`.
 
     Returns:
       A result record of class ``metric.result``.
@@ -450,13 +462,25 @@ def compute(
             f"config must be a {metric.result.__name__[:-6]}Config, got "
             f"{type(config).__name__}"
         )
-    images = check_images(images)
+    images = check_images(
+        images,
+        unit_range=config.unit_range,
+        hint="; pass a config with unit_range=False if the model expects another "
+        "input range",
+    )
     fn = as_partial(feature_fn)
     names = check_layers(fn, images, layers)
     keys = _image_keys(key, images.shape[0])
     if check_extra is not None:
         extra = check_extra(fn, extra, images, names)
-    out = run(metric, fn, extra, images, keys, names, config)
+    # Scale-free features (a power of two per layer), and back to the user's
+    # units after the finite check (validation.check_solution).
+    fn, extra, scale = normalise(fn, names, images[0], extra)
+    out = run(metric, fn, extra, images, keys, names, config, on_group)
+    check_solution(out, names, metric.name, images)
+    out["feature_scale"] = np.asarray(out["feature_scale"], np.float64) * (
+        scale[:, None] ** 2
+    )
     result = assemble(metric.result, names, out, config, images.shape[-1])
     _check_and_warn(result, config, metric.name)
     return result
@@ -489,14 +513,7 @@ def assemble(cls, layers, out: dict, cfg: CIDConfig, channels: int):
 
 
 def _check_and_warn(result, cfg: CIDConfig, metric: str) -> None:
-    """Errors for features the solver cannot use; warnings for doubtful maps."""
-    dead = np.asarray(result.feature_scale) <= np.finfo(np.float32).tiny
-    if dead.any():
-        bad = sorted({result.layers[l] for l in np.nonzero(dead)[0]})
-        raise ValueError(
-            f"layer(s) {bad}: the feature does not change with the input (zero "
-            "Jacobian); CID is undefined there"
-        )
+    """Warnings for doubtful maps (errors: validation.check_solution)."""
     lin = np.asarray(result.linearity).mean(axis=1)
     if cfg.method == "linear":
         far = [f"{n} ({v:.2f})" for n, v in zip(result.layers, lin, strict=True)]

@@ -1,7 +1,7 @@
 """Jacobian column norms and the closed form of the linear regime.
 
 At small noise a network is locally linear, ``h(x + e) ~ f + J e``, and the
-optimum of Eq. 3-4 is closed-form (DESIGN.md sec. 2-3): with ``a_i`` the
+optimum of Eq. 3-4 is closed-form (docs/design.md, "Solver"): with ``a_i`` the
 squared norm of the Jacobian columns of sigma entry ``i``,
 ``delta_f^2 = sum_i a_i``, ``lambda = 2 beta / n`` and
 ``sigma_i^2 = lambda delta_f^2 / (2 a_i) = beta delta_f^2 / (n a_i)``.

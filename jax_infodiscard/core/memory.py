@@ -11,7 +11,8 @@ function's traced program (``jax.make_jaxpr``) on one image.
 
 The budget is a fraction of the memory that is free now: the device's
 ``memory_stats()`` where the backend reports it (GPU, TPU), else the host's
-available memory (``/proc/meminfo``; CPU). With ``chunk_size=None`` the engine
+available memory (``/proc/meminfo``; CPU), capped by the cgroup memory limit
+of a container or a batch job. With ``chunk_size=None`` the engine
 splits the images into host-looped chunks that fit, and the column-norm
 probes into batches that fit a single image's share.
 """
@@ -67,8 +68,116 @@ def activation_bytes(feature_fn: FeatureFn, image: Array) -> int:
     return total
 
 
+_CGROUP_ROOT = "/sys/fs/cgroup"
+_SELF_CGROUP = "/proc/self/cgroup"
+_MEMINFO = "/proc/meminfo"
+_UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a huge number
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _inactive_file(folder: str, key: str) -> int:
+    """Reclaimable page cache of a cgroup (``memory.stat``), 0 if unknown."""
+    try:
+        with open(os.path.join(folder, "memory.stat")) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_free_bytes(
+    root: str | None = None, self_cgroup: str | None = None
+) -> int | None:
+    """Memory left under this process's cgroup limit, or ``None`` if unlimited.
+
+    Reads cgroup v2 (``memory.max`` and ``memory.current``) or v1
+    (``memory/memory.limit_in_bytes`` and ``memory.usage_in_bytes``) for
+    the process's cgroup (``/proc/self/cgroup``) and every ancestor, as a
+    container or a Slurm job sets them; the tightest limit wins. Page cache
+    that the kernel can reclaim (``inactive_file``) counts as free.
+
+    Args:
+      root: the cgroup mount (default ``/sys/fs/cgroup``).
+      self_cgroup: the process's cgroup list (default ``/proc/self/cgroup``).
+    """
+    root = root or _CGROUP_ROOT
+    try:
+        with open(self_cgroup or _SELF_CGROUP) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    candidates = []  # (limit file, usage file, stat key, folder chain)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        rel = rel.strip("/")
+        if controllers == "":  # v2 unified hierarchy
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base = os.path.join(root, "memory")
+            files = (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            )
+        else:
+            continue
+        chain = [base]
+        for part in rel.split("/") if rel else []:
+            chain.append(os.path.join(chain[-1], part))
+        candidates.append((files, chain))
+    best = None
+    for (limit_name, usage_name, stat_key), chain in candidates:
+        for folder in chain:
+            if not os.path.isdir(folder):
+                continue  # a container sees its own cgroup at the mount
+            limit = _read_int(os.path.join(folder, limit_name))
+            if limit is None or limit >= _UNLIMITED:
+                continue
+            usage = _read_int(os.path.join(folder, usage_name)) or 0
+            usage -= _inactive_file(folder, stat_key)
+            free = max(0, limit - max(0, usage))
+            best = free if best is None else min(best, free)
+    return best
+
+
+def host_free_bytes() -> int:
+    """The host's available memory: ``MemAvailable``, capped by the cgroup."""
+    avail = None
+    try:
+        with open(_MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        avail = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    limit = cgroup_free_bytes()
+    return avail if limit is None else min(avail, limit)
+
+
 def free_bytes() -> int:
-    """Free memory of the first local device (or of the host for CPU)."""
+    """Free memory of the first local device (or of the host for CPU).
+
+    On CPU: the smaller of ``MemAvailable`` and what the cgroup memory
+    limit (v1 or v2: a container, a Slurm job) leaves
+    (:func:`host_free_bytes`).
+    """
     device = jax.local_devices()[0]
     stats = None
     try:
@@ -77,14 +186,7 @@ def free_bytes() -> int:
         stats = None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return host_free_bytes()
 
 
 def plan(

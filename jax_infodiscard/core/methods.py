@@ -1,7 +1,7 @@
 """How sigma is found: a small table from method name to what the solver runs.
 
-``"linear"`` is the closed form of the locally linear network (DESIGN.md
-sec. 2-3): ``sigma_i^2 = beta delta_f^2 / (n a_i)`` with ``lambda = 2 beta /
+``"linear"`` is the closed form of the locally linear network (docs/design.md,
+"Oracles", "Solver"): ``sigma_i^2 = beta delta_f^2 / (n a_i)`` with ``lambda = 2 beta /
 n``. It costs the column norms only and is exact while the network is linear
 over the noise; its measured budget (``linearity``) says how far from linear
 the layer is.

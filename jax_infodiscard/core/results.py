@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
-import tempfile
-import zipfile
 from typing import Any, ClassVar
 
 import jax
 import numpy as np
+
+from jax_infodiscard.io import write_bytes
 
 _ARRAYS = (
     "pixel",
@@ -28,8 +29,12 @@ _ARRAYS = (
     "mean_shift",
     "entropy_gain",
 )
+_MAPS = ("pixel", "sigma")
 _META = ("layers", "beta", "units", "method")
-_FORMAT = 2
+FORMAT = 3
+"""Version of the result file format: 3 adds the arrays' checksum (format 2
+files are read as they are; format 1, before the regime diagnostics, is not).
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,9 @@ class _Result:
       converged: ``|log(budget / beta)| < budget_tol`` ``(L, B)`` bool.
       passes: model passes per map ``(L, B)`` int (forward, VJP and
         forward+backward each count as one), diagnostics included.
-      feature_scale: ``delta_f^2`` ``(L, B)``.
+      feature_scale: ``delta_f^2`` ``(L, B)`` float64, in the units of the
+        user's features (the solver works on features scaled by a power of
+        two, so features of any size fit).
       capped: sigma entries at ``max_sigma`` (ignored by the layer) ``(L, B)``.
       linearity: true budget of the closed-form (linear-regime) sigma divided
         by ``beta`` ``(L, B)``: 1 when the layer is linear over the noise.
@@ -100,56 +107,111 @@ class _Result:
     def save(self, path: str | os.PathLike) -> None:
         """Writes the record to ``path`` (``.npz``; metadata as JSON inside).
 
-        The file is written atomically: a temporary file in the same folder,
-        then ``os.replace``, so an interrupted save leaves the old file whole.
+        The file carries the format version (:data:`FORMAT`) and a SHA-256
+        checksum of its arrays, which :meth:`load` verifies. It is written
+        atomically (:mod:`jax_infodiscard.io`): an interrupted save leaves
+        the old file whole.
+
+        Raises:
+          IsADirectoryError: ``path`` is a folder.
+          FileNotFoundError: ``path``'s folder does not exist.
         """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"cannot save the result to {path}: it is a folder; give a file "
+                f"name such as {os.path.join(path, self.metric + '.npz')}"
+            )
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"cannot save the result to {path}: folder {folder} does not exist"
+            )
+        arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         meta = {
-            "format": _FORMAT,
+            "format": FORMAT,
             "metric": self.metric,
             "layers": list(self.layers),
             "beta": self.beta,
             "units": self.units,
             "method": self.method,
+            "checksum": checksum(arrays),
+            "written_by": _writer(),
         }
-        arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         buf = io.BytesIO()
         np.savez_compressed(buf, __meta__=np.array(json.dumps(meta)), **arrays)
-        _atomic_write(os.fspath(path), buf.getvalue())
+        write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike):
-        """Reads a record written by :meth:`save`.
+        """Reads a record written by :meth:`save`, checking all of it.
+
+        Checks: the format version (format 2, without checksum, is read as
+        is; format 1 and files without a version are refused naming it; a
+        newer format is refused naming both versions), the metric, that
+        every field is there and none else, every field's full shape (a
+        per-map value ``(L, B)`` or a map of ``pixel``'s shape), the checksum
+        of the arrays, and that ``mean`` and ``total`` agree with ``pixel``.
 
         Raises:
           FileNotFoundError: no file at ``path``.
-          ValueError: a truncated, corrupt or inconsistent file, or a record of
-            the other metric; the message names the file and the problem.
+          ResultFileError: (a ``ValueError``) anything else; one message names
+            the file and the problem.
         """
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no result file at {path}")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in _ARRAYS}
-        except KeyError as e:
-            raise ValueError(f"{path} is not a saved result (missing {e})") from e
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise ValueError(f"{path} is truncated or corrupt ({e})") from e
+        meta, arrays = _read(path)
+        version = meta.get("format")
+        if version is None:
+            raise ResultFileError(
+                f"{path} has no format version: it was written by "
+                "jax_infodiscard 0.1.0 before format 2 (no regime diagnostics) "
+                f"or by another program; this version reads formats 2-{FORMAT}. "
+                "Recompute it with this version"
+            )
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ResultFileError(f"{path}: format version {version!r} is not a number")
+        if version > FORMAT:
+            raise ResultFileError(
+                f"{path} has result format {version}, newer than format {FORMAT} "
+                f"that this version ({_writer()}) reads; upgrade jax_infodiscard"
+                + (
+                    f" (written by {meta['written_by']})"
+                    if "written_by" in meta
+                    else ""
+                )
+            )
+        if version < 2:
+            raise ResultFileError(
+                f"{path} has result format {version} (jax_infodiscard before the "
+                f"regime diagnostics); this version reads formats 2-{FORMAT}. "
+                "Recompute it with this version"
+            )
         if meta.get("metric") != cls.metric:
-            raise ValueError(
+            raise ResultFileError(
                 f"{path} holds a {meta.get('metric')!r} result, not {cls.metric!r}"
             )
         missing = [k for k in _META if k not in meta]
         if missing:
-            raise ValueError(f"{path} is not a saved result (missing {missing})")
-        lead = (len(meta["layers"]), arrays["pixel"].shape[1])
-        bad = [k for k, v in arrays.items() if v.shape[:2] != lead]
-        if arrays["pixel"].ndim < 4 or bad:
-            raise ValueError(
-                f"{path} is inconsistent: fields {bad or ['pixel']} do not have the "
-                f"(layers, images) = {lead} leading shape"
+            raise ResultFileError(f"{path} is not a saved result (missing {missing})")
+        absent = [k for k in _ARRAYS if k not in arrays]
+        if absent:
+            raise ResultFileError(
+                f"{path} (format {version}) lacks the field(s) {absent}; recompute "
+                "it with this version"
             )
+        unknown = sorted(set(arrays) - set(_ARRAYS))
+        if unknown:
+            raise ResultFileError(f"{path} has unknown field(s) {unknown}")
+        if version >= 3:
+            if meta.get("checksum") != checksum(arrays):
+                raise ResultFileError(
+                    f"{path}: the arrays do not match the checksum written with "
+                    "them (the file was changed or damaged after it was saved)"
+                )
+        _check_shapes(path, arrays, len(meta["layers"]))
+        _check_summaries(path, arrays, int(meta["units"]))
         return cls(
             layers=tuple(meta["layers"]),
             beta=float(meta["beta"]),
@@ -159,19 +221,101 @@ class _Result:
         )
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+class ResultFileError(ValueError):
+    """A result file that cannot be read back as it was written."""
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the arrays' names, dtypes, shapes and bytes (sorted by name).
+
+    >>> checksum({"a": np.zeros(2, np.float32)})[:12]
+    'd09d709a0bc0'
+    """
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _writer() -> str:
+    from jax_infodiscard import __version__
+
+    return f"jax_infodiscard {__version__}"
+
+
+def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metadata and arrays of a result file; every failure names the file."""
+    if os.path.isdir(path):
+        raise ResultFileError(f"{path} is a folder, not a result file (.npz)")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # zip, zlib, pickle and header errors alike
+        raise ResultFileError(f"{path} is truncated or corrupt ({e})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ResultFileError(
+            f"{path} is a single .npy array, not a saved result (.npz written by "
+            "CIDResult.save or RUResult.save)"
+        )
+    try:
+        with data:
+            if "__meta__" not in data.files:
+                raise ResultFileError(
+                    f"{path} is an .npz archive but not a saved result (no metadata)"
+                )
+            meta = json.loads(str(data["__meta__"]))
+            arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    except ResultFileError:
         raise
+    except Exception as e:
+        raise ResultFileError(f"{path} is truncated or corrupt ({e})") from None
+    if not isinstance(meta, dict):
+        raise ResultFileError(f"{path}: its metadata is not a JSON object")
+    return meta, arrays
+
+
+def _check_shapes(path: str, arrays: dict[str, np.ndarray], num_layers: int) -> None:
+    """Every field is ``(L, B)`` or a map of ``pixel``'s full shape."""
+    pixel = arrays["pixel"]
+    if pixel.ndim not in (4, 5) or pixel.shape[0] != num_layers:
+        raise ResultFileError(
+            f"{path} is inconsistent: pixel has shape {pixel.shape}, expected "
+            f"({num_layers} layers, images, H, W[, C])"
+        )
+    lead = pixel.shape[:2]
+    for name, a in arrays.items():
+        if name in _MAPS:
+            ok = a.shape == pixel.shape
+            want = f"pixel's shape {pixel.shape}"
+        else:
+            ok = a.shape in (lead, pixel.shape)
+            want = f"{lead} (layers, images) or pixel's shape {pixel.shape}"
+        if not ok:
+            raise ResultFileError(
+                f"{path} is inconsistent: field {name!r} has shape {a.shape}, "
+                f"expected {want}"
+            )
+
+
+def _check_summaries(path: str, arrays: dict[str, np.ndarray], units: int) -> None:
+    """``mean`` and ``total`` are the mean and ``units`` x sum of ``pixel``."""
+    pixel = arrays["pixel"].astype(np.float64)
+    axes = tuple(range(2, pixel.ndim))
+    for name, want in (
+        ("mean", np.mean(pixel, axis=axes)),
+        ("total", np.sum(pixel, axis=axes) * units),
+    ):
+        got = arrays[name].astype(np.float64)
+        tol = 1e-5 * (1.0 + np.abs(want)) * (1 if name == "mean" else pixel[0, 0].size)
+        off = np.abs(got - want) > tol
+        off |= np.isnan(got) != np.isnan(want)
+        if off.any():
+            l, b = (int(i) for i in np.argwhere(off)[0])
+            raise ResultFileError(
+                f"{path} is inconsistent: {name}[{l}, {b}] = {got[l, b]:.6g} but "
+                f"the pixel maps give {want[l, b]:.6g}"
+            )
 
 
 def _register(cls):

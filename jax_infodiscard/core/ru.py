@@ -1,7 +1,7 @@
 """Pixel-wise reconstruction uncertainty (RU, paper Eq. 6-7).
 
 RU shares the whole CID machinery (feature scale, linearised warm start,
-optax loop, lambda search, vmap over images and layers, sharding); only the
+fixed-point solver, levelling, vmap over images and layers, sharding); only the
 entropy term differs. For a decoder ``g_l`` trained to map ``h_l(x')`` back to
 ``x'``, the pixel-wise RU is
 

@@ -3,7 +3,7 @@
 Dividing the output of layer ``l`` by ``c`` and multiplying the kernel of the
 next convolution by ``c`` changes neither the network's function nor its
 knowledge, only feature magnitudes. CID and concentration are invariant
-(DESIGN.md sec. 2); maps built from gradients w.r.t. the features change.
+(docs/design.md, "Oracles"); maps built from gradients w.r.t. the features change.
 
 The rescaling itself (:func:`~jax_infodiscard.models.surgery.rescale_pair`)
 is model surgery and lives in :mod:`jax_infodiscard.models.surgery`; this
@@ -12,7 +12,7 @@ module measures which quantities survive it.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,9 @@ from matplotlib.figure import Figure
 
 import jax_infodiscard as jid
 from jax_infodiscard import baselines
-from jax_infodiscard.baselines import _common
+from jax_infodiscard.baselines import common
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
-from jax_infodiscard.models.decoder import decoder_fn
 from jax_infodiscard.models.surgery import next_conv, rescale_pair
-from jax_infodiscard.training.decoder import DecoderConfig, train_decoders
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -73,7 +71,7 @@ def feature_input_gradient(model: nnx.Module, layer: str, images) -> Array:
 
 
 def _measure(model, layers, images, masks, key, cid_config):
-    target = _common.resolve_target(None, model_fn(model)(images))
+    target = common.resolve_target(None, model_fn(model)(images))
     res = jid.cid(feature_fn(model, layers), images, key, config=cid_config)
     conc = np.asarray(jid.concentration(res.pixel, masks))
     out = {}
@@ -104,23 +102,6 @@ def _measure(model, layers, images, masks, key, cid_config):
     return out
 
 
-def _ru_means(model, layers, images, key, decoder_config, decoder_images, ru_config):
-    """Mean RU per layer, with one decoder per layer trained for ``model``
-    (together: one forward pass of the network per training step)."""
-    fn = feature_fn(model, layers)
-    decs, _ = train_decoders(
-        fn,
-        layers,
-        decoder_images,
-        decoder_config,
-        key=jax.random.fold_in(key, 100),
-        progress=False,
-    )
-    decoders = {layer: decoder_fn(decs[layer]) for layer in layers}
-    res = jid.ru(fn, decoders, images, key, layers=layers, config=ru_config)
-    return {layer: float(np.mean(res.mean[i])) for i, layer in enumerate(layers)}
-
-
 def layer_fairness(
     model: nnx.Module,
     images,
@@ -130,8 +111,7 @@ def layer_fairness(
     layer: str = "conv1",
     factor: float = 4.0,
     cid_config: jid.CIDConfig = jid.CIDConfig(),
-    decoder_config: DecoderConfig | None = None,
-    decoder_images=None,
+    ru_step: Callable[[nnx.Module, tuple[str, ...]], Mapping[str, float]] | None = None,
 ) -> tuple[dict, Figure]:
     """Measures which quantities survive the ``w/c, c*w`` rescaling.
 
@@ -144,12 +124,13 @@ def layer_fairness(
             analysed.
         factor: the scale ``c``.
         cid_config: CID configuration (default: the library default, `CIDConfig()`).
-        decoder_config: when given, the table also has ``"ru_mean"``: RU
-            (solved with ``cid_config``'s settings) with decoders trained
-            (same keys) for each model's two layers on
-            ``decoder_images`` (``float32 (N, H, W, C)``). The decoder
-            normalises its input by the training features' statistics, so a
-            decoder trained on ``h / c`` matches one trained on ``h``.
+        ru_step: when given, the table also has ``"ru_mean"``:
+            ``ru_step(model, layers) -> {layer: mean RU}`` of each model
+            (for example
+            :func:`jax_infodiscard.experiments.measure.ru_step`, which
+            trains decoders for each model; a decoder normalises its input
+            by the training features' statistics, so one trained on ``h / c``
+            matches one trained on ``h``).
 
     Returns:
         ``(table, figure)``. ``table`` has ``"layers"``, ``"factor"``,
@@ -165,15 +146,9 @@ def layer_fairness(
     change = float(jnp.max(jnp.abs(model_fn(model)(images) - model_fn(scaled)(images))))
     before = _measure(model, layers, images, masks, key, cid_config)
     after = _measure(scaled, layers, images, masks, key, cid_config)
-    if decoder_config is not None:
-        if decoder_images is None:
-            raise ValueError("decoder_config needs decoder_images to train on")
-        # RU is solved with CID's settings (beta, steps, draws).
-        ru_config = jid.RUConfig(**dataclasses.asdict(cid_config))
+    if ru_step is not None:
         for m, out in ((model, before), (scaled, after)):
-            ru = _ru_means(
-                m, layers, images, key, decoder_config, decoder_images, ru_config
-            )
+            ru = ru_step(m, layers)
             for name in layers:
                 out[name] = {"ru_mean": ru[name], **out[name]}
     table: dict = {

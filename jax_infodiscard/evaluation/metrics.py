@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_infodiscard.baselines._common import as_model_fn
+from jax_infodiscard.baselines.common import as_model_fn
 from jax_infodiscard.types import Array
 
 __all__ = [

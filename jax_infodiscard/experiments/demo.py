@@ -18,8 +18,9 @@ writes:
 * ``manifest.json``: settings, versions, status (see
   :mod:`jax_infodiscard.experiments.rundir`).
 
-The console shows each phase with its expected time on an idle 2-core CPU,
-a status line per layer, the per-layer table (:func:`format_summary`), the
+The console shows each phase with its expected time on an idle CPU (a cost
+model calibrated on the project's machine, docs/benchmarks.md), a status
+line per layer, the per-layer table (:func:`format_summary`), the
 warnings, and the files written.
 
 The model and the RU decoders come from the shared cache
@@ -35,9 +36,8 @@ import os
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import jax
@@ -46,19 +46,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jax_infodiscard as jid
-from jax_infodiscard.core.engine import resolve_strategy
 from jax_infodiscard.data import SHAPE_NAMES
 from jax_infodiscard.experiments.cache import (
     ModelSpec,
     decoder_cache_dir,
+    decoder_checkpoint_path,
     model_cache_dir,
     train_or_load,
+)
+from jax_infodiscard.experiments.measure import (
+    Decoders,
+    Listener,
+    Measurement,
+    measure,
 )
 from jax_infodiscard.experiments.rundir import MANIFEST, RunFolder
 from jax_infodiscard.models import feature_fn as make_feature_fn
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.plotting import plot_layer_curves, plot_pixel_maps
-from jax_infodiscard.training.decoder import LEARNED_NOTHING
+from jax_infodiscard.training.decoder import LEARNED_NOTHING, DecoderConfig
 from jax_infodiscard.training.train import TrainConfig
 from jax_infodiscard.validation import check_int, check_names, check_number
 
@@ -130,13 +136,11 @@ UNITS = {
 }
 """Units of the fields of ``summary.json`` (also written into it)."""
 
-# Cost model of the phases on an idle 2-core CPU, for the expected times
-# printed before each phase. Calibrated on `demo --fast` run alone on the
-# project's 2-core machine (load average about 2, i.e. this job only): a first
-# run (training 34 s, CID 54 s, decoders 93 s, RU 91 s) and a second one with
-# the compilation cache (CID 32 s, RU 92 s), so compilation is about 5.5 s per
-# CID layer and little for RU. The decoders' split into fixed cost and steps
-# follows benchmarks/bench_decoders.py (fixed part 40% of a 60-step run).
+# Cost model of the phases on an idle CPU, for the expected times printed
+# before each phase: seconds per unit of work, calibrated on `demo --fast`
+# runs alone on the project's machine, with and without the compilation
+# cache, and on benchmarks/bench_decoders.py for the decoders (the runs and
+# their load are in docs/benchmarks.md).
 _IDLE_CPU_S = {
     "train_compile": 25.0,
     "train_image_epoch": 1.15e-3,
@@ -170,9 +174,8 @@ class DemoConfig:
       decoder_width: channels of the RU decoders.
       decoder_batch_size: images per decoder training step.
       decoder_learning_rate: peak learning rate of the decoders (cosine). 1e-2
-        reconstructs better than 3e-3 at the same steps (held-out MSE /
-        image variance at conv1 0.08 vs 0.11 in 300 steps, 0.24 vs 0.33 in
-        60; ``benchmarks/bench_decoders.py``).
+        reconstructs better than 3e-3 at the same steps
+        (``benchmarks/bench_decoders.py``, numbers in docs/ru.md).
       decoder_images: training images the decoders see (at most num_train).
       ru_unlearned: what to do at layers whose decoder learned (almost)
         nothing (held-out MSE >= ``DECODER_LEARNED_NOTHING`` x the image
@@ -243,10 +246,18 @@ class DemoConfig:
 
     def ru_config(self) -> jid.RUConfig:
         """The RU solver's configuration: the CID one with ``ru_steps`` steps."""
-        fields = {
-            f.name: getattr(self.cid, f.name) for f in dataclasses.fields(self.cid)
-        }
-        return jid.RUConfig(**{**fields, "steps": self.ru_steps})
+        return jid.RUConfig.from_cid(self.cid, steps=self.ru_steps)
+
+    def decoder_config(self) -> DecoderConfig:
+        """The RU decoders' configuration: the ``decoder_*`` settings, trained
+        at the noise level of the CID budget (``cid.beta``)."""
+        return DecoderConfig(
+            steps=self.decoder_steps,
+            width=self.decoder_width,
+            batch_size=self.decoder_batch_size,
+            learning_rate=self.decoder_learning_rate,
+            beta=self.cid.beta,
+        )
 
     @classmethod
     def fast(cls, **changes) -> DemoConfig:
@@ -281,7 +292,8 @@ class _Console:
             sys.stdout.flush()  # lines arrive in logs as they happen
 
     def phase(self, title: str, expected_s: float | None) -> float:
-        """Prints ``[i/n] title, about T on 2 CPU cores``; returns the clock."""
+        """Prints ``[i/n] title`` and the expected time on an idle CPU;
+        returns the clock."""
         self.index += 1
         note = ""
         if expected_s is not None and self.on_cpu:
@@ -351,49 +363,103 @@ def _round(x: float, digits: int = 4) -> float | None:
     return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
-def _concat(results: Sequence[Any]) -> Any:
-    """One result of several layers from single-layer results."""
-    first = results[0]
-    arrays = {
-        f.name: np.concatenate([np.asarray(getattr(r, f.name)) for r in results])
-        for f in dataclasses.fields(first)
-        if isinstance(getattr(first, f.name), np.ndarray)
-    }
-    layers = tuple(name for r in results for name in r.layers)
-    return dataclasses.replace(first, layers=layers, **arrays)
-
-
-def _layer_note(res, i: int) -> str:
-    n = res.converged.shape[1]
-    conv = int(np.sum(res.converged[i]))
+def _layer_note(outputs: dict, j: int) -> str:
+    """Status of layer ``j`` of an engine group's ``(B, L_group, ...)`` outputs."""
+    converged = np.asarray(outputs["converged"])[:, j]
     return (
-        f"mean {float(res.mean[i].mean()):+.2f} nats, {conv}/{n} converged, "
-        f"linearity {float(res.linearity[i].mean()):.2f}"
+        f"mean {float(np.mean(outputs['pixel'][:, j])):+.2f} nats, "
+        f"{int(np.sum(converged))}/{converged.shape[0]} converged, "
+        f"linearity {float(np.mean(outputs['linearity'][:, j])):.2f}"
     )
 
 
-def _solve(console: _Console, label: str, call, layers, cfg) -> Any:
-    """Runs ``call(layers) -> result`` layer by layer when the solver would do
-    one program per layer anyway (the same maps, a status line per layer),
-    else in one call."""
-    per_layer = resolve_strategy(cfg, len(layers)) == "per_layer"
-    groups = [[name] for name in layers] if per_layer else [list(layers)]
-    results = []
-    with console.units(label, len(layers)) as finish:
-        for group in groups:
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                # The demo reports convergence and linearity itself (status
-                # lines, table, warnings list), once and in its own words.
-                warnings.simplefilter("ignore", UserWarning)
-                res = call(group)
-                jax.block_until_ready(res.pixel)
-            res = res.to_numpy()
-            results.append(res)
-            seconds = time.perf_counter() - t0
-            for i, name in enumerate(res.layers):
-                finish(f"{name}, {_layer_note(res, i)} ({_duration(seconds)})")
-    return _concat(results)
+class _DemoListener(Listener):
+    """Shows the measuring room's phases on the demo's console: a heading
+    with the expected time, a status line per finished layer."""
+
+    def __init__(self, console: _Console, config: DemoConfig, images: int, dec_dir):
+        self.console, self.config = console, config
+        self.images, self.dec_dir = images, dec_dir
+        self.known = config.model == "convnet" and config.image_size == 32
+        self.stack = ExitStack()
+        self.finish: Callable[[str], None] = lambda text: None
+
+    def _expected(self, kind: str, layers: int) -> float | None:
+        if not self.known:
+            return None
+        return layers * (
+            _IDLE_CPU_S[f"{kind}_layer_compile"]
+            + self.images * _IDLE_CPU_S[f"{kind}_map"]
+        )
+
+    def phase(self, name: str, **facts: Any) -> None:
+        layers = facts["layers"]
+        if name == "cid":
+            cfg = self.config.cid
+            self.console.phase(
+                f"CID ({cfg.method}): {len(layers)} layers x {self.images} images",
+                self._expected("cid", len(layers))
+                if cfg.method == "optimize"
+                else None,
+            )
+            self.finish = self.stack.enter_context(
+                self.console.units("CID", len(layers))
+            )
+        elif name == "decoders":
+            self._decoders_heading(layers)
+        else:
+            self._ru_heading(layers, facts["skipped"])
+            self.finish = self.stack.enter_context(
+                self.console.units("RU", len(layers))
+            )
+
+    def _decoders_heading(self, layers: Sequence[str]) -> None:
+        config = self.config
+        missing = [
+            n for n in layers if not decoder_checkpoint_path(self.dec_dir, n).exists()
+        ]
+        expected = None
+        if self.known:
+            expected = 2.0 + len(missing) * (
+                _IDLE_CPU_S["decoder_compile"]
+                + config.decoder_steps * _IDLE_CPU_S["decoder_step"]
+            )
+        cached = len(layers) - len(missing)
+        self.console.phase(
+            f"RU decoders: {len(layers)} layers trained together, "
+            f"{config.decoder_steps} steps of {config.decoder_batch_size} images"
+            + (f" ({cached} cached)" if cached else ""),
+            expected,
+        )
+
+    def _ru_heading(self, layers: Sequence[str], skipped: Sequence[str]) -> None:
+        cfg = self.config.ru_config()
+        self.console.phase(
+            f"RU ({cfg.method}, {cfg.steps} steps): {len(layers)} layers x "
+            f"{self.images} images"
+            + (
+                f" (skipped, decoder learned nothing: {', '.join(skipped)})"
+                if skipped
+                else ""
+            ),
+            self._expected("ru", len(layers)),
+        )
+
+    def group(self, metric, layers, outputs, seconds) -> None:
+        for j, name in enumerate(layers):
+            self.finish(f"{name}, {_layer_note(outputs, j)} ({_duration(seconds)})")
+
+    def decoders(self, decoders: Decoders) -> None:
+        for name, m in decoders.metrics.items():
+            self.console.say(
+                f"      decoder {name}: held-out MSE {m.eval_mse:.2e} = "
+                f"{m.mse_over_variance:.2f} x the image variance"
+                + (" (learned nothing)" if m.learned_nothing else "")
+            )
+
+    def done(self, name: str, seconds: float) -> None:
+        self.stack.close()
+        self.console.say(f"      done in {_duration(seconds)}")
 
 
 # -------------------------------------------------------------------- job
@@ -462,18 +528,7 @@ def _demo(
 ) -> dict:
     timings: dict[str, float] = {}
     warnings_: list[str] = []
-    known = config.model == "convnet" and config.image_size == 32
-    spec = config.model_spec()
-    cached = model_cache_dir(spec, cache_dir).exists()
-    t0 = console.phase(
-        f"model: {'load (or finish training)' if cached else 'train'} "
-        f"{config.model} on {config.num_train:,} embedded images, "
-        f"{config.epochs} epochs",
-        _expected_training(config, cached),
-    )
-    trained = train_or_load(spec, cache_dir, progress=progress)
-    model, accuracy = trained.model, float(trained.accuracy)
-    timings["train_s"] = console.done(t0, f"test accuracy {accuracy:.1%}")
+    trained, accuracy = _model_phase(config, cache_dir, progress, console, timings)
     if accuracy < ACCURACY_WARNING:
         warnings_.append(
             f"the model is barely trained (test accuracy {accuracy:.1%} < "
@@ -481,8 +536,7 @@ def _demo(
             "learned the task; train longer (more --epochs, or drop --fast)"
         )
         console.say(f"      warning: {warnings_[-1]}")
-    test_set = trained.test_data
-
+    model, test_set = trained.model, trained.test_data
     layers = tuple(config.layers or model.default_layers)
     unknown = [n for n in layers if n not in model.layer_names]
     if unknown:
@@ -490,151 +544,21 @@ def _demo(
             f"layers {unknown} are not layers of {config.model!r}; it has "
             f"{list(model.layer_names)}"
         )
-    fn = make_feature_fn(model, layers)
     n = config.num_images
     images = jnp.asarray(test_set.images[:n])
     masks = np.asarray(test_set.masks[:n])
     labels = np.asarray(test_set.labels[:n])
     predicted = np.asarray(jnp.argmax(model_fn(model)(images), axis=-1))
-    key = jax.random.key(config.seed)
-    num_layers = len(layers)
-
-    def expected(kind: str, maps: int) -> float | None:
-        if not known:
-            return None
-        return (
-            num_layers * _IDLE_CPU_S[f"{kind}_layer_compile"]
-            + maps * (_IDLE_CPU_S[f"{kind}_map"])
-        )
-
-    t0 = console.phase(
-        f"CID ({config.cid.method}): {num_layers} layers x {n} images",
-        expected("cid", num_layers * n) if config.cid.method == "optimize" else None,
-    )
-    cid = _solve(
-        console,
-        "CID",
-        lambda group: jid.cid(fn, images, key, layers=group, config=config.cid),
-        layers,
-        config.cid,
-    )
-    timings["cid_s"] = console.done(t0)
-    folder.save_result("cid.npz", cid)
-    maps = {"CID": cid.pixel}
-    curves = {
-        "CID mean": cid.mean,
-        "CID concentration": np.asarray(jid.concentration(cid.pixel, masks)),
-    }
-    diag = {"CID linearity": cid.linearity}
-    unreliable = {"CID": np.where(cid.converged, "", "not converged").astype(object)}
-    rows = {name: _result_row("cid", cid, i, curves) for i, name in enumerate(layers)}
-    for i, name in enumerate(layers):
-        rows[name]["passes_per_map"] = _round(cid.passes[i].mean())
-
-    ru = None
-    if config.ru:
-        ru, decoder_rows, t_dec, t_ru = _ru_phases(
-            console, config, trained, fn, layers, images, key, progress
-        )
-        timings["decoders_s"], timings["ru_s"] = t_dec, t_ru
-        if ru is not None:
-            folder.save_result("ru.npz", ru)
-        # Over all layers; NaN at layers whose RU was not solved.
-        solved_layers = () if ru is None else ru.layers
-
-        def over_layers(values, shape, fill=np.nan):
-            return _pad_layers(solved_layers, values, layers, shape, fill)
-
-        maps["RU"] = over_layers(None if ru is None else ru.pixel, cid.pixel.shape[1:])
-        curves["RU mean"] = over_layers(None if ru is None else ru.mean, (n,))
-        curves["RU concentration"] = over_layers(
-            None if ru is None else jid.concentration(ru.pixel, masks), (n,)
-        )
-        diag["RU linearity"] = over_layers(None if ru is None else ru.linearity, (n,))
-        ru_converged = over_layers(
-            None if ru is None else ru.converged, (n,), fill=False
-        )
-        flags = np.full((num_layers, n), "", dtype=object)
-        for i, name in enumerate(layers):
-            rows[name].update(decoder_rows[name])
-            solved = ru is not None and name in ru.layers
-            rows[name]["ru_solved"] = solved
-            if solved:
-                j = ru.layers.index(name)
-                rows[name].update(_result_row("ru", ru, j, curves, at=i))
-            else:
-                rows[name].update(dict.fromkeys(RU_FIELDS))
-            if decoder_rows[name]["decoder_learned_nothing"]:
-                flags[i, :] = (
-                    "decoder learned nothing"
-                    if solved
-                    else "not solved: decoder learned nothing"
-                )
-                warnings_.append(
-                    f"RU {name}: the decoder learned (almost) nothing (held-out "
-                    "MSE / image variance = "
-                    f"{decoder_rows[name]['decoder_mse_over_variance']:.2f}); "
-                    + (
-                        "its RU maps are only its error map (greyed out)"
-                        if solved
-                        else "RU was not solved there (ru_unlearned='skip')"
-                    )
-                    + ". Train the decoders longer for real analyses"
-                )
-            else:
-                flags[i, ~ru_converged[i]] = "not converged"
-        unreliable["RU"] = flags
-    for label, res in (("CID", cid), ("RU", ru)):
-        if res is None:
-            continue
-        lin = res.linearity.mean(axis=1)
-        far = [
-            f"{n_} ({v:.3g})" for n_, v in zip(res.layers, lin, strict=True) if v > 1.2
-        ]
-        if res.method == "linear" and far:
-            warnings_.append(
-                f"{label}: method 'linear' far from the linear regime at "
-                f"{', '.join(far)} (linearity); its maps overspend the budget "
-                "there: use the default method 'optimize'"
-            )
-        bad = int(np.sum(~res.converged))
-        if bad:
-            warnings_.append(
-                f"{label}: {bad} of {res.converged.size} solves did not meet the "
-                "budget (converged=False); their maps are greyed out"
-            )
-
+    m = _measure_phases(config, trained, layers, images, masks, progress, console)
+    timings.update(m.seconds)
+    folder.save_result("cid.npz", m.cid)
+    if m.ru is not None:
+        folder.save_result("ru.npz", m.ru)
+    tables = _tables(config, m, n)
+    warnings_ += tables["warnings"]
     t0 = console.phase("figures and summary", 5.0)
-    caption = _caption(config, accuracy, n, warnings_)
-    plot_pixel_maps(
-        images,
-        maps,
-        layers,
-        folder.record("pixel_maps.png"),
-        masks=masks,
-        labels=labels,
-        predictions=predicted,
-        class_names=SHAPE_NAMES,
-        unreliable=unreliable,
-        column_notes=_column_notes(cid, config.ru, rows, layers),
-        caption=caption,
-    )
-    layer_unreliable = {
-        f"{k} {what}": np.array([bool(np.any(v[i] != "")) for i in range(num_layers)])
-        for k, v in unreliable.items()
-        for what in ("mean", "concentration", "linearity")
-    }
-    plot_layer_curves(
-        layers,
-        {**curves, **diag},
-        folder.record("layer_curves.png"),
-        title=f"{config.model} on the embedded data set: layer-wise discarding",
-        caption=caption,
-        ylabels={"linearity": "linearity (closed-form budget / beta)"},
-        log_panels={"linearity"},
-        reference={"linearity": 1.0},
-        unreliable=layer_unreliable,
-    )
+    figure = dict(images=images, masks=masks, labels=labels, predicted=predicted)
+    _figures(folder, config, accuracy, figure, m, tables, warnings_)
     summary = {
         "definitions": DEFINITIONS,
         "units": UNITS,
@@ -653,7 +577,7 @@ def _demo(
             }
             for b in range(n)
         ],
-        "layers": rows,
+        "layers": tables["rows"],
         "warnings": warnings_,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "devices": [str(d) for d in jax.devices()],
@@ -662,6 +586,196 @@ def _demo(
     timings["figures_s"] = console.done(t0)
     summary["timings_s"]["figures_s"] = round(timings["figures_s"], 1)
     return summary
+
+
+def _model_phase(config: DemoConfig, cache_dir, progress, console, timings):
+    """Trains or loads the model; returns it and its test accuracy."""
+    spec = config.model_spec()
+    cached = model_cache_dir(spec, cache_dir).exists()
+    t0 = console.phase(
+        f"model: {'load (or finish training)' if cached else 'train'} "
+        f"{config.model} on {config.num_train:,} embedded images, "
+        f"{config.epochs} epochs",
+        _expected_training(config, cached),
+    )
+    trained = train_or_load(spec, cache_dir, progress=progress)
+    accuracy = float(trained.accuracy)
+    timings["train_s"] = console.done(t0, f"test accuracy {accuracy:.1%}")
+    return trained, accuracy
+
+
+def _measure_phases(config, trained, layers, images, masks, progress, console):
+    """CID, decoders and RU through the measuring room (timings ``*_s``)."""
+    fn = make_feature_fn(trained.model, layers)
+    dec_images = trained.train_data.images[
+        : min(config.decoder_images, config.num_train)
+    ]
+    dec_dir = decoder_cache_dir(trained.path, num_images=len(dec_images))
+    m = measure(
+        fn,
+        images,
+        jax.random.key(config.seed),
+        layers=layers,
+        cid_config=config.cid,
+        masks=masks,
+        ru_config=config.ru_config(),
+        decoder_images=dec_images if config.ru else None,
+        decoder_config=config.decoder_config(),
+        decoder_folder=dec_dir,
+        solve_unlearned=config.ru_unlearned == "solve",
+        listener=_DemoListener(console, config, images.shape[0], dec_dir),
+        # The demo reports convergence and linearity itself (status lines,
+        # table, warnings list), once and in its own words.
+        quiet=True,
+        progress=progress and console.verbose,
+    )
+    return m
+
+
+def _tables(config: DemoConfig, m: Measurement, n: int) -> dict:
+    """Per-layer rows, curves, diagnostics, grey-out flags and warnings."""
+    layers, cid = m.layers, m.cid
+    curves = {"CID mean": cid.mean, "CID concentration": m.concentration}
+    diag = {"CID linearity": cid.linearity}
+    unreliable = {"CID": np.where(cid.converged, "", "not converged").astype(object)}
+    rows = {name: _result_row("cid", cid, i, curves) for i, name in enumerate(layers)}
+    for i, name in enumerate(layers):
+        rows[name]["passes_per_map"] = _round(cid.passes[i].mean())
+    warnings_: list[str] = []
+    if config.ru:
+        warnings_ += _ru_tables(m, n, rows, curves, diag, unreliable)
+    warnings_ += _regime_warnings(m)
+    return {
+        "rows": rows,
+        "curves": curves,
+        "diag": diag,
+        "unreliable": unreliable,
+        "maps": {"CID": cid.pixel}
+        | ({"RU": _spread(m, "pixel", cid.pixel.shape[1:])} if config.ru else {}),
+        "warnings": warnings_,
+    }
+
+
+def _spread(m: Measurement, field: str, shape, fill=np.nan) -> np.ndarray:
+    """RU's ``field`` over all layers ``(L, *shape)``, ``fill`` where RU was not
+    solved."""
+    values = None
+    if m.ru is not None:
+        values = (
+            m.ru_concentration if field == "concentration" else getattr(m.ru, field)
+        )
+    return _pad_layers(m.ru_layers, values, m.layers, shape, fill)
+
+
+def _ru_tables(m: Measurement, n: int, rows, curves, diag, unreliable) -> list[str]:
+    """Adds RU's rows, curves and flags; returns the decoder warnings."""
+    layers = m.layers
+    curves["RU mean"] = _spread(m, "mean", (n,))
+    curves["RU concentration"] = _spread(m, "concentration", (n,))
+    diag["RU linearity"] = _spread(m, "linearity", (n,))
+    ru_converged = _spread(m, "converged", (n,), fill=False)
+    flags = np.full((len(layers), n), "", dtype=object)
+    warnings_ = []
+    for i, name in enumerate(layers):
+        metrics = m.decoders.metrics[name]
+        rows[name].update(
+            {
+                "decoder_heldout_mse": _round(metrics.eval_mse),
+                "decoder_mse_over_variance": _round(metrics.mse_over_variance),
+                "decoder_learned_nothing": metrics.learned_nothing,
+                "decoder_steps": metrics.steps,
+            }
+        )
+        solved = name in m.ru_layers
+        rows[name]["ru_solved"] = solved
+        if solved:
+            j = m.ru_layers.index(name)
+            rows[name].update(_result_row("ru", m.ru, j, curves, at=i))
+        else:
+            rows[name].update(dict.fromkeys(RU_FIELDS))
+        if metrics.learned_nothing:
+            flags[i, :] = (
+                "decoder learned nothing"
+                if solved
+                else "not solved: decoder learned nothing"
+            )
+            warnings_.append(
+                f"RU {name}: the decoder learned (almost) nothing (held-out "
+                "MSE / image variance = "
+                f"{rows[name]['decoder_mse_over_variance']:.2f}); "
+                + (
+                    "its RU maps are only its error map (greyed out)"
+                    if solved
+                    else "RU was not solved there (ru_unlearned='skip')"
+                )
+                + ". Train the decoders longer for real analyses"
+            )
+        else:
+            flags[i, ~ru_converged[i]] = "not converged"
+    unreliable["RU"] = flags
+    return warnings_
+
+
+def _regime_warnings(m: Measurement) -> list[str]:
+    """Warnings on the linear method far from its regime and unmet budgets."""
+    warnings_ = []
+    for label, res in (("CID", m.cid), ("RU", m.ru)):
+        if res is None:
+            continue
+        lin = res.linearity.mean(axis=1)
+        far = [
+            f"{n_} ({v:.3g})" for n_, v in zip(res.layers, lin, strict=True) if v > 1.2
+        ]
+        if res.method == "linear" and far:
+            warnings_.append(
+                f"{label}: method 'linear' far from the linear regime at "
+                f"{', '.join(far)} (linearity); its maps overspend the budget "
+                "there: use the default method 'optimize'"
+            )
+        bad = int(np.sum(~res.converged))
+        if bad:
+            warnings_.append(
+                f"{label}: {bad} of {res.converged.size} solves did not meet the "
+                "budget (converged=False); their maps are greyed out"
+            )
+    return warnings_
+
+
+def _figures(folder, config, accuracy, figure: dict, m, tables, warnings_):
+    """``pixel_maps.png`` and ``layer_curves.png``; ``figure`` holds the
+    images, masks, labels and predicted classes."""
+    layers, n = m.layers, figure["images"].shape[0]
+    unreliable, rows = tables["unreliable"], tables["rows"]
+    caption = _caption(config, accuracy, n, warnings_)
+    plot_pixel_maps(
+        figure["images"],
+        tables["maps"],
+        layers,
+        folder.record("pixel_maps.png"),
+        masks=figure["masks"],
+        labels=figure["labels"],
+        predictions=figure["predicted"],
+        class_names=SHAPE_NAMES,
+        unreliable=unreliable,
+        column_notes=_column_notes(m.cid, config.ru, rows, layers),
+        caption=caption,
+    )
+    layer_unreliable = {
+        f"{k} {what}": np.array([bool(np.any(v[i] != "")) for i in range(len(layers))])
+        for k, v in unreliable.items()
+        for what in ("mean", "concentration", "linearity")
+    }
+    plot_layer_curves(
+        layers,
+        {**tables["curves"], **tables["diag"]},
+        folder.record("layer_curves.png"),
+        title=f"{config.model} on the embedded data set: layer-wise discarding",
+        caption=caption,
+        ylabels={"linearity": "linearity (closed-form budget / beta)"},
+        log_panels={"linearity"},
+        reference={"linearity": 1.0},
+        unreliable=layer_unreliable,
+    )
 
 
 def _result_row(prefix: str, res, i: int, curves: dict, at: int | None = None):
@@ -691,115 +805,6 @@ RU_FIELDS = tuple(
         "entropy_gain",
     )
 )
-
-
-def _ru_phases(console, config, trained, fn, layers, images, key, progress):
-    """Decoders (trained or loaded) and RU; returns the result, the decoder rows
-    and the two phases' seconds."""
-    from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import (
-        DecoderConfig,
-        decoder_checkpoint_path,
-        load_or_train_decoders,
-    )
-
-    dec_cfg = DecoderConfig(
-        steps=config.decoder_steps,
-        width=config.decoder_width,
-        batch_size=config.decoder_batch_size,
-        learning_rate=config.decoder_learning_rate,
-        beta=config.cid.beta,
-    )
-    dec_images = trained.train_data.images[
-        : min(config.decoder_images, config.num_train)
-    ]
-    dec_dir = decoder_cache_dir(trained.path, num_images=len(dec_images))
-    missing = [
-        name for name in layers if not decoder_checkpoint_path(dec_dir, name).exists()
-    ]
-    known = config.model == "convnet" and config.image_size == 32
-    expected = None
-    if known:
-        expected = 2.0 + len(missing) * (
-            _IDLE_CPU_S["decoder_compile"]
-            + config.decoder_steps * _IDLE_CPU_S["decoder_step"]
-        )
-    t0 = console.phase(
-        f"RU decoders: {len(layers)} layers trained together, "
-        f"{config.decoder_steps} steps of {config.decoder_batch_size} images"
-        + (
-            f" ({len(layers) - len(missing)} cached)"
-            if len(missing) < len(layers)
-            else ""
-        ),
-        expected,
-    )
-    # The missing decoders are trained together: one forward pass of the
-    # network and one compiled step per batch for all of them.
-    decs, all_metrics = load_or_train_decoders(
-        fn,
-        layers,
-        dec_images,
-        dec_cfg,
-        key=jax.random.fold_in(key, 100),
-        checkpoint_dir=dec_dir,
-        progress=progress and console.verbose,
-    )
-    decoders, rows = {}, {}
-    for name in layers:
-        metrics = all_metrics[name]
-        decoders[name] = decoder_fn(decs[name])
-        mse, ratio = metrics.eval_mse, metrics.mse_over_variance
-        rows[name] = {
-            "decoder_heldout_mse": _round(mse),
-            "decoder_mse_over_variance": _round(ratio),
-            "decoder_learned_nothing": metrics.learned_nothing,
-            "decoder_steps": metrics.steps,
-        }
-        console.say(
-            f"      decoder {name}: held-out MSE {mse:.2e} = {ratio:.2f} x the "
-            "image variance" + (" (learned nothing)" if metrics.learned_nothing else "")
-        )
-    t_dec = console.done(t0)
-
-    ru_cfg = config.ru_config()
-    solved = [
-        name
-        for name in layers
-        if config.ru_unlearned == "solve" or not rows[name]["decoder_learned_nothing"]
-    ]
-    skipped = [name for name in layers if name not in solved]
-    t0 = console.phase(
-        f"RU ({ru_cfg.method}, {ru_cfg.steps} steps): {len(solved)} layers x "
-        f"{images.shape[0]} images"
-        + (
-            f" (skipped, decoder learned nothing: {', '.join(skipped)})"
-            if skipped
-            else ""
-        ),
-        None
-        if not known
-        else len(solved) * _IDLE_CPU_S["ru_layer_compile"]
-        + len(solved) * images.shape[0] * _IDLE_CPU_S["ru_map"],
-    )
-    ru = None
-    if solved:
-        ru = _solve(
-            console,
-            "RU",
-            lambda group: jid.ru(
-                fn,
-                {g: decoders[g] for g in group},
-                images,
-                key,
-                layers=group,
-                config=ru_cfg,
-            ),
-            solved,
-            ru_cfg,
-        )
-    t_ru = console.done(t0)
-    return ru, rows, t_dec, t_ru
 
 
 def _pad_layers(

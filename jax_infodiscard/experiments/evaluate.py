@@ -46,6 +46,7 @@ from jax_infodiscard.evaluation.metrics import (
 )
 from jax_infodiscard.experiments.cache import ModelSpec, TrainedModel, train_or_load
 from jax_infodiscard.experiments.data import Examples, load_examples
+from jax_infodiscard.experiments.measure import measure, ru_step
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import feature_fn, model_fn, split_fn
 from jax_infodiscard.models.sequential_adapter import to_sequential
@@ -73,6 +74,7 @@ DESCRIPTIVE_METHODS = (
     "lrp_epsilon",
     "integrated_gradients",
     "lime",
+    "smoothgrad",
     "random",
 )
 LOCALIZATION_METHODS = (
@@ -86,6 +88,20 @@ LOCALIZATION_METHODS = (
 )
 """``cid``: CID of the model's last default layer (the logits); ``cid_conv``:
 CID of its last convolution (an intermediate layer)."""
+
+EXPLAINED = (
+    "gradient",
+    "gradient_x_input",
+    "guided_backprop",
+    "lrp_epsilon",
+    "integrated_gradients",
+    "lime",
+    "cam",
+    "grad_cam",
+    "smoothgrad",
+)
+"""The explainers the job runs (each with the model form the registry,
+:data:`jax_infodiscard.baselines.MODEL_FORMS`, names)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +182,7 @@ class EvaluateConfig:
 
     @classmethod
     def fast(cls, **changes) -> EvaluateConfig:
-        """A short configuration (3 min 28 s on a 2-core CPU, training included)."""
+        """A short configuration (its cost: docs/benchmarks.md)."""
         base = cls(
             num_train=2_000,
             num_test=500,
@@ -189,28 +205,31 @@ def _explain_all(model, images, labels, key, cfg: EvaluateConfig, timings):
     pair = split_fn(model, last_conv)
     seq = to_sequential(model)
     target = jnp.asarray(labels, jnp.int32)
-    options = {
-        "gradient": (mfn, {}),
-        "gradient_x_input": (mfn, {}),
-        "guided_backprop": (mfn, {}),
-        "lrp_epsilon": (seq, {}),
-        "integrated_gradients": (mfn, {"steps": cfg.ig_steps}),
-        "lime": (mfn, {"samples": cfg.lime_samples}),
-        "cam": (pair, {}),
-        "grad_cam": (pair, {}),
-    }
+    forms = {"model_fn": mfn, "split": pair, "sequential": seq}
+    options = {"integrated_gradients": {"steps": cfg.ig_steps}}
+    options["lime"] = {"samples": cfg.lime_samples}
     maps = {}
-    for i, (name, (model_form, kw)) in enumerate(options.items()):
+    # Image keys fold_in(key, i): the order of EXPLAINED fixes each method's.
+    for i, name in enumerate(EXPLAINED):
         t0 = time.perf_counter()
+        model_form = forms[baselines.MODEL_FORMS[name]]
         out = baselines.explain(
-            name, model_form, images, jax.random.fold_in(key, i), target=target, **kw
+            name,
+            model_form,
+            images,
+            jax.random.fold_in(key, i),
+            target=target,
+            **options.get(name, {}),
         )
         maps[name] = np.asarray(jax.block_until_ready(out.maps))
         timings[name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     layer = model.default_layers[-1]
-    res = jid.cid(feature_fn(model, [last_conv, layer]), images, key, config=cfg.cid)
-    pixel = np.asarray(jax.block_until_ready(res.pixel))
+    layers = (last_conv, layer)
+    res = measure(
+        feature_fn(model, layers), images, key, layers=layers, cid_config=cfg.cid
+    ).cid
+    pixel = np.asarray(res.pixel)
     maps["cid_conv"], maps["cid"] = pixel[0], pixel[1]
     timings["cid"] = time.perf_counter() - t0
     maps["random"] = np.asarray(
@@ -404,52 +423,10 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
     )
 
     t0 = time.perf_counter()
-    curves, agreement = {}, {}
-    for name in DESCRIPTIVE_METHODS:
-        for store, truth in ((curves, labels), (agreement, preds)):
-            frac, acc, area = descriptive_accuracy(
-                mfn, images, truth, importance(maps[name], _kind(name)), fill="mean"
-            )
-            store[name] = {
-                "fractions": frac.tolist(),
-                "accuracy": acc.tolist(),
-                "area": area,
-            }
-    loc = {}
-    for name in LOCALIZATION_METHODS:
-        rec = np.asarray(
-            localization_recall(importance(maps[name], _kind(name)), te.boxes[:n])
-        )
-        loc[name] = {
-            "recall_mean": float(rec.mean()),
-            "recall_sem": float(rec.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
-            "per_image": rec.tolist(),
-        }
+    curves, agreement, loc = _metrics(mfn, images, labels, preds, te.boxes[:n], maps)
     timings["metrics"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
-    # Concentration needs foreground and background in every image.
-    masks = np.asarray(te.masks[:n])
-    both = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
-    pick = np.flatnonzero(both)[: config.fairness_images]
-    if pick.size == 0:
-        raise ValueError("no evaluated image has both foreground and background")
-    fair, fair_fig = layer_fairness(
-        model,
-        images[pick],
-        masks[pick],
-        jax.random.fold_in(key, 7),
-        layer=config.fairness_layer,
-        cid_config=config.cid,
-        decoder_config=(
-            DecoderConfig(
-                steps=config.fairness_decoder_steps, width=16, beta=config.cid.beta
-            )
-            if config.fairness_decoder_steps
-            else None
-        ),
-        decoder_images=trained.train_data.images[:2_000],
-    )
+    fair, fair_fig = _fairness(config, trained, images, te.masks[:n], key)
     timings["fairness"] = time.perf_counter() - t0
 
     results = {
@@ -478,6 +455,73 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
             "fractions": list(DEFAULT_FRACTIONS),
         },
     }
+    _write(folder, results, fair_fig)
+    return results
+
+
+def _metrics(mfn, images, labels, preds, boxes, maps):
+    """Descriptive accuracy (true labels and agreement with the prediction)
+    and localisation recall of every method's maps."""
+    n = images.shape[0]
+    curves, agreement = {}, {}
+    for name in DESCRIPTIVE_METHODS:
+        for store, truth in ((curves, labels), (agreement, preds)):
+            frac, acc, area = descriptive_accuracy(
+                mfn, images, truth, importance(maps[name], _kind(name)), fill="mean"
+            )
+            store[name] = {
+                "fractions": frac.tolist(),
+                "accuracy": acc.tolist(),
+                "area": area,
+            }
+    loc = {}
+    for name in LOCALIZATION_METHODS:
+        rec = np.asarray(
+            localization_recall(importance(maps[name], _kind(name)), boxes)
+        )
+        loc[name] = {
+            "recall_mean": float(rec.mean()),
+            "recall_sem": float(rec.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+            "per_image": rec.tolist(),
+        }
+    return curves, agreement, loc
+
+
+def _fairness(config: EvaluateConfig, trained, images, masks, key):
+    """The rescaling check on the images with fore- and background (RU with
+    decoders trained for each model unless ``fairness_decoder_steps=0``)."""
+    masks = np.asarray(masks)
+    both = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
+    pick = np.flatnonzero(both)[: config.fairness_images]
+    if pick.size == 0:
+        raise ValueError("no evaluated image has both foreground and background")
+    step = None
+    if config.fairness_decoder_steps:
+        step = ru_step(
+            images[pick],
+            jax.random.fold_in(key, 7),
+            decoder_images=trained.train_data.images[:2_000],
+            decoder_config=DecoderConfig(
+                steps=config.fairness_decoder_steps, width=16, beta=config.cid.beta
+            ),
+            cid_config=config.cid,
+        )
+    return layer_fairness(
+        trained.model,
+        images[pick],
+        masks[pick],
+        jax.random.fold_in(key, 7),
+        layer=config.fairness_layer,
+        cid_config=config.cid,
+        ru_step=step,
+    )
+
+
+def _write(folder: RunFolder, results: dict, fair_fig) -> None:
+    """The figures, tables and JSON of the evaluation."""
+    curves = results["descriptive_accuracy"]
+    agreement = results["prediction_agreement"]
+    loc = results["localization"]
     folder.write_figure(
         "descriptive_accuracy.png", _plot_curves(curves, agreement), dpi=120
     )
@@ -491,4 +535,3 @@ def _evaluate(folder: RunFolder, config: EvaluateConfig, cache_dir, progress) ->
     folder.write_text("localization.csv", buf.getvalue())
     folder.write_json("results.json", results)
     folder.write_text("results.md", results_markdown(results) + "\n")
-    return results

@@ -11,9 +11,21 @@ streams the results, shard by shard, into Zarr stores in the run folder
   and ``concentration`` ``(L, N)`` when the data set has masks (NaN for
   images whose mask has no foreground or no background); ``cid.zarr/label``;
 * ``shards/NNNNNN.json``: one marker per finished shard, written after its
-  chunks; a shard without a marker is recomputed on resume;
+  chunks, with the SHA-256 checksum of every array slice it wrote and the
+  record of its failed maps; a shard without a marker is recomputed on
+  resume, and so is a marked shard whose data no longer matches its
+  checksums (a lost or damaged chunk), with a warning that says so;
 * ``results.json`` and ``report.md``: the per-layer summary (mean CID,
-  concentration, converged share, ``linearity``), and ``manifest.json``.
+  concentration, converged share, ``linearity``), computed from the
+  ``pixel`` maps and cross-checked against the stored ``mean``, and
+  ``manifest.json``.
+
+An image whose solve ends in NaN/inf or meets a zero Jacobian
+(:class:`ImageFailure`) is not a silent NaN map: its maps are NaN in the
+store, the marker and ``report.md`` name the layer, the image and the
+cause, and the summary leaves it out and counts it (``failed``). A full
+disk stops the run with "no space left on device", the path, and the advice
+to rerun with ``--resume``.
 
 Shards are a fixed grid of ``shard_size`` images over the split. Image
 ``i`` always gets the key ``fold_in(key(seed), i)`` and always sits in the
@@ -32,12 +44,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -55,10 +70,21 @@ from jax_infodiscard.experiments.data import (
     load_examples,
     split_size,
 )
+from jax_infodiscard.experiments.measure import (
+    Decoders,
+    concentration_or_nan,
+    load_decoders,
+    solve,
+)
 from jax_infodiscard.experiments.rundir import RunFolder, RunFolderError
-from jax_infodiscard.experiments.store import ArrayStore, dims_for
+from jax_infodiscard.experiments.store import (
+    ArrayStore,
+    dims_for,
+    disk_full,
+    is_disk_full,
+)
 from jax_infodiscard.models import feature_fn, layer_names
-from jax_infodiscard.validation import check_int
+from jax_infodiscard.validation import ImageFailure, check_int
 
 __all__ = ["DatasetRunConfig", "format_summary", "run_dataset"]
 
@@ -83,7 +109,7 @@ class DatasetRunConfig:
       shard_size: images per shard (one solver call and one chunk).
       cid: CID configuration.
       ru: RU configuration when decoders are given (``None``:
-        ``RUConfig(beta=cid.beta, chunk_size=cid.chunk_size)``); must be
+        ``RUConfig.from_cid(cid)``, every CID setting); must be
         ``None`` without decoders.
       seed: PRNG seed of the solver keys.
       model: train or load this model through the shared cache, or
@@ -117,7 +143,7 @@ class DatasetRunConfig:
         if self.ru is not None and self.decoders is None:
             raise ValueError("an RU configuration needs decoders")
         if self.decoders is not None and self.ru is None:
-            ru = jid.RUConfig(beta=self.cid.beta, chunk_size=self.cid.chunk_size)
+            ru = jid.RUConfig.from_cid(self.cid)
             object.__setattr__(self, "ru", ru)
         if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one layer (or be None)")
@@ -138,13 +164,10 @@ def _load_model(config: DatasetRunConfig, cache_dir, progress: bool):
     return train_or_load(config.model, cache_dir, progress=progress).model
 
 
-def _load_decoders(config: DatasetRunConfig, layers: Sequence[str]) -> dict | None:
+def _load_decoders(config: DatasetRunConfig, layers: Sequence[str]) -> Decoders | None:
     if config.decoders is None:
         return None
-    from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import load_decoder
-
-    return {name: decoder_fn(load_decoder(config.decoders, name)[0]) for name in layers}
+    return load_decoders(config.decoders, layers)
 
 
 class _Images:
@@ -173,17 +196,6 @@ class _Images:
         return self._load(start, stop - start)
 
 
-def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
-    """``(L, B)`` concentration, NaN where a mask lacks fore- or background."""
-    if masks is None:
-        return None
-    out = np.full(pixel.shape[:2], np.nan, np.float32)
-    ok = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
-    if ok.any():
-        out[:, ok] = np.asarray(jid.concentration(pixel[:, ok], masks[ok]))
-    return out
-
-
 def _result_fields(result: Any) -> dict[str, np.ndarray]:
     """Every array field of a result with ``(L, B, ...)`` axes.
 
@@ -208,7 +220,9 @@ def _write_result(
     count: int,
     total: int,
     shard: int,
-) -> None:
+) -> dict[str, str]:
+    """Writes a shard's fields; returns each written slice's checksum."""
+    sums = {}
     for name, arr in fields.items():
         arr = arr[:, :count]
         shape = (arr.shape[0], total, *arr.shape[2:])
@@ -216,7 +230,55 @@ def _write_result(
         target = store.array(
             name, shape, arr.dtype, chunks, dims_for(arr.ndim, per_layer=True)
         )
-        target[:, start : start + count].write(arr).result()
+        store.write(target, name, (slice(None), slice(start, start + count)), arr)
+        sums[name] = _digest(arr)
+    return sums
+
+
+def _digest(arr: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (a shard marker's check)."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str}|{list(a.shape)}|".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _failed_fields(fields: dict[str, np.ndarray], images: list[int]) -> None:
+    """Blanks the maps of failed images in place: NaN, ``False`` or 0."""
+    for arr in fields.values():
+        fill = np.nan if arr.dtype.kind == "f" else 0
+        arr[:, images] = fill
+
+
+def _solve(solve, batch: jax.Array, count: int, start: int):
+    """``solve(batch)``, or, if images fail, the others and a failure record.
+
+    ``solve`` raises :class:`ImageFailure` (NaN/inf, zero Jacobian) naming
+    the failing (layer, image) pairs. Those images are replaced by a good
+    image of the batch (results do not depend on batch companions, and the
+    shapes stay those of every shard: no recompilation), solved again, and
+    their maps blanked (NaN) for every layer.
+
+    Returns:
+      ``(result, failed, records)``: ``failed`` the batch indices whose maps
+      must be blanked, ``records`` a list of ``{"image" (global index),
+      "layer", "cause"}``.
+    """
+    try:
+        return solve(batch), [], []
+    except ImageFailure as e:
+        failed = sorted({b for _, b, _ in e.failures if b < count})
+        records = [
+            {"image": start + b, "layer": layer, "cause": cause}
+            for layer, b, cause in e.failures
+            if b < count
+        ]
+        bad = {b for _, b, _ in e.failures}
+        good = [b for b in range(batch.shape[0]) if b not in bad]
+        if not good:
+            raise
+        idx = np.array([good[0] if b in bad else b for b in range(batch.shape[0])])
+        return solve(batch[idx]), failed, records
 
 
 def _marker(folder: pathlib.Path, shard: int) -> pathlib.Path:
@@ -230,25 +292,107 @@ def _done_shards(folder: pathlib.Path) -> set[int]:
     return {int(p.stem) for p in d.glob("*.json") if p.stem.isdigit()}
 
 
-def _summary(stores: dict[str, ArrayStore], layers: Sequence[str]) -> dict:
-    """Per-layer means over all images of each store."""
+def _check_shard(stores: dict[str, ArrayStore], marker: dict) -> str | None:
+    """Why a marked shard's data cannot be trusted, or ``None`` if it can.
+
+    A marker written by this version holds the checksum of every array
+    slice of its shard; an older marker is checked for NaN in the maps (the
+    fill value of a missing chunk).
+    """
+    start, stop = int(marker["start"]), int(marker["stop"])
+    sums = marker.get("checksums")
+    failed = {int(f["image"]) - start for f in marker.get("failures", [])}
+    for metric, store in stores.items():
+        names = store.names()
+        wanted = (sums or {}).get(metric, {"pixel": None})
+        for name, digest in wanted.items():
+            if name not in names:
+                return f"{metric}.zarr/{name} is missing"
+            try:
+                rows = slice(start, stop)
+                per_layer = len(store.shape(name)) > 1  # label is (N,)
+                arr = store.read(name, (slice(None), rows) if per_layer else rows)
+            except Exception as e:  # a damaged chunk file
+                return f"{metric}.zarr/{name} cannot be read ({e})"
+            if digest is None:
+                ok = np.delete(arr, sorted(failed), axis=1)
+                if not np.isfinite(ok).all():
+                    return f"{metric}.zarr/{name} holds NaN (a lost chunk?)"
+            elif _digest(arr) != digest:
+                return f"{metric}.zarr/{name} does not match its checksum"
+    return None
+
+
+def _verify_shards(folder: pathlib.Path, stores: dict[str, ArrayStore]) -> list[int]:
+    """Removes the markers of damaged shards; returns their indices."""
+    damaged = []
+    for s in sorted(_done_shards(folder)):
+        path = _marker(folder, s)
+        try:
+            marker = json.loads(path.read_text())
+            problem = _check_shard(stores, marker)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problem = f"its marker cannot be read ({e})"
+        if problem is not None:
+            warnings.warn(
+                f"run: shard {s} ({path}) is damaged: {problem}; recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            path.unlink()
+            damaged.append(s)
+    return damaged
+
+
+def _map_means(store: ArrayStore, layer: int, total: int, block: int) -> np.ndarray:
+    """``(N,)`` per-image mean of one layer's ``pixel`` maps, read in blocks."""
+    out = np.empty(total, np.float64)
+    for start in range(0, total, block):
+        stop = min(start + block, total)
+        arr = store.read("pixel", (layer, slice(start, stop))).astype(np.float64)
+        out[start:stop] = arr.reshape(stop - start, -1).mean(axis=1)
+    return out
+
+
+def _summary(
+    stores: dict[str, ArrayStore], layers: Sequence[str], block: int = 256
+) -> dict:
+    """Per-layer means over all images of each store, from the ``pixel`` maps.
+
+    The per-image means are computed from the maps and cross-checked against
+    the stored ``mean``; images whose maps are NaN (failed solves) are left
+    out and counted in ``failed``.
+    """
     out: dict[str, Any] = {}
     for metric, store in stores.items():
         names = store.names()
-        if "mean" not in names:
+        if "pixel" not in names:
             continue
-        mean = store.read("mean")
+        total = int(store.attrs().get("num_images") or store.shape("pixel")[1])
+        stored = store.read("mean") if "mean" in names else None
         conv = store.read("converged") if "converged" in names else None
         conc = store.read("concentration") if "concentration" in names else None
         lin = store.read("linearity") if "linearity" in names else None
         rows = {}
         for i, name in enumerate(layers):
+            mean = _map_means(store, i, total, block)
+            ok = np.isfinite(mean)
+            if stored is not None:
+                tol = 1e-5 * (1.0 + np.abs(mean))
+                off = ok & ~(np.abs(stored[i] - mean) <= tol)
+                if off.any():
+                    b = int(np.argmax(off))
+                    raise RuntimeError(
+                        f"{store.path}: mean[{i}, {b}] = {stored[i, b]:.6g} but the "
+                        f"pixel maps give {mean[b]:.6g}; rerun with --overwrite"
+                    )
             row = {
-                "mean": float(np.mean(mean[i])),
-                "sd": float(np.std(mean[i])),
+                "mean": float(np.mean(mean[ok])) if ok.any() else None,
+                "sd": float(np.std(mean[ok])) if ok.any() else None,
+                "failed": int((~ok).sum()),
             }
             if conv is not None:
-                row["converged"] = float(np.mean(conv[i]))
+                row["converged"] = float(np.mean(conv[i][ok])) if ok.any() else None
             if conc is not None:
                 valid = np.isfinite(conc[i])
                 row["concentration"] = (
@@ -256,10 +400,28 @@ def _summary(stores: dict[str, ArrayStore], layers: Sequence[str]) -> dict:
                 )
                 row["concentration_images"] = int(valid.sum())
             if lin is not None:
-                row["linearity"] = float(np.mean(lin[i]))
+                row["linearity"] = float(np.mean(lin[i][ok])) if ok.any() else None
             rows[name] = row
         out[metric] = rows
     return out
+
+
+def _failure_report(failures: list[dict], limit: int = 20) -> str:
+    """Markdown lines naming the failed maps (none: empty)."""
+    if not failures:
+        return ""
+    lines = [
+        f"\n**{len(failures)} map(s) failed** (NaN in the store, left out of the "
+        "means):\n"
+    ]
+    for f in failures[:limit]:
+        lines.append(
+            f"- {f.get('metric', 'cid')} layer `{f['layer']}`, image {f['image']}: "
+            f"{f['cause']}"
+        )
+    if len(failures) > limit:
+        lines.append(f"- ... {len(failures) - limit} more in shards/*.json")
+    return "\n".join(lines) + "\n"
 
 
 def format_summary(summary: dict) -> str:
@@ -318,7 +480,7 @@ def run_dataset(
         ``overwrite`` nor (same config) ``resume``.
       ValueError: bad settings, unknown layers, too few images.
     """
-    pid, nproc = distributed.process_index(), distributed.process_count()
+    pid = distributed.process_index()
     out = pathlib.Path(out_dir)
     split_len = split_size(config.dataset, config.split)
     if config.dataset == "synthetic":
@@ -349,7 +511,50 @@ def run_dataset(
         getattr(model, "default_layers", layer_names(model))
     )
     decoders = _load_decoders(config, layers)
-    # 3. Process 0 opens the folder; the others attach to it.
+    model_parts = (fn, layers, decoders)
+    # 3. Process 0 opens the folder; the others attach to it (a full disk
+    # is reported as such, with how to resume).
+    try:
+        return _open_and_run(
+            out,
+            config,
+            manifest_config,
+            total,
+            model_parts,
+            overwrite,
+            resume,
+            argv,
+            cache_dir,
+            progress,
+        )
+    except (OSError, ValueError) as e:
+        if is_disk_full(e) and "--resume" not in str(e):
+            raise disk_full(_written(e, out)) from e
+        raise
+
+
+def _written(error: BaseException, folder: pathlib.Path) -> pathlib.Path:
+    """The file an error names, else ``folder`` (temporary files: folder)."""
+    name = getattr(error, "filename", None)
+    if not name or pathlib.Path(name).name.startswith("."):
+        return folder
+    return pathlib.Path(name)
+
+
+def _open_and_run(
+    out,
+    config,
+    manifest_config,
+    total,
+    model_parts,
+    overwrite,
+    resume,
+    argv,
+    cache_dir,
+    progress,
+) -> dict:
+    fn, layers, decoders = model_parts
+    pid, nproc = distributed.process_index(), distributed.process_count()
     folder = _on_process_0(
         lambda: RunFolder.open(
             out,
@@ -388,6 +593,7 @@ def _on_process_0(action, message: str):
 def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
     pid, nproc = distributed.process_index(), distributed.process_count()
     shard = config.shard_size
+    damaged: list[int] = []
     num_shards = math.ceil(total / shard)
     t_start = time.perf_counter()
     masks_exist = dataset_has_masks(config.dataset)
@@ -412,6 +618,7 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
             folder.record(f"{metric}.zarr")
         folder.record(SHARDS)
         (folder.path / SHARDS).mkdir(exist_ok=True)
+        damaged = _verify_shards(folder.path, stores)
 
     # 4. Every process lists the finished shards, then takes its share.
     distributed.barrier("jax_infodiscard-run-list")
@@ -446,31 +653,67 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
             jnp.arange(start, start + shard, dtype=jnp.uint32)
         )
         masks = None if not masks_exist or ex.masks is None else np.asarray(ex.masks)
-        results = {"cid": jid.cid(fn, batch, keys, layers=layers, config=config.cid)}
+        solvers = {
+            "cid": partial(solve, "cid", fn, key=keys, layers=layers, config=config.cid)
+        }
         if decoders is not None:
-            results["ru"] = jid.ru(
-                fn, decoders, batch, keys, layers=layers, config=config.ru
+            solvers["ru"] = partial(
+                solve,
+                "ru",
+                fn,
+                key=keys,
+                layers=layers,
+                config=config.ru,
+                decoders=decoders,
             )
-        for metric, res in results.items():
-            fields = _result_fields(res.to_numpy())
-            conc = _concentration(fields["pixel"][:, :count], masks)
-            if conc is not None:
-                fields["concentration"] = conc
-            _write_result(stores[metric], fields, start, count, total, shard)
-        label = stores["cid"].array("label", (total,), np.int32, (shard,), ["image"])
-        label[start:stop].write(np.asarray(ex.labels, np.int32)).result()
-        if pause:
-            time.sleep(pause)
-        io.write_json(
-            _marker(folder.path, s),
-            {
-                "shard": s,
-                "start": start,
-                "stop": stop,
-                "process": pid,
-                "seconds": time.perf_counter() - t0,
-            },
-        )
+        checksums: dict[str, dict[str, str]] = {}
+        failures: list[dict] = []
+        try:
+            for metric, solve_batch in solvers.items():
+                res, failed, records = _solve(solve_batch, batch, count, start)
+                fields = _result_fields(res)
+                _failed_fields(fields, failed)
+                failures += [r | {"metric": metric} for r in records]
+                conc = concentration_or_nan(fields["pixel"][:, :count], masks)
+                if conc is not None:
+                    fields["concentration"] = conc
+                checksums[metric] = _write_result(
+                    stores[metric], fields, start, count, total, shard
+                )
+            label = stores["cid"].array(
+                "label", (total,), np.int32, (shard,), ["image"]
+            )
+            labels = np.asarray(ex.labels, np.int32)
+            stores["cid"].write(label, "label", slice(start, stop), labels)
+            checksums["cid"]["label"] = _digest(labels)
+            if pause:
+                time.sleep(pause)
+            io.write_json(
+                _marker(folder.path, s),
+                {
+                    "shard": s,
+                    "start": start,
+                    "stop": stop,
+                    "process": pid,
+                    "seconds": time.perf_counter() - t0,
+                    "checksums": checksums,
+                    "failures": failures,
+                },
+            )
+        except (OSError, ValueError) as e:
+            if is_disk_full(e) and "--resume" not in str(e):
+                raise disk_full(_written(e, folder.path)) from e
+            raise
+        if failures:
+            first = failures[0]
+            warnings.warn(
+                f"run: {len(failures)} map(s) of shard {s} failed and are NaN in "
+                f"the store (first: {first['metric']} layer {first['layer']!r}, "
+                f"image {first['image']}: {first['cause']}); see "
+                f"{_marker(folder.path, s)}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         bar.update(count)
     bar.close()
     elapsed = time.perf_counter() - t_start
@@ -487,6 +730,7 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
             f"(first: {missing[0]}); rerun with --resume"
         )
     by_process: dict[str, dict[str, float]] = {}
+    failures: list[dict] = []
     for s in range(num_shards):
         marker = json.loads(_marker(folder.path, s).read_text())
         row = by_process.setdefault(
@@ -495,6 +739,7 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
         row["shards"] += 1
         row["images"] += marker["stop"] - marker["start"]
         row["seconds"] += marker["seconds"]
+        failures += marker.get("failures", [])
     summary = {
         "num_images": total,
         "dataset": config.dataset,
@@ -503,12 +748,15 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
         "processes": nproc,
         "computed_now": my_images,
         "seconds_now": elapsed,
+        "recomputed_damaged_shards": damaged,
+        "failures": failures,
     }
     folder.write_json("results.json", summary)
     report = (
         f"# run: {config.dataset}/{config.split}, {total} images\n\n"
-        f"Per-layer means over all images (stores: "
-        f"{', '.join(f'{m}.zarr' for m in stores)}).\n\n{format_summary(summary)}\n"
+        f"Per-layer means over all images, computed from the pixel maps "
+        f"(stores: {', '.join(f'{m}.zarr' for m in stores)}).\n\n"
+        f"{format_summary(summary)}\n" + _failure_report(failures)
     )
     folder.write_text("report.md", report)
     folder.complete(

@@ -88,6 +88,10 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (the message says why)."""
 
 
+RESUMABLE = ("run",)
+"""Commands that can continue an unfinished folder (``--resume``)."""
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -310,6 +314,12 @@ class RunFolder:
         if previous is not None and not overwrite:
             if not resume:
                 hint = "pass --overwrite to replace it"
+                unfinished = previous.get("status") in ("running", "failed")
+                if unfinished and command in RESUMABLE:
+                    hint = (
+                        "pass --resume to continue it (finished parts are kept "
+                        "and checked), or --overwrite to start over"
+                    )
                 raise RunFolderError(f"{folder} holds {_describe(previous)}; {hint}")
             if previous.get("command") != command:
                 raise RunFolderError(

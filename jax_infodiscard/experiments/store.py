@@ -24,6 +24,7 @@ e.g. ``pixel`` ``(L, N, H, W) float32``, ``mean`` ``(L, N)``, ``converged``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -35,7 +36,7 @@ import tensorstore as ts
 
 from jax_infodiscard import io
 
-__all__ = ["ArrayStore", "dims_for"]
+__all__ = ["ArrayStore", "dims_for", "disk_full", "is_disk_full"]
 
 _COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1}
 _DIMS = ("layer", "image", "y", "x", "channel")
@@ -113,6 +114,8 @@ class ArrayStore:
         try:
             arr = ts.open(spec, create=True, open=True).result()
         except ValueError as e:
+            if is_disk_full(e):
+                raise disk_full(self.path / name) from e
             raise ValueError(
                 f"array {self.path / name} exists with another shape, dtype or "
                 f"chunking than this run needs ({str(e).splitlines()[0]}); "
@@ -130,7 +133,45 @@ class ArrayStore:
             return []
         return sorted(p.name for p in self.path.iterdir() if (p / ".zarray").exists())
 
-    def read(self, name: str) -> np.ndarray:
-        """The whole array ``name`` as numpy."""
+    def write(self, target: ts.TensorStore, name: str, index, values) -> None:
+        """Writes ``values`` into ``target[index]`` (array ``name``).
+
+        Raises:
+          OSError: ``ENOSPC`` when the disk is full, naming the array.
+        """
+        try:
+            target[index].write(values).result()
+        except ValueError as e:
+            if is_disk_full(e):
+                raise disk_full(self.path / name) from e
+            raise
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of array ``name``."""
+        return tuple(ts.open(self._spec(name), open=True).result().shape)
+
+    def read(self, name: str, index=None) -> np.ndarray:
+        """Array ``name`` (or ``name[index]``) as numpy."""
         arr = ts.open(self._spec(name), open=True).result()
+        if index is not None:
+            arr = arr[index]
         return np.asarray(arr.read().result())
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (an ``OSError`` or tensorstore's) is a full disk."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "No space left" in text
+
+
+def disk_full(path: str | os.PathLike) -> OSError:
+    """The error of a full disk while writing ``path``: names it and the fix."""
+    return OSError(
+        errno.ENOSPC,
+        f"no space left on device while writing {path}: free some space (or "
+        "choose another --out), then rerun the same command with --resume; "
+        "finished shards are kept and checked",
+        os.fspath(path),
+    )

@@ -1,7 +1,7 @@
 """Residual decoder ``g_l`` that maps a layer's feature back to image space.
 
-The reconstruction-uncertainty metric (RU, paper sec. 3.2 and DESIGN.md
-sec. 1) needs, for every layer ``l``, a decoder trained with MSE to map
+The reconstruction-uncertainty metric (RU, paper sec. 3.2 and docs/design.md,
+"Definitions") needs, for every layer ``l``, a decoder trained with MSE to map
 ``h_l(x')`` back to ``x'``. Following the paper, the decoder is a stack of
 residual blocks (six by default, eight for the paper's App. J check); the
 first blocks carry stride-2 transposed convolutions on *both* tracks of the

@@ -13,7 +13,7 @@ training: the number of completed epochs). Each step stores three items:
 
 After orbax has finished a step, :func:`save_checkpoint` records the size and
 CRC-32 of every file of the step folder in ``_FILE_DIGESTS.json`` (written
-atomically; 0.05 s for a 62 MB step on this machine). Every read checks the
+atomically; cheap beside orbax's own writing). Every read checks the
 files it needs against that record first, so a truncated, deleted or altered
 file is reported as a one-line :class:`CorruptCheckpointError` before orbax
 touches it (orbax itself answers such files with pages of TensorStore
@@ -49,7 +49,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Mapping
@@ -60,6 +59,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jax_infodiscard.io import write_text
 from jax_infodiscard.types import PyTree
 
 __all__ = [
@@ -260,28 +260,13 @@ def latest_step(directory: str | pathlib.Path) -> int | None:
 
 
 def _crc32(path: pathlib.Path) -> int:
-    """CRC-32 of a file's bytes (catches corruption; about 9x faster than
-    SHA-256 here, 3 GB/s)."""
+    """CRC-32 of a file's bytes (catches corruption; much faster than
+    SHA-256)."""
     value = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             value = zlib.crc32(chunk, value)
     return value
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Writes ``text`` to a temporary file next to ``path``, then renames it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_digests(step_dir: pathlib.Path) -> None:
@@ -291,7 +276,7 @@ def _write_digests(step_dir: pathlib.Path) -> None:
         for p in sorted(step_dir.rglob("*"))
         if p.is_file() and not p.name.startswith((_DIGESTS, f".{_DIGESTS}"))
     }
-    _atomic_write_text(step_dir / _DIGESTS, json.dumps({"crc32": files}))
+    write_text(step_dir / _DIGESTS, json.dumps({"crc32": files}))
 
 
 def verify_checkpoint(

@@ -1,4 +1,4 @@
-"""Training, checkpointing and reloading of the RU decoders.
+"""Training of the RU decoders (the store of trained ones: experiments.cache).
 
 For a feature function ``h`` and a layer ``l``, the decoder ``g_l``
 (:class:`jax_infodiscard.models.decoder.Decoder`) is trained to minimise
@@ -10,7 +10,7 @@ the noise level of the CID budget (paper sec. 3.2). By default
 ``noise_std = sqrt(beta)`` with ``beta = 1.5e-4``: the constraint of Eq. 4 fixes
 the noise budget ``E||h(x') - f||^2 / delta_f^2 = beta``, and when the feature
 is about equally sensitive to every input unit (``a_i`` all equal in the
-linear oracle of DESIGN.md sec. 2, ``sigma_i^2 = beta * delta_f^2 / (n a_i)``)
+linear oracle of docs/design.md, ``sigma_i^2 = beta * delta_f^2 / (n a_i)``)
 the solution has ``sigma_i^2 = beta`` for every unit, so ``beta`` is the mean
 per-unit noise variance of the CID solution for unit-range inputs. Set
 ``noise_std`` in :class:`DecoderConfig` to train at another level.
@@ -27,28 +27,22 @@ the noise is redrawn at every step; each step is one compiled call (see
 :func:`train_decoders` trains the decoders of several layers together: each
 step draws one batch, runs the feature function once, and updates every
 layer's decoder on its own MSE in the same compiled call (on the demo's
-convnet, four layers on 2 CPU cores: half the time of four separate runs).
+convnet about half the time of four separate runs, docs/ru.md).
 :func:`train_decoder` is its one-layer case.
 
-Checkpoints (orbax, via :mod:`jax_infodiscard.training.checkpoint`): the
-decoder of layer ``l`` lives in ``checkpoint_dir / "decoder_<l>"`` (see
-:func:`decoder_checkpoint_path`), so one ``checkpoint_dir`` per model holds
-one decoder per layer. The metadata records the layer, shapes, configuration,
-number of trained steps and the metrics.
+This module only trains: the store of trained decoders (save, the newest
+intact checkpoint, train-or-load) is the model cache's,
+:mod:`jax_infodiscard.experiments.cache`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import pathlib
-import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,14 +54,11 @@ from tqdm.auto import tqdm
 
 from jax_infodiscard import validation
 from jax_infodiscard.models.decoder import Decoder, create_decoder, decoder_fn
-from jax_infodiscard.training.checkpoint import (
-    CheckpointFallbackWarning,
-    CorruptCheckpointError,
-    all_steps,
-    describe_skipped,
-    read_metadata,
-    restore_checkpoint,
-    save_checkpoint,
+from jax_infodiscard.training.optimizer import (
+    SCHEDULES,
+    all_finite,
+    learning_rate,
+    optimizer,
 )
 from jax_infodiscard.types import Array, PRNGKey
 
@@ -75,23 +66,15 @@ __all__ = [
     "LEARNED_NOTHING",
     "DecoderConfig",
     "DecoderMetrics",
-    "check_trained",
-    "decoder_checkpoint_path",
-    "load_decoder",
-    "load_or_train_decoder",
-    "load_or_train_decoders",
     "reconstruction_mse",
     "train_decoder",
     "train_decoders",
 ]
 
-_KIND = "ru_decoder"
-
 LEARNED_NOTHING = 0.8
 """A decoder whose held-out MSE is at least this share of the image variance
 (the MSE of always answering the mean image) has learned (almost) nothing:
 its RU maps would only show its own error."""
-_SCHEDULES = ("cosine", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +128,9 @@ class DecoderConfig:
         for name in ("steps", "warmup_steps"):
             validation.check_int(name, getattr(self, name), minimum=0)
         validation.check_number("learning_rate", self.learning_rate, positive=True)
-        if self.schedule not in _SCHEDULES:
+        if self.schedule not in SCHEDULES:
             raise ValueError(
-                f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
+                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"
             )
         validation.check_number("beta", self.beta, positive=True)
         if self.noise_std is not None:
@@ -275,73 +258,17 @@ def _feature_shape(feature_fn: Partial, layer: str, image_shape: tuple) -> tuple
     return tuple(int(s) for s in feature.shape[1:])
 
 
-def decoder_checkpoint_path(
-    checkpoint_dir: str | pathlib.Path, layer: str
-) -> pathlib.Path:
-    """Checkpoint directory of ``layer``'s decoder inside ``checkpoint_dir``.
-
-    The folder name is a readable slug of the layer name (characters other
-    than letters, digits, ``.``, ``_`` and ``-`` become ``_``, at most 64 of
-    them) followed by the first 12 hex digits of the SHA-256 of the exact
-    name, so that layers such as ``a/b`` and ``a_b`` never share a folder.
-    The metadata keeps the exact name and is checked on load. Caches written
-    before the hash was added (``decoder_<slug>``) are still read when their
-    metadata names the same layer.
-
-    Args:
-        checkpoint_dir: directory holding the decoders of one model.
-        layer: layer name.
-
-    Returns:
-        ``checkpoint_dir / f"decoder_{slug}-{hash}"``.
-
-    Raises:
-        ValueError: ``layer`` is not a non-empty string.
-
-    >>> decoder_checkpoint_path("ck", "a/b").name
-    'decoder_a_b-c14cddc033f6'
-    >>> decoder_checkpoint_path("ck", "a_b").name
-    'decoder_a_b-648fa9b31bc7'
-    """
-    if not isinstance(layer, str) or not layer:
-        raise ValueError(f"layer must be a non-empty string, got {layer!r}")
-    slug = _slug(layer)[:64]
-    digest = hashlib.sha256(layer.encode("utf-8")).hexdigest()[:12]
-    return pathlib.Path(checkpoint_dir) / f"decoder_{slug}-{digest}"
-
-
-def _slug(layer: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
-
-
-def _candidate_paths(
-    checkpoint_dir: str | pathlib.Path, layer: str
-) -> list[pathlib.Path]:
-    """The current folder of ``layer``, then the pre-hash one if it exists."""
-    paths = [decoder_checkpoint_path(checkpoint_dir, layer)]
-    legacy = pathlib.Path(checkpoint_dir) / f"decoder_{_slug(layer)}"
-    if legacy.is_dir():
-        paths.append(legacy)
-    return paths
-
-
 # --------------------------------------------------------------------------
 # Compiled workers.
 
 
 def _optimizer(config: DecoderConfig) -> optax.GradientTransformation:
     if config.schedule == "constant" or config.steps == 0:
-        lr = config.learning_rate
-    else:
-        warmup = min(config.warmup_steps, config.steps // 10)
-        lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=config.learning_rate,
-            warmup_steps=warmup,
-            decay_steps=max(config.steps, warmup + 1),
-            end_value=0.0,
-        )
-    return optax.adam(lr)
+        return optimizer("adam", config.learning_rate)
+    warmup = min(config.warmup_steps, config.steps // 10)
+    return optimizer(
+        "adam", learning_rate("cosine", config.learning_rate, config.steps, warmup)
+    )
 
 
 def _noisy(key: PRNGKey, x: Array, noise_std: float) -> Array:
@@ -407,7 +334,7 @@ def _train_step(
     out = jnp.stack(
         [
             jnp.where(
-                _all_finite(grads[name]) & _all_finite(params[name]),
+                all_finite(grads[name]) & all_finite(params[name]),
                 losses[name],
                 jnp.nan,
             )
@@ -415,16 +342,6 @@ def _train_step(
         ]
     )
     return params, opt_state, out
-
-
-def _all_finite(tree: Any) -> Array:
-    """``bool ()``: every floating-point leaf of ``tree`` is finite."""
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def _raise_if_diverged(
@@ -627,23 +544,6 @@ def reconstruction_mse(
 # Public training API.
 
 
-def _metadata(
-    layer: str,
-    decoder: Decoder,
-    config: DecoderConfig,
-    metrics: DecoderMetrics,
-) -> dict[str, Any]:
-    return {
-        "kind": _KIND,
-        "layer": layer,
-        "feature_shape": list(decoder.feature_shape),
-        "image_shape": list(decoder.image_shape),
-        "config": dataclasses.asdict(config),
-        "steps": metrics.steps,
-        "metrics": metrics.to_dict(),
-    }
-
-
 def train_decoder(
     feature_fn: Callable,
     layer: str,
@@ -651,7 +551,6 @@ def train_decoder(
     config: DecoderConfig = DecoderConfig(),
     *,
     key: PRNGKey,
-    checkpoint_dir: str | pathlib.Path | None = None,
     progress: bool = True,
 ) -> tuple[Decoder, DecoderMetrics]:
     """Trains the RU decoder of one layer.
@@ -669,9 +568,6 @@ def train_decoder(
             ``config.holdout_fraction`` (chosen at random) is held out.
         config: decoder and training hyper-parameters.
         key: PRNG key (initialisation, split, batches, noise).
-        checkpoint_dir: when given, the trained decoder is saved to
-            :func:`decoder_checkpoint_path` ``(checkpoint_dir, layer)`` at step
-            ``config.steps``.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -680,8 +576,7 @@ def train_decoder(
 
     Raises:
         ValueError: bad images, config, unknown layer, unsupported feature,
-            features with NaN/inf values, or a ``checkpoint_dir`` whose folder
-            for ``layer`` holds another layer's decoder.
+            or features with NaN/inf values.
         FloatingPointError: a NaN/inf loss, gradient or parameter during
             training (the message names the step; nothing is saved).
     """
@@ -693,7 +588,6 @@ def train_decoder(
         images,
         config,
         key=key,
-        checkpoint_dir=checkpoint_dir,
         progress=progress,
     )
     return decoders[layer], metrics[layer]
@@ -711,7 +605,6 @@ def train_decoders(
     config: DecoderConfig = DecoderConfig(),
     *,
     key: PRNGKey,
-    checkpoint_dir: str | pathlib.Path | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Decoder], dict[str, DecoderMetrics]]:
     """Trains the RU decoders of several layers together, one per layer.
@@ -745,10 +638,6 @@ def train_decoders(
             layer) is held out.
         config: decoder and training hyper-parameters, shared by the layers.
         key: PRNG key (initialisation, split, batches, noise).
-        checkpoint_dir: when given, each layer's decoder is saved to
-            :func:`decoder_checkpoint_path` ``(checkpoint_dir, layer)`` at step
-            ``config.steps``, exactly as :func:`train_decoder` saves it, so
-            :func:`load_decoder` and :func:`load_or_train_decoder` read it.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -759,9 +648,8 @@ def train_decoders(
 
     Raises:
         ValueError: bad images, config or layer names (empty, duplicates),
-            an unknown layer, an unsupported feature, features with NaN/inf
-            values, or a ``checkpoint_dir`` whose folder for a layer holds
-            another layer's decoder.
+            an unknown layer, an unsupported feature, or features with NaN/inf
+            values.
         TypeError: ``layers`` is not a name or a sequence of names.
         FloatingPointError: a NaN/inf loss, gradient or parameter during
             training (the message names the step and the layers; nothing is
@@ -770,17 +658,60 @@ def train_decoders(
     start_time = time.perf_counter()
     _check_config(config)
     layers = validation.check_names("layers", layers)
-    if checkpoint_dir is not None:
-        for name in layers:
-            _check_folder_is_free(decoder_checkpoint_path(checkpoint_dir, name), name)
     images = _check_images(images)
     feature_fn = _as_feature_fn(feature_fn)
     image_shape = tuple(images.shape[1:])
     feature_shapes = {
         name: _feature_shape(feature_fn, name, image_shape) for name in layers
     }
-    noise_std = config.training_noise_std
+    k_init, k_stats, k_train, k_eval, train, hold = _holdout_split(images, config, key)
+    eval_train = train[: config.eval_images]
+    eval_hold = hold[: config.eval_images]
+    eval_batch = min(config.batch_size, eval_train.shape[0])
+    graphdefs, params, rest = _init_decoders(
+        feature_fn,
+        feature_shapes,
+        image_shape,
+        eval_train,
+        config,
+        (k_init, k_stats),
+        eval_batch,
+    )
+    params, history, steps_per_second = _fit(
+        graphdefs, params, rest, feature_fn, train, k_train, config, progress
+    )
+    decoders = {}
+    for graphdef, name in zip(graphdefs, layers, strict=True):
+        decoders[name] = nnx.merge(graphdef, params[name], rest[name])
+        decoders[name].trained_steps = config.steps
+    train_mse, heldout_mse = _final_mse(
+        decoders, feature_fn, eval_train, eval_hold, k_eval, config, eval_batch
+    )
+    image_variance = float(
+        np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
+    )
+    seconds = time.perf_counter() - start_time
+    metrics = {
+        name: DecoderMetrics(
+            layer=name,
+            steps=config.steps,
+            noise_std=config.training_noise_std,
+            train_mse=train_mse[name],
+            heldout_mse=heldout_mse.get(name),
+            image_variance=image_variance,
+            loss_history=tuple(float(h[i]) for h in history),
+            steps_per_second=steps_per_second,
+            seconds=seconds,
+            trained_with=layers,
+        )
+        for i, name in enumerate(layers)
+    }
+    return decoders, metrics
 
+
+def _holdout_split(images: np.ndarray, config: DecoderConfig, key: PRNGKey):
+    """The keys of the phases and the train / held-out images (a random
+    ``config.holdout_fraction`` of them, at least one when positive)."""
     n = images.shape[0]
     n_hold = (
         0
@@ -796,16 +727,24 @@ def train_decoders(
     order = np.asarray(order)
     train = images[np.sort(order[n_hold:])]
     hold = images[np.sort(order[:n_hold])]
+    return k_init, k_stats, k_train, k_eval, train, hold
 
-    eval_train = train[: config.eval_images]
-    eval_hold = hold[: config.eval_images]
-    eval_batch = min(config.batch_size, eval_train.shape[0])
+
+def _init_decoders(
+    feature_fn, feature_shapes, image_shape, eval_train, config, keys, eval_batch
+):
+    """Fresh decoders of the layers of ``feature_shapes`` with their fixed
+    statistics set from ``eval_train``; returns ``(graphdefs, params, rest)``
+    (the decoder of layer ``i`` initialised with ``fold_in(k_init, i)``, the
+    first with ``k_init`` itself)."""
+    k_init, k_stats = keys
+    layers = tuple(feature_shapes)
     stats = _feature_stats(
         feature_fn,
         eval_train,
         k_stats,
         layers=layers,
-        noise_std=noise_std,
+        noise_std=config.training_noise_std,
         batch_size=eval_batch,
     )
     image_mean = jnp.asarray(eval_train.mean(axis=(0, 1, 2)))
@@ -826,13 +765,21 @@ def train_decoders(
         decoder.image_scale[...] = image_scale
         graphdef, params[name], rest[name] = nnx.split(decoder, nnx.Param, ...)
         graphdefs.append(graphdef)
-    graphdefs = tuple(graphdefs)
+    return tuple(graphdefs), params, rest
 
+
+def _fit(graphdefs, params, rest, feature_fn, train, k_train, config, progress):
+    """The training loop: ``config.steps`` compiled steps on ``train``.
+
+    Returns the trained ``params``, the loss history (one row per
+    ``log_every`` steps) and the steps per second after the first step.
+    """
+    layers = tuple(params)
     train_device = jnp.asarray(train)
     opt_state = _optimizer(config).init(params)
     # The step's outputs are committed to the default device; commit its
     # inputs there too, or the second step compiles the program again (the
-    # cache key holds each argument's placement): 10 s per decoder run on CPU.
+    # cache key holds each argument's placement).
     params, opt_state = jax.device_put((params, opt_state), jax.devices()[0])
     history: list[np.ndarray] = []
     chunk_losses: list[Array] = []
@@ -866,21 +813,25 @@ def train_decoders(
                 bar.set_postfix(loss=" ".join(f"{v:.3g}" for v in history[-1]))
                 chunk_losses = []
     timed_seconds = time.perf_counter() - timer_start if timed_steps else 0.0
+    rate = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
+    return params, history, rate
 
-    decoders = {}
-    for graphdef, name in zip(graphdefs, layers, strict=True):
-        decoders[name] = nnx.merge(graphdef, params[name], rest[name])
-        decoders[name].trained_steps = config.steps
+
+def _final_mse(decoders, feature_fn, eval_train, eval_hold, k_eval, config, batch):
+    """Train and held-out reconstruction MSE per layer (``{}`` held out
+    without held-out images); NaN/inf is an error naming the layer."""
     fns = {
         name: decoder_fn(dec, allow_untrained=True) for name, dec in decoders.items()
     }
     k_tr, k_ho = jax.random.split(k_eval)
-    eval_kwargs = dict(noise_std=noise_std, batch_size=eval_batch)
+    eval_kwargs = dict(noise_std=config.training_noise_std, batch_size=batch)
     train_mse = _mse(fns, feature_fn, eval_train, k_tr, **eval_kwargs)
     heldout_mse = (
-        _mse(fns, feature_fn, eval_hold, k_ho, **eval_kwargs) if n_hold else {}
+        _mse(fns, feature_fn, eval_hold, k_ho, **eval_kwargs)
+        if eval_hold.shape[0]
+        else {}
     )
-    for name in layers:
+    for name in decoders:
         for what, mse in (
             ("train", train_mse[name]),
             ("held-out", heldout_mse.get(name)),
@@ -890,365 +841,4 @@ def train_decoders(
                     f"the {what} reconstruction MSE of layer {name!r} is {mse}: "
                     "feature_fn returns NaN/inf values for some of those images"
                 )
-    image_variance = float(
-        np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
-    )
-    seconds = time.perf_counter() - start_time
-    metrics = {
-        name: DecoderMetrics(
-            layer=name,
-            steps=config.steps,
-            noise_std=noise_std,
-            train_mse=train_mse[name],
-            heldout_mse=heldout_mse.get(name),
-            image_variance=image_variance,
-            loss_history=tuple(float(h[i]) for h in history),
-            steps_per_second=timed_steps / timed_seconds if timed_seconds > 0 else 0.0,
-            seconds=seconds,
-            trained_with=layers,
-        )
-        for i, name in enumerate(layers)
-    }
-    if checkpoint_dir is not None:
-        for name in layers:
-            save_checkpoint(
-                decoder_checkpoint_path(checkpoint_dir, name),
-                decoders[name],
-                metadata=_metadata(name, decoders[name], config, metrics[name]),
-                step=config.steps,
-            )
-    return decoders, metrics
-
-
-def check_trained(metadata: Mapping[str, Any]) -> None:
-    """Raises unless ``metadata`` describes a trained RU decoder.
-
-    Args:
-        metadata: the metadata of a decoder checkpoint (from
-            :func:`load_decoder`).
-
-    Raises:
-        ValueError: not a decoder checkpoint, or trained for 0 steps (an
-            untrained decoder would make RU meaningless).
-    """
-    if not isinstance(metadata, Mapping) or metadata.get("kind") != _KIND:
-        raise ValueError(
-            "metadata does not describe an RU decoder checkpoint (missing "
-            f"kind={_KIND!r})"
-        )
-    steps = metadata.get("steps", 0)
-    if not isinstance(steps, int) or steps <= 0:
-        raise ValueError(
-            f"the decoder of layer {metadata.get('layer')!r} is untrained "
-            f"({steps} steps); train it before computing RU"
-        )
-
-
-def _builder(metadata: Mapping[str, Any]) -> Decoder:
-    config = metadata.get("config", {})
-    return Decoder(
-        tuple(metadata["feature_shape"]),
-        tuple(metadata["image_shape"]),
-        num_blocks=int(config.get("num_blocks", 6)),
-        width=int(config.get("width", 32)),
-        rngs=nnx.Rngs(0),
-    )
-
-
-class _Candidate(NamedTuple):
-    path: pathlib.Path
-    step: int
-    metadata: dict[str, Any]
-
-
-def _is_decoder_of(metadata: Mapping[str, Any], layer: str) -> bool:
-    return metadata.get("kind") == _KIND and metadata.get("layer") == layer
-
-
-def _candidates(
-    checkpoint_dir: str | pathlib.Path, layer: str, skipped: list
-) -> list[_Candidate]:
-    """Steps holding a decoder of exactly ``layer``: current folder first, then
-    the pre-hash one; newest first in each. Steps whose metadata is corrupt
-    are appended to ``skipped`` as ``(path, step, reason)``."""
-    found = []
-    for path in _candidate_paths(checkpoint_dir, layer):
-        for step in reversed(all_steps(path)):
-            try:
-                metadata = read_metadata(path, step=step)
-            except CorruptCheckpointError as err:
-                skipped.append((path, step, err.reason))
-                continue
-            if _is_decoder_of(metadata, layer):
-                found.append(_Candidate(path, step, metadata))
-    return found
-
-
-def _describe(skipped: list) -> str:
-    """One line naming the corrupt steps of one or two folders."""
-    folders: dict[pathlib.Path, list] = {}
-    for path, step, reason in skipped:
-        folders.setdefault(path, []).append((step, reason))
-    return "; ".join(describe_skipped(path, items) for path, items in folders.items())
-
-
-def _restore(candidate: _Candidate) -> tuple[Decoder, dict[str, Any]]:
-    decoder, metadata = restore_checkpoint(
-        candidate.path, step=candidate.step, builder=_builder
-    )
-    decoder.trained_steps = int(metadata.get("steps", 0))
-    return decoder, metadata
-
-
-def _check_folder_is_free(path: pathlib.Path, layer: str) -> None:
-    """Refuses to write ``layer``'s decoder into a folder of another layer.
-
-    Two layer names share a folder only if the first 12 hex digits of their
-    SHA-256 agree (and their slugs); the metadata settles it.
-    """
-    for step in all_steps(path):
-        try:
-            metadata = read_metadata(path, step=step)
-        except CorruptCheckpointError:
-            continue  # replaced when the same step is saved
-        if metadata.get("layer") not in (None, layer):
-            raise ValueError(
-                f"{path} holds the decoder of layer {metadata.get('layer')!r}, not "
-                f"{layer!r} (their folder names collide); use another "
-                "checkpoint_dir for one of them"
-            )
-
-
-def load_decoder(
-    checkpoint_dir: str | pathlib.Path, layer: str, *, step: int | None = None
-) -> tuple[Decoder, dict[str, Any]]:
-    """Loads the decoder of ``layer`` saved by :func:`train_decoder`.
-
-    Args:
-        checkpoint_dir: the model's decoder directory (as given to
-            :func:`train_decoder`).
-        layer: layer name.
-        step: checkpoint step (trained steps); ``None`` for the newest intact
-            one (corrupt newer steps are skipped with one
-            :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
-            line).
-
-    Returns:
-        ``(decoder, metadata)``; ``metadata["metrics"]`` holds the
-        :class:`DecoderMetrics` as a dict.
-
-    Raises:
-        FileNotFoundError: no decoder checkpoint for ``layer`` (or none at
-            ``step``).
-        CorruptCheckpointError: the requested step, or every step, is
-            corrupt.
-    """
-    path = decoder_checkpoint_path(checkpoint_dir, layer)
-    skipped: list = []
-    candidates = _candidates(checkpoint_dir, layer, skipped)
-    if step is not None:
-        candidates = [c for c in candidates if c.step == step]
-        skipped = [s for s in skipped if s[1] == step]
-        if not candidates and skipped:
-            where, _, reason = skipped[0]
-            raise CorruptCheckpointError(where / str(step), step, reason)
-    for candidate in candidates:
-        try:
-            decoder, metadata = _restore(candidate)
-        except CorruptCheckpointError as err:
-            if step is not None:
-                raise
-            skipped.append((candidate.path, candidate.step, err.reason))
-            continue
-        newer = [s for s in skipped if s[1] > candidate.step]
-        if newer:
-            warnings.warn(
-                f"{_describe(newer)}; using step {candidate.step}",
-                CheckpointFallbackWarning,
-                stacklevel=2,
-            )
-        return decoder, metadata
-    if skipped:
-        reason = f"no intact step ({_describe(skipped)})"
-        raise CorruptCheckpointError(path, None, reason)
-    at = "" if step is None else f" at step {step}"
-    raise FileNotFoundError(
-        f"no decoder checkpoint for layer {layer!r}{at} in {path}; train it with "
-        "train_decoder(..., checkpoint_dir=...) first"
-    )
-
-
-def _matches(
-    metadata: Mapping[str, Any],
-    layer: str,
-    feature_shape: tuple,
-    image_shape: tuple,
-    config: DecoderConfig,
-) -> bool:
-    try:
-        saved_config = DecoderConfig(**metadata["config"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return (
-        metadata.get("kind") == _KIND
-        and metadata.get("layer") == layer
-        and tuple(metadata.get("feature_shape", ())) == feature_shape
-        and tuple(metadata.get("image_shape", ())) == image_shape
-        and saved_config == config
-    )
-
-
-def _load_matching(
-    checkpoint_dir: str | pathlib.Path,
-    layer: str,
-    feature_shape: tuple,
-    image_shape: tuple,
-    config: DecoderConfig,
-    skipped: list,
-) -> tuple[Decoder, DecoderMetrics] | None:
-    """The newest intact checkpoint of ``layer`` matching the shapes and
-    ``config``, or ``None``; corrupt ones are appended to ``skipped``."""
-    for candidate in _candidates(checkpoint_dir, layer, skipped):
-        if not _matches(candidate.metadata, layer, feature_shape, image_shape, config):
-            continue
-        try:
-            decoder, metadata = _restore(candidate)
-        except CorruptCheckpointError as err:
-            skipped.append((candidate.path, candidate.step, err.reason))
-            continue
-        return decoder, DecoderMetrics.from_dict(metadata["metrics"])
-    return None
-
-
-def load_or_train_decoder(
-    feature_fn: Callable,
-    layer: str,
-    images: np.ndarray,
-    config: DecoderConfig = DecoderConfig(),
-    *,
-    key: PRNGKey,
-    checkpoint_dir: str | pathlib.Path,
-    progress: bool = True,
-) -> tuple[Decoder, DecoderMetrics]:
-    """Reuses a matching decoder checkpoint, else trains (and saves) one.
-
-    A checkpoint in :func:`decoder_checkpoint_path` ``(checkpoint_dir,
-    layer)`` matches when its metadata has the same layer, feature shape,
-    image shape and :class:`DecoderConfig`. The images and ``key`` are not
-    compared: ``checkpoint_dir`` must be specific to the model (and data).
-
-    Args:
-        feature_fn: as in :func:`train_decoder`.
-        layer: layer name.
-        images: ``(N, H, W, C)`` float32 training images in [0, 1].
-        config: decoder and training hyper-parameters.
-        key: PRNG key used when training is needed.
-        checkpoint_dir: the model's decoder directory.
-        progress: show a progress bar when training.
-
-    Corrupt checkpoints (a missing, truncated or altered file) are passed
-    over: when no intact matching one remains, the decoder is trained again
-    (and saved over the corrupt step), with one
-    :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
-    line.
-
-    Returns:
-        ``(decoder, metrics)`` as :func:`train_decoder` returns them (restored
-        from the metadata when the checkpoint is reused).
-
-    Raises:
-        ValueError: as :func:`train_decoder`.
-        FloatingPointError: as :func:`train_decoder`.
-    """
-    if not isinstance(layer, str) or not layer:
-        raise ValueError(f"layer must be a non-empty string, got {layer!r}")
-    decoders, metrics = load_or_train_decoders(
-        feature_fn,
-        (layer,),
-        images,
-        config,
-        key=key,
-        checkpoint_dir=checkpoint_dir,
-        progress=progress,
-    )
-    return decoders[layer], metrics[layer]
-
-
-def load_or_train_decoders(
-    feature_fn: Callable,
-    layers: str | Sequence[str],
-    images: np.ndarray,
-    config: DecoderConfig = DecoderConfig(),
-    *,
-    key: PRNGKey,
-    checkpoint_dir: str | pathlib.Path,
-    progress: bool = True,
-) -> tuple[dict[str, Decoder], dict[str, DecoderMetrics]]:
-    """:func:`load_or_train_decoder` for several layers: reuses each layer's
-    matching checkpoint, and trains the missing decoders together
-    (:func:`train_decoders`, one shared forward pass per step) and saves them.
-
-    A checkpoint matches as in :func:`load_or_train_decoder` (layer, shapes,
-    :class:`DecoderConfig`), whether it was trained alone or together with
-    other layers. Corrupt checkpoints are passed over with one
-    :class:`~jax_infodiscard.training.checkpoint.CheckpointFallbackWarning`
-    line naming them.
-
-    Args:
-        feature_fn: as in :func:`train_decoders`.
-        layers: a layer name or distinct names.
-        images: ``(N, H, W, C)`` float32 training images in [0, 1].
-        config: decoder and training hyper-parameters.
-        key: PRNG key of :func:`train_decoders` when training is needed.
-        checkpoint_dir: the model's decoder directory.
-        progress: show a progress bar when training.
-
-    Returns:
-        ``(decoders, metrics)``: dicts keyed by layer, in the order of
-        ``layers`` (metrics restored from the metadata when reused).
-
-    Raises:
-        ValueError, TypeError, FloatingPointError: as :func:`train_decoders`.
-    """
-    _check_config(config)
-    layers = validation.check_names("layers", layers)
-    images = _check_images(images)
-    fn = _as_feature_fn(feature_fn)
-    image_shape = tuple(images.shape[1:])
-    found: dict[str, tuple[Decoder, DecoderMetrics]] = {}
-    skipped: list = []  # corrupt checkpoints of the layers without a match
-    for name in layers:
-        feature_shape = _feature_shape(fn, name, image_shape)
-        corrupt: list = []
-        hit = _load_matching(
-            checkpoint_dir, name, feature_shape, image_shape, config, corrupt
-        )
-        if hit is None:
-            skipped += corrupt
-        else:
-            found[name] = hit
-    missing = tuple(name for name in layers if name not in found)
-    if missing:
-        if skipped:  # one of them may have been a matching decoder
-            warnings.warn(
-                f"{_describe(skipped)}; training the decoder"
-                f"{'s' if len(missing) > 1 else ''} of layer"
-                f"{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(repr(n) for n in missing)} again",
-                CheckpointFallbackWarning,
-                stacklevel=2,
-            )
-        decoders, metrics = train_decoders(
-            fn,
-            missing,
-            images,
-            config,
-            key=key,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-        )
-        found.update({name: (decoders[name], metrics[name]) for name in missing})
-    return (
-        {name: found[name][0] for name in layers},
-        {name: found[name][1] for name in layers},
-    )
+    return train_mse, heldout_mse

@@ -45,6 +45,12 @@ from tqdm.auto import tqdm
 from jax_infodiscard import validation
 from jax_infodiscard.models import create_model, model_metadata
 from jax_infodiscard.training import checkpoint as ckpt
+from jax_infodiscard.training.optimizer import (
+    SCHEDULES,
+    all_finite,
+    learning_rate,
+    optimizer,
+)
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -56,7 +62,6 @@ __all__ = [
 ]
 
 _OPTIMIZERS = ("adamw", "sgd")
-_SCHEDULES = ("cosine", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +121,9 @@ class TrainConfig:
             raise ValueError(
                 f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}"
             )
-        if self.schedule not in _SCHEDULES:
+        if self.schedule not in SCHEDULES:
             raise ValueError(
-                f"schedule must be one of {_SCHEDULES}, got {self.schedule!r}"
+                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"
             )
         validation.check_number("learning_rate", self.learning_rate, positive=True)
         validation.check_number("momentum", self.momentum, minimum=0, below=1)
@@ -148,25 +153,12 @@ def make_optimizer(
     """
     total = config.epochs * steps_per_epoch
     warmup = min(round(config.warmup_epochs * steps_per_epoch), total)
-    lr = config.learning_rate
-    if config.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
-    else:
-        decay = optax.constant_schedule(lr)
-    if warmup > 0:
-        warm = optax.linear_schedule(0.0, lr, warmup)
-        schedule = optax.join_schedules([warm, decay], [warmup])
-    else:
-        schedule = decay
-
-    def decay_mask(params: Any) -> Any:
-        return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
-    if config.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-        optax.sgd(schedule, momentum=config.momentum, nesterov=True),
+    lr = learning_rate(config.schedule, config.learning_rate, total, warmup)
+    return optimizer(
+        config.optimizer,
+        lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
     )
 
 
@@ -215,16 +207,6 @@ def _loss_and_metrics(
     loss = optax.softmax_cross_entropy(outputs, targets)
     correct = (jnp.argmax(outputs, -1) == labels).astype(jnp.float32)
     return loss, correct, jnp.zeros_like(loss)
-
-
-def _all_finite(tree: Any) -> Array:
-    """``bool ()``: every floating-point leaf of ``tree`` is finite."""
-    leaves = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 class _Totals(NamedTuple):
@@ -329,7 +311,7 @@ def _make_train_step(
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
         totals = _Totals(
             totals.loss + loss,
             totals.correct + correct,
@@ -806,31 +788,81 @@ def train(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     images, labels = _as_arrays(train_data, "train_data")
     test = None if test_data is None else _as_arrays(test_data, "test_data")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1
-    if image_size is None:
-        image_size = int(images.shape[1])
     net = _build_model(
         model,
-        num_classes=num_classes,
-        image_size=image_size,
+        num_classes=int(labels.max()) + 1 if num_classes is None else num_classes,
+        image_size=int(images.shape[1]) if image_size is None else image_size,
         seed=config.seed,
         model_kwargs=model_kwargs,
     )
     task = getattr(net, "task", "classification")
-    if task == "classification":
-        k = int(net.num_classes)
-        for name, lab in (
-            ("train", labels),
-            ("test", None if test is None else test[1]),
-        ):
-            if lab is not None and (lab.min() < 0 or lab.max() >= k):
-                raise ValueError(f"{name} labels must lie in [0, {k}), got {lab.max()}")
+    _check_labels(net, task, labels, test)
     n = images.shape[0]
     steps = n // config.batch_size
     if steps == 0:
         raise ValueError(f"{n} training images < batch_size={config.batch_size}")
     tx = _optimizer(config, steps, extra_transform)
+    hooks, used = _check_hooks(loss, batch_transform, extra_transform)
+    identity = _run_identity(
+        net, config, images, labels if task == "classification" else labels * 0
+    )
+    if used:  # runs without hooks keep their identity (and their checkpoints)
+        identity["hooks"] = used
+    directory = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
+    graphdef, state, history, start_epoch, replace = _start(
+        net, tx, directory, resume, identity, config
+    )
+    step_config = dataclasses.replace(
+        config, seed=0, progress=False, keep_checkpoints=None, eval_batch_size=1
+    )
+    train_step = _make_train_step(graphdef, task, step_config, steps, extra_transform)
+    data = (jnp.asarray(images), jnp.asarray(labels))
+    # The classic threefry sampler compiles much faster on XLA:CPU than the
+    # partitionable one (jax's default); shuffling/augmentation use it.
+    with jax.threefry_partitionable(False):
+        base_key = jax.random.key(config.seed)
+        for epoch in range(start_epoch, config.epochs):
+            state, record = _train_epoch(
+                train_step,
+                state,
+                data,
+                jax.random.fold_in(base_key, epoch),
+                epoch=epoch,
+                config=config,
+                classify=task == "classification",
+                hooks=hooks,
+            )
+            nnx.update(net, *state[:2])
+            _finish_epoch(net, task, test, record, history, config)
+            if directory is not None:
+                if replace:  # resume=False: the new run replaces the old one
+                    ckpt.delete_steps(directory, replace)
+                    replace = ()
+                ckpt.save_checkpoint(
+                    directory,
+                    net,
+                    metadata=_metadata(net, config, epoch + 1, history, identity),
+                    step=epoch + 1,
+                    extra=state[2],
+                    max_to_keep=config.keep_checkpoints,
+                )
+    nnx.update(net, *state[:2])
+    return net, history
+
+
+def _check_labels(net: nnx.Module, task: str, labels, test) -> None:
+    """Classifier labels must lie in ``[0, num_classes)``."""
+    if task != "classification":
+        return
+    k = int(net.num_classes)
+    for name, lab in (("train", labels), ("test", None if test is None else test[1])):
+        if lab is not None and (lab.min() < 0 or lab.max() >= k):
+            raise ValueError(f"{name} labels must lie in [0, {k}), got {lab.max()}")
+
+
+def _check_hooks(loss, batch_transform, extra_transform) -> tuple[tuple, list[str]]:
+    """The step's ``(loss, batch_transform)`` as Partials, and the names of the
+    hooks given."""
     hooks = (
         None if loss is None else validation.as_partial(loss, "loss"),
         None
@@ -844,10 +876,6 @@ def train(
             "extra_transform must be an optax.GradientTransformation, got "
             f"{type(extra_transform).__name__}"
         )
-
-    identity = _run_identity(
-        net, config, images, labels if task == "classification" else labels * 0
-    )
     used = [
         name
         for name, hook in (
@@ -857,13 +885,20 @@ def train(
         )
         if hook is not None
     ]
-    if used:  # runs without hooks keep their identity (and their checkpoints)
-        identity["hooks"] = used
+    return hooks, used
+
+
+def _start(net, tx, directory, resume: bool, identity: dict, config: TrainConfig):
+    """The state to train from: fresh, or resumed from ``directory``.
+
+    Returns ``(graphdef, (params, rest, opt_state), history, start_epoch,
+    replace)``; ``replace`` lists the steps a run with ``resume=False``
+    replaces.
+    """
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     opt_state = tx.init(params)
     history: dict[str, list[float]] = {}
     start_epoch = 0
-    directory = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir)
     on_disk = () if directory is None else ckpt.all_steps(directory)
     replace = on_disk if on_disk and not resume else ()
     if on_disk and resume:
@@ -874,59 +909,25 @@ def train(
             opt_state = found.extra
             start_epoch = int(found.metadata.get("epoch", found.step))
             history = {k: list(v) for k, v in found.metadata.get("history", {}).items()}
-
     # Restored arrays are committed to a device, fresh ones are not; commit
     # both alike so that a resumed run reuses the compiled step.
-    params, rest, opt_state = jax.device_put(
-        (params, rest, opt_state), jax.devices()[0]
-    )
-    step_config = dataclasses.replace(
-        config, seed=0, progress=False, keep_checkpoints=None, eval_batch_size=1
-    )
-    train_step = _make_train_step(graphdef, task, step_config, steps, extra_transform)
+    state = jax.device_put((params, rest, opt_state), jax.devices()[0])
+    return graphdef, state, history, start_epoch, replace
 
-    all_images = jnp.asarray(images)
-    all_labels = jnp.asarray(labels)
-    # The classic threefry sampler compiles much faster on XLA:CPU than the
-    # partitionable one (jax's default); shuffling/augmentation use it.
-    with jax.threefry_partitionable(False):
-        base_key = jax.random.key(config.seed)
-        for epoch in range(start_epoch, config.epochs):
-            (params, rest, opt_state), record = _train_epoch(
-                train_step,
-                (params, rest, opt_state),
-                (all_images, all_labels),
-                jax.random.fold_in(base_key, epoch),
-                epoch=epoch,
-                config=config,
-                classify=task == "classification",
-                hooks=hooks,
-            )
-            nnx.update(net, params, rest)
-            if test is not None:
-                scores = evaluate(
-                    net,
-                    test[0],
-                    test[1] if task == "classification" else None,
-                    batch_size=config.eval_batch_size,
-                )
-                record.update({f"test_{k}": v for k, v in scores.items()})
-            record["epoch_seconds"] = record.pop("epoch_seconds")  # keep it last
-            for key, value in record.items():
-                history.setdefault(key, []).append(value)
-            if config.progress:
-                tqdm.write(", ".join(f"{k}={v:.4g}" for k, v in record.items()))
-            if directory is not None:
-                if replace:  # resume=False: the new run replaces the old one
-                    ckpt.delete_steps(directory, replace)
-                    replace = ()
-                ckpt.save_checkpoint(
-                    directory,
-                    net,
-                    metadata=_metadata(net, config, epoch + 1, history, identity),
-                    step=epoch + 1,
-                    extra=opt_state,
-                    max_to_keep=config.keep_checkpoints,
-                )
-    nnx.update(net, params, rest)
-    return net, history
+
+def _finish_epoch(net, task: str, test, record: dict, history: dict, config) -> None:
+    """Adds the test scores to the epoch's ``record`` and appends it to
+    ``history`` (and prints it with ``config.progress``)."""
+    if test is not None:
+        scores = evaluate(
+            net,
+            test[0],
+            test[1] if task == "classification" else None,
+            batch_size=config.eval_batch_size,
+        )
+        record.update({f"test_{k}": v for k, v in scores.items()})
+    record["epoch_seconds"] = record.pop("epoch_seconds")  # keep it last
+    for key, value in record.items():
+        history.setdefault(key, []).append(value)
+    if config.progress:
+        tqdm.write(", ".join(f"{k}={v:.4g}" for k, v in record.items()))

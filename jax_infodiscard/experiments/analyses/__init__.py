@@ -11,9 +11,13 @@ of a previous run unless ``overwrite``), writes ``results.json`` and
 ``report.md`` (a verdict table: claim, paper figure, our numbers, outcome,
 rule) and marks the run complete.
 
-Sizes: ``scale="full"`` (the default command, sized for about 30 minutes
-on a 2-core CPU), ``"fast"`` (``--fast``, a few minutes) and ``"toy"``
-(tests: seconds). Each analysis module holds its design per scale (a frozen
+Sizes: ``scale="full"`` (the default command: three training seeds of
+every compared network, sized for about 30 minutes on a 2-core CPU where
+that fits), ``"fast"`` (``--fast``, a few minutes, one seed) and ``"toy"``
+(tests: seconds). Verdicts over seeds follow the two-level rule of
+:mod:`~jax_infodiscard.experiments.analyses.verdicts`: one seed never
+decides, and the report gives what the first seed alone said beside the
+replicated verdict. Each analysis module holds its design per scale (a frozen
 ``Sizes`` dataclass in ``SIZES``); ``AnalysisOptions(design=...)`` changes
 fields of it (see :func:`apply_design`).
 
@@ -247,6 +251,10 @@ class Verdict:
       measured: our numbers, as text (with their spread).
       outcome: one of :data:`OUTCOMES`.
       rule: the decision rule used.
+      alone: what the first training seed alone said (the per-image rule of
+        one seed: :func:`paired_outcome`), one of :data:`OUTCOMES`; ``""``
+        where the verdict is not over seeds.
+      first_seed: that seed (as trained), or None.
     """
 
     claim: str
@@ -254,10 +262,14 @@ class Verdict:
     measured: str
     outcome: str
     rule: str
+    alone: str = ""
+    first_seed: int | None = None
 
     def __post_init__(self):
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        if self.alone and self.alone not in OUTCOMES:
+            raise ValueError(f"alone must be one of {OUTCOMES}, got {self.alone!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,13 +359,36 @@ def paired_outcome(
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> str:
-    """Markdown table: claim, paper figure, our numbers, outcome, rule."""
+    """Markdown table: claim, paper figure, our numbers, outcome, rule.
+
+    Where verdicts are over training seeds (``alone`` set), a column beside
+    the replicated verdict gives what the first seed alone said, headed with
+    that seed (``seed 0 alone said``) when every verdict shares it.
+
+    >>> v = Verdict("c", "Fig. 1", "m", "inconclusive", "r", "held", 0)
+    >>> print(verdict_table([v]).splitlines()[0])
+    | claim | paper | measured | verdict | seed 0 alone said | rule |
+    """
+    alone = any(v.alone for v in verdicts)
+    first = None
+    header = ["claim", "paper", "measured", "verdict", "rule"]
+    if alone:
+        firsts = {v.first_seed for v in verdicts if v.alone}
+        first = next(iter(firsts)) if len(firsts) == 1 else None
+        header.insert(
+            4, "first seed alone said" if first is None else f"seed {first} alone said"
+        )
     lines = [
-        "| claim | paper | measured | verdict | rule |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for v in verdicts:
         cells = [v.claim, v.figure, v.measured, f"**{v.outcome}**", v.rule]
+        if alone:
+            said = v.alone
+            if said and first is None and v.first_seed is not None:
+                said += f" (seed {v.first_seed})"
+            cells.insert(4, said)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -29,14 +29,14 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-import jax_infodiscard as jid
 from jax_infodiscard.config import CIDConfig, RUConfig
 from jax_infodiscard.data import TFDS_SPECS
+from jax_infodiscard.experiments import measure as room
 from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     Verdict,
-    paired_outcome,
 )
+from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.cache import (
     ModelSpec,
     TrainedModel,
@@ -71,12 +71,14 @@ __all__ = [
     "linearity_text",
     "load_test",
     "masks_of",
+    "mc_errors",
     "measure",
     "measure_trained",
     "no_change_verdict",
     "plot_curves",
     "pooled",
     "ru_config",
+    "seeds_of",
     "setting_text",
     "spearman",
     "train_and_measure",
@@ -103,11 +105,10 @@ _SOLVER = {
     "full": {"steps": 48},
 }
 
-# RU decoders per scale (small: a decoder step costs about 0.2 s on 2 cores).
-# A peak learning rate of 1e-2 reconstructs better than 3e-3 at equal steps,
-# and at 300 steps batch 16 better than batch 32 at 3e-3 in 0.57x the time
-# per step (benchmarks/bench_decoders.py on the demo convnet, README "Decoder
-# cost": conv1 0.092 vs 0.107 of the image variance).
+# RU decoders per scale (small, a decoder step is costly on a CPU). A peak
+# learning rate of 1e-2 reconstructs better than 3e-3 at equal steps, and at
+# 300 steps batch 16 better than batch 32 in less time per step
+# (benchmarks/bench_decoders.py on the demo convnet; numbers in docs/ru.md).
 _DECODER = {
     "toy": {"steps": 4, "width": 8, "num_blocks": 1, "batch_size": 8, "eval_images": 8},
     "fast": {
@@ -141,8 +142,7 @@ def cid_config(options: AnalysisOptions) -> CIDConfig:
 
 def ru_config(options: AnalysisOptions) -> RUConfig:
     """The RU solver configuration: the CID one's fields, as an RUConfig."""
-    cfg = cid_config(options)
-    return RUConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    return RUConfig.from_cid(cid_config(options))
 
 
 def decoder_config(options: AnalysisOptions):
@@ -335,17 +335,6 @@ def _mean_sem(v: np.ndarray) -> tuple[float, float]:
     return _mean_sem_sd(v)[:2]
 
 
-def _concentration(pixel: np.ndarray, masks: np.ndarray | None) -> np.ndarray | None:
-    if masks is None:
-        return None
-    masks = np.asarray(masks, bool)
-    ok = masks.any(axis=(1, 2)) & (~masks).any(axis=(1, 2))
-    out = np.full(pixel.shape[:2], np.nan, np.float32)
-    if ok.any():
-        out[:, ok] = np.asarray(jid.concentration(pixel[:, ok], masks[ok]))
-    return out
-
-
 def measure(
     name: str,
     model: Any,
@@ -379,70 +368,43 @@ def measure(
     layers = tuple(layers)
     fn = feature_fn(model, layers)
     x = jnp.asarray(images)
-    t0 = time.perf_counter()
-    res = jid.cid(fn, x, key, config=cid_config(options)).to_numpy()
+    # RU of the convolutional layers (the paper's); the measuring room gives a
+    # decoder at least the blocks it needs to upsample its feature to the
+    # image, trains layers of the same depth together, and solves RU only
+    # where the decoder learned something: elsewhere its maps would be the
+    # decoder's own error, and differences between networks there would read
+    # as "RU unchanged". Those layers' RU stays NaN (not measured).
+    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    m = room.measure(
+        fn,
+        x,
+        key,
+        layers=layers,
+        cid_config=cid_config(options),
+        masks=masks,
+        ru_config=ru_config(options),
+        decoder_images=None if ru_images is None else np.asarray(ru_images),
+        decoder_config=decoder_config(options),
+        decoder_folder=decoder_dir,
+        ru_layers=tuple(n for n in layers if len(shapes[n].shape) == 4),
+        progress=options.progress,
+    )
     if timer:
-        timer.lap("cid_s", t0)
-    out = Measured(name, layers, res, _concentration(res.pixel, masks))
+        for phase, seconds in m.seconds.items():
+            timer.lap(phase, time.perf_counter() - seconds)
+    out = Measured(name, layers, m.cid, m.concentration)
     out.info.update(dict(info or {}))
     if ru_images is None:
         return out
-    from jax_infodiscard.models.decoder import decoder_fn
-    from jax_infodiscard.training.decoder import load_or_train_decoders
-
-    t0 = time.perf_counter()
-    dec_cfg = decoder_config(options)
-    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
-    side = x.shape[1]
-    # RU of the convolutional layers (the paper's); a decoder gets at least
-    # the blocks it needs to upsample its feature to the image. Layers that
-    # need the same decoder depth train together (one forward pass per step).
-    ru_layers = tuple(layer for layer in layers if len(shapes[layer].shape) == 4)
-    blocks = {
-        layer: max(
-            dec_cfg.num_blocks,
-            math.ceil(math.log2(side / shapes[layer].shape[1])),
-        )
-        for layer in ru_layers
+    metrics = {} if m.decoders is None else m.decoders.metrics
+    out.info["decoder_mse"] = {n: float(v.eval_mse) for n, v in metrics.items()}
+    out.info["decoder_mse_over_variance"] = {
+        n: round(v.mse_over_variance, 4) for n, v in metrics.items()
     }
-    decoders, mses, ratios, unlearned = {}, {}, {}, set()
-    for i, depth in enumerate(sorted(set(blocks.values()))):
-        group = tuple(layer for layer in ru_layers if blocks[layer] == depth)
-        decs, metrics = load_or_train_decoders(
-            fn,
-            group,
-            np.asarray(ru_images),
-            dataclasses.replace(dec_cfg, num_blocks=depth),
-            key=jax.random.fold_in(key, 1000 + i),
-            checkpoint_dir=decoder_dir,
-            progress=options.progress,
-        )
-        for layer in group:
-            decoders[layer] = decoder_fn(decs[layer])
-            m = metrics[layer]
-            mses[layer] = float(m.eval_mse)
-            ratios[layer] = round(m.mse_over_variance, 4)
-            if m.learned_nothing:
-                unlearned.add(layer)
-    # RU only where the decoder learned something: elsewhere its maps would
-    # be the decoder's own error, and differences between networks there
-    # would read as "RU unchanged". Those layers' RU stays NaN (not measured).
-    ru_layers = tuple(layer for layer in ru_layers if layer not in unlearned)
-    out.info["decoder_mse"] = mses
-    out.info["decoder_mse_over_variance"] = ratios
-    out.info["ru_not_solved"] = [x for x in ratios if x not in ru_layers]
-    if timer:
-        timer.lap("decoders_s", t0)
-    if not ru_layers:
-        return out
-    decoders = {layer: decoders[layer] for layer in ru_layers}
-    t0 = time.perf_counter()
-    ru = jid.ru(fn, decoders, x, key, layers=ru_layers, config=ru_config(options))
-    out.ru = ru.to_numpy()
-    if timer:
-        timer.lap("ru_s", t0)
-    out.ru_layers = ru_layers
-    out.ru_concentration = _concentration(out.ru.pixel, masks)
+    out.info["ru_not_solved"] = [n for n in metrics if n not in m.ru_layers]
+    if m.ru is not None:
+        out.ru, out.ru_layers = m.ru, m.ru_layers
+        out.ru_concentration = m.ru_concentration
     return out
 
 
@@ -466,46 +428,65 @@ def fmt(mean: float, sem: float, digits: int = 3) -> str:
     return f"{mean:+.{digits}f} ± {sem:.{digits}f}"
 
 
-def combine_seeds(
-    per_seed: Sequence[np.ndarray], *, expect: str
-) -> tuple[str, str, list[dict[str, float]]]:
-    """Outcome over training seeds of per-image paired differences.
+def mc_errors(m: Measured, quantity: str) -> np.ndarray | None:
+    """Monte-Carlo standard errors ``(L, B)`` of ``m.values(quantity)``.
 
-    Rule: each seed's outcome by :func:`paired_outcome` (mean beyond two
-    standard errors over images); the claim held (did not hold) if every
-    seed says so, else inconclusive.
-
-    Returns:
-      ``(outcome, text, rows)``: the outcome, our numbers as text (one
-      ``mean ± sem`` per seed) and ``[{"mean", "sem", "outcome"}]``.
+    Read from the result's ``mean_se`` where it carries one (CID and RU;
+    NaN rows where RU was not solved), else None: not known (older
+    results, concentration).
     """
-    rows = []
-    for d in per_seed:
-        outcome, mean, sem = paired_outcome(d, expect=expect)
-        n = int(np.sum(np.isfinite(np.asarray(d, dtype=float))))
-        rows.append({"mean": mean, "sem": sem, "outcome": outcome, "n": n})
-    outcomes = {r["outcome"] for r in rows}
-    overall = outcomes.pop() if len(outcomes) == 1 else "inconclusive"
-    if len(rows) == 1:
-        text = f"{fmt(rows[0]['mean'], rows[0]['sem'])} (n={rows[0]['n']} images)"
-    else:
-        text = (
-            "; ".join(
-                f"seed {i}: {fmt(r['mean'], r['sem'])}" for i, r in enumerate(rows)
-            )
-            + f" (n={rows[0]['n']} images each)"
-        )
-    return overall, text, rows
+    if quantity == "cid":
+        se = getattr(m.cid, "mean_se", None)
+        return None if se is None else np.asarray(se, float)
+    if quantity != "ru" or m.ru is None:
+        return None
+    se = getattr(m.ru, "mean_se", None)
+    if se is None:
+        return None
+    out = np.full((len(m.layers), np.shape(se)[1]), np.nan)
+    for j, layer in enumerate(m.ru_layers):
+        out[m.layers.index(layer)] = np.asarray(se)[j]
+    return out
 
 
-def all_of(outcomes: Sequence[str]) -> str:
-    """Held if all held, did not hold if any did not hold, else inconclusive."""
-    s = set(outcomes)
-    if s == {"held"}:
-        return "held"
-    if "did not hold" in s:
-        return "did not hold"
-    return "inconclusive"
+def seeds_of(ms: Sequence[Measured]) -> list[int]:
+    """The training seeds of a network's measurements (``info["seed"]``;
+    their positions where not recorded)."""
+    return [int(m.info.get("seed", i)) for i, m in enumerate(ms)]
+
+
+def combine_seeds(
+    per_seed: Sequence[np.ndarray],
+    *,
+    expect: str,
+    seeds: Sequence[int] | None = None,
+    mc: Sequence[np.ndarray | None] | None = None,
+) -> V.Replicated:
+    """Two-level verdict over training seeds of per-image paired differences.
+
+    Rule: :func:`~jax_infodiscard.experiments.analyses.verdicts.replicated`
+    (the seeds' mean beyond 2 standard errors over seeds, with the
+    per-image errors and the MC error of the solve folded in, and every
+    seed on the expected side).
+
+    Args:
+      per_seed: per seed, the per-image differences ``(B,)``.
+      expect: ``"positive"`` or ``"negative"``.
+      seeds: the training seeds (default ``0, 1, ...``).
+      mc: per seed, the per-image MC standard errors ``(B,)`` or None.
+    """
+    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
+    mc = [None] * len(per_seed) if mc is None else list(mc)
+    return V.replicated(
+        [
+            V.seed_figure(s, d, expect=expect, mc_errors=e)
+            for s, d, e in zip(seeds, per_seed, mc, strict=True)
+        ],
+        expect=expect,
+    )
+
+
+all_of = V.all_of
 
 
 def pooled(m: Measured, quantity: str, layers: Sequence[str] | None = None):
@@ -535,9 +516,25 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def verdict(claim: str, figure: str, measured: str, outcome: str, rule: str):
+def verdict(
+    claim: str,
+    figure: str,
+    measured: str,
+    outcome: str,
+    rule: str,
+    alone: str = "",
+    first_seed: int | None = None,
+):
     """A :class:`Verdict` (shorthand)."""
-    return Verdict(claim, figure, measured, outcome, rule)
+    return Verdict(claim, figure, measured, outcome, rule, alone, first_seed)
+
+
+SEED_RULE = (
+    "over seeds: the mean of the seed means beyond 2 SE over seeds (the "
+    "spread of the seed means, at least the per-image SE, MC error of the "
+    "solve folded in) and every seed on that side; held if for every compared "
+    "network; one seed: inconclusive"
+)
 
 
 # --------------------------------------------------------------- reporting
@@ -741,6 +738,43 @@ def measure_trained(
     )
 
 
+def _layer_mean(values: list[np.ndarray]) -> np.ndarray:
+    with warnings.catch_warnings():  # all-NaN layers (RU not solved)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=0)
+
+
+def paired_over_seeds(
+    base: Sequence[Measured],
+    other: Sequence[Measured],
+    quantity: str,
+    layers: Sequence[str],
+) -> tuple[list[np.ndarray], list[np.ndarray | None]] | None:
+    """Per seed, the per-image ``other - base`` averaged over ``layers``
+    ``(B,)``, and its MC standard error ``(B,)`` (None where not known).
+
+    The MC errors of the two networks are added in quadrature per layer and
+    layer (conservative: the same noise key makes them correlate), and the
+    layer mean's error is ``sqrt(sum se^2) / L``. None when ``quantity``
+    was not measured.
+    """
+    diffs, errors = [], []
+    for b, o in zip(base, other, strict=True):
+        if b.values(quantity) is None or o.values(quantity) is None:
+            return None
+        shared = [x for x in layers if x in b.layers and x in o.layers]
+        diffs.append(
+            _layer_mean([o.at(quantity, x) - b.at(quantity, x) for x in shared])
+        )
+        eb, eo = mc_errors(b, quantity), mc_errors(o, quantity)
+        if eb is None or eo is None or not shared:
+            errors.append(None)
+            continue
+        var = [eb[b.layers.index(x)] ** 2 + eo[o.layers.index(x)] ** 2 for x in shared]
+        errors.append(np.sqrt(np.nansum(var, axis=0)) / len(shared))
+    return diffs, errors
+
+
 def delta_verdict(
     groups: Mapping[str, Sequence[Measured]],
     reference: str,
@@ -755,34 +789,24 @@ def delta_verdict(
     """Verdict on "``others`` minus ``reference`` has the sign ``expect``".
 
     ``groups`` maps a network's name to its :class:`Measured` per training
-    seed (the same seeds in every group). Per other network and seed, the
-    per-image difference is averaged over ``layers``; the outcome of each
-    other network is :func:`combine_seeds`'s, and the claim's is
-    :func:`all_of` them. ``None`` when ``quantity`` was not measured.
+    seed (the same seeds in every group, recorded in ``info["seed"]``). Per
+    other network and seed, the per-image difference is averaged over
+    ``layers``; the outcome of each other network is :func:`combine_seeds`'s
+    two-level rule over seeds, and the claim's is :func:`all_of` them. The
+    verdict also records what the first seed alone said (per-image rule).
+    ``None`` when ``quantity`` was not measured.
     """
-    outcomes, texts, numbers = [], [], {}
+    results: dict[str, V.Replicated] = {}
+    seeds = seeds_of(groups[reference])
     for name in others or [n for n in groups if n != reference]:
-        diffs = []
-        for base, other in zip(groups[reference], groups[name], strict=True):
-            if base.values(quantity) is None or other.values(quantity) is None:
-                break
-            shared = [x for x in layers if x in base.layers and x in other.layers]
-            with warnings.catch_warnings():  # all-NaN layers (RU not solved)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                diffs.append(
-                    np.nanmean(
-                        [other.at(quantity, x) - base.at(quantity, x) for x in shared],
-                        axis=0,
-                    )
-                )
-        else:
-            o, text, rows = combine_seeds(diffs, expect=expect)
-            outcomes.append(o)
-            texts.append(f"{name} − {reference}: {text}")
-            numbers[name] = {"outcome": o, "layers": list(layers), "seeds": rows}
-    unmeasured = not outcomes or all(
-        r["n"] == 0 for n in numbers.values() for r in n["seeds"]
-    )
+        paired = paired_over_seeds(groups[reference], groups[name], quantity, layers)
+        if paired is None:
+            continue
+        results[name] = combine_seeds(
+            paired[0], expect=expect, seeds=seeds, mc=paired[1]
+        )
+    numbers = {name: {"layers": list(layers), **r.row()} for name, r in results.items()}
+    unmeasured = not results or all(f.n == 0 for r in results.values() for f in r.seeds)
     unlearned = sorted(
         {
             x
@@ -801,17 +825,25 @@ def delta_verdict(
             "inconclusive",
             "RU is solved only where the decoder learned something",
         ), numbers
-    if not outcomes:
+    if not results:
         return None, numbers
     where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
     rule = (
         f"per-image difference of {quantity} (mean over {where}), "
-        f"{'>' if expect == 'positive' else '<'} 0 beyond 2 SE over images in "
-        "every seed; held if for every compared network"
+        f"{'>' if expect == 'positive' else '<'} 0; {SEED_RULE}"
     )
-    used = [groups[reference], *(groups[n] for n in numbers)]
+    used = [groups[reference], *(groups[n] for n in results)]
+    texts = [f"{name} − {reference}: {r.text()}" for name, r in results.items()]
     measured = "; ".join(texts) + f"; {linearity_text(used, layers)}"
-    return verdict(claim, figure, measured, all_of(outcomes), rule), numbers
+    return verdict(
+        claim,
+        figure,
+        measured,
+        all_of([r.outcome for r in results.values()]),
+        rule,
+        all_of([r.alone for r in results.values()]),
+        seeds[0],
+    ), numbers
 
 
 def linearity_text(
@@ -960,6 +992,7 @@ def train_and_measure(
                     options,
                     key=key,
                     timer=timer,
+                    info={"seed": seed},
                     ru_train=ru_train,
                 )
             )
@@ -983,10 +1016,14 @@ def no_change_verdict(
 ) -> tuple[Verdict | None, dict[str, Any]]:
     """Verdict on "the others do not differ significantly from ``reference``".
 
-    Rule: held if no network's mean paired difference (over ``layers``)
-    lies beyond 2 standard errors from 0 in any seed, else did not hold;
-    with fewer than 2 images inconclusive. (An absence of a difference
-    holds more easily with few images: read it with the spread.)
+    Rule: :func:`~jax_infodiscard.experiments.analyses.verdicts.no_change`
+    over the two-level results of every network (mean over ``layers`` of
+    the per-image difference): held if every mean over seeds lies within 2
+    two-level standard errors of 0, did not hold if a change replicates
+    (beyond 2 SE, every seed on one side), else inconclusive (also with one
+    seed). An absence holds more easily with few images and seeds: read it
+    with the spread. The first seed alone: held if no network's mean is
+    beyond 2 SE over its images, else did not hold.
     """
     v, numbers = delta_verdict(
         groups,
@@ -997,19 +1034,26 @@ def no_change_verdict(
         claim=claim,
         figure=figure,
     )
-    if v is None:
-        return None, numbers
-    rows = [r for n in numbers.values() for r in n["seeds"]]
-    if not rows or any(r["n"] < 2 for r in rows):
-        outcome = "inconclusive"
-    elif all(r["outcome"] == "inconclusive" for r in rows):
-        outcome = "held"
+    if v is None or not numbers or "RU not measured" in v.measured:
+        return v, numbers
+    results = [
+        V.replicated([V.SeedFigure(**f) for f in n["seeds"]], expect="positive")
+        for n in numbers.values()
+    ]
+    outcome = V.no_change(results)
+    firsts = [r.seeds[0] for r in results]
+    if any(f.n < 2 for f in firsts):
+        alone = "inconclusive"
+    elif all(f.outcome == "inconclusive" for f in firsts):
+        alone = "held"
     else:
-        outcome = "did not hold"
+        alone = "did not hold"
     for n in numbers.values():
         n["outcome"] = outcome
     rule = (
-        f"per-image difference of {quantity} (mean over the layers) within 2 SE "
-        "of 0 in every seed for every compared network: held, else did not hold"
+        f"per-image difference of {quantity} (mean over the layers); over "
+        "seeds: the mean of the seed means within 2 SE over seeds of 0 for every "
+        "compared network: held; a change beyond 2 SE with every seed on one "
+        "side: did not hold; else (or one seed) inconclusive"
     )
-    return dataclasses.replace(v, outcome=outcome, rule=rule), numbers
+    return dataclasses.replace(v, outcome=outcome, rule=rule, alone=alone), numbers

@@ -92,7 +92,9 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         figure="Sec. 4, Fig. 3b",
         measured=f"mean CID step (nats) {measured}",
         outcome=overall,
-        rule="every step's mean paired difference > 2 standard errors",
+        rule="every step's mean paired difference > 2 standard errors over "
+        "images (one network of one training seed: not replicated over seeds, "
+        "unlike the other analyses)",
     )
     linearity = getattr(res, "linearity", None)
     per_layer = {

@@ -245,7 +245,7 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, chunk_size: int) -> Any:
     ``fn`` takes a whole chunk ``(size, ...)`` and returns its contribution
     (typically one model pass on the chunk's ``size * B`` images flattened
     into one batch, then summed over the chunk: on XLA:CPU the model on the
-    flattened batch ran 1.6x faster than the model vmapped over ``size``).
+    flattened batch runs faster than the model vmapped over ``size``).
 
     Each chunk is one call of a compiled program that adds ``fn(chunk)`` into
     the running sum, whose buffer is donated; the loop over chunks runs in

@@ -1,0 +1,209 @@
+"""The two-level (seeds, images) verdict rule on numbers with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jax_infodiscard.experiments.analyses.verdicts import (
+    correlation_outcome,
+    no_change,
+    replicated,
+    seed_figure,
+)
+
+
+def images_with(mean, sem, n=8, seed=0):
+    """``n`` per-image differences whose mean and standard error are exact."""
+    z = np.random.default_rng(seed).normal(size=n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return mean + sem * math.sqrt(n) * z
+
+
+def figures(means, sems, seeds=None, expect="positive", **kw):
+    seeds = range(len(means)) if seeds is None else seeds
+    return [
+        seed_figure(s, images_with(m, e, seed=s), expect=expect, **kw)
+        for s, m, e in zip(seeds, means, sems, strict=True)
+    ]
+
+
+def test_seed_figure_is_the_per_image_mean_and_error():
+    f = seed_figure(7, images_with(0.07, 0.023), expect="positive")
+    assert f.seed == 7 and f.n == 8
+    np.testing.assert_allclose([f.mean, f.sem, f.error], [0.07, 0.023, 0.023])
+    assert f.outcome == "held"  # 3 SE over images
+    # NaN images are dropped; the MC error is added in quadrature.
+    d = np.r_[images_with(0.07, 0.023), np.nan]
+    g = seed_figure(7, d, expect="positive", mc_errors=np.full(9, 0.04 * 8))
+    assert g.n == 8
+    np.testing.assert_allclose(g.mc, 0.04 * 8 * math.sqrt(8) / 8)
+    np.testing.assert_allclose(g.error, math.hypot(0.023, g.mc))
+
+
+def test_an_effect_consistent_over_seeds_holds():
+    # The issue's damage numbers (seeds 0, 1, 3, 4): one seed is within 2 SE
+    # over its images, yet the effect replicates in size and sign.
+    r = replicated(
+        figures(
+            [0.070, 0.107, 0.027, 0.064], [0.023, 0.025, 0.016, 0.019], (0, 1, 3, 4)
+        ),
+        expect="positive",
+    )
+    assert r.outcome == "held"
+    means = np.array([0.070, 0.107, 0.027, 0.064])
+    np.testing.assert_allclose(r.mean, means.mean())
+    np.testing.assert_allclose(r.between_sd, means.std(ddof=1))
+    np.testing.assert_allclose(r.se, means.std(ddof=1) / 2)  # between > within
+    assert r.agree == 4 and r.beyond == 3 and r.alone == "held"
+    assert [f.seed for f in r.seeds] == [0, 1, 3, 4]
+    assert "seed 3: +0.027 ± 0.016" in r.text() and "4 of 4 seeds agree" in r.text()
+
+
+def test_the_within_seed_error_is_a_floor():
+    # Three seeds that agree by chance cannot claim more than their images.
+    r = replicated(figures([0.04, 0.04, 0.04], [0.04, 0.04, 0.04]), expect="positive")
+    np.testing.assert_allclose(r.between_sd, 0.0, atol=1e-12)
+    np.testing.assert_allclose(r.se, 0.04 / math.sqrt(3))
+    assert r.outcome == "inconclusive"  # 0.04 < 2 x 0.023
+    assert r.within_sd == pytest.approx(0.04 * math.sqrt(8))
+
+
+def test_an_effect_of_one_seed_only_does_not_hold():
+    # The issue's distillation case: seed 0 alone held, seed 1 shows nothing.
+    r = replicated(figures([-0.047, 0.001], [0.012, 0.017]), expect="negative")
+    assert r.alone == "held" and r.outcome == "inconclusive"
+    # A large effect in one of three seeds, none in the others.
+    r = replicated(figures([0.30, 0.001, -0.002], [0.01] * 3), expect="positive")
+    assert r.seeds[0].outcome == "held" and r.outcome == "inconclusive"
+
+
+def test_a_null_stays_inconclusive():
+    r = replicated(figures([0.0, 0.0, 0.0], [0.02] * 3), expect="positive")
+    assert r.outcome == "inconclusive"
+    # Calibration: seed effects and images drawn from a null; "held" is rare.
+    rng = np.random.default_rng(1)
+    held = 0
+    for _ in range(2000):
+        figs = [
+            seed_figure(s, rng.normal(rng.normal(0, 0.03), 0.1, 8), expect="positive")
+            for s in range(3)
+        ]
+        held += replicated(figs, expect="positive").outcome == "held"
+    assert held / 2000 < 0.05
+
+
+def test_a_sign_flip_across_seeds_is_not_held():
+    means = [0.3, 0.3, 0.3, 0.3, -0.01]
+    r = replicated(figures(means, [0.005] * 5), expect="positive")
+    assert r.mean > 2 * r.se  # the mean alone would pass
+    assert r.agree == 4 and r.outcome == "inconclusive"
+    # ... nor "did not hold" for the opposite claim.
+    assert replicated(figures(means, [0.005] * 5), expect="negative").outcome == (
+        "inconclusive"
+    )
+
+
+def test_a_consistent_opposite_effect_did_not_hold():
+    r = replicated(figures([-0.1, -0.12, -0.09], [0.01] * 3), expect="positive")
+    assert r.outcome == "did not hold" and r.agree == 0
+
+
+def test_one_seed_never_decides_but_says_what_it_said():
+    r = replicated(figures([0.5], [0.01], (3,)), expect="positive")
+    assert r.outcome == "inconclusive" and r.alone == "held"
+    assert math.isnan(r.se) and "seed 3" in r.text() and "not replicated" in r.text()
+
+
+def test_the_monte_carlo_error_of_the_solve_is_folded_in():
+    d = [images_with(m, 0.01, seed=s) for s, m in enumerate([0.1, 0.11, 0.09])]
+    assert (
+        replicated(
+            [seed_figure(s, x, expect="positive") for s, x in enumerate(d)],
+            expect="positive",
+        ).outcome
+        == "held"
+    )
+    noisy = [
+        seed_figure(s, x, expect="positive", mc_errors=np.full(8, 0.5))
+        for s, x in enumerate(d)
+    ]
+    r = replicated(noisy, expect="positive")
+    np.testing.assert_allclose(
+        r.se, math.hypot(0.01, 0.5 / math.sqrt(8)) / math.sqrt(3)
+    )
+    assert r.outcome == "inconclusive"
+
+
+def test_a_seed_without_data_makes_the_verdict_inconclusive():
+    figs = [
+        *figures([0.1, 0.1], [0.01, 0.01]),
+        seed_figure(2, [np.nan] * 8, expect="positive"),
+    ]
+    assert replicated(figs, expect="positive").outcome == "inconclusive"
+
+
+def test_no_change_rule():
+    flat = replicated(figures([0.01, -0.01, 0.0], [0.02] * 3), expect="positive")
+    moved = replicated(figures([0.1, 0.12, 0.09], [0.01] * 3), expect="positive")
+    one = replicated(figures([0.0], [0.02]), expect="positive")
+    assert no_change([flat]) == "held"
+    assert no_change([flat, moved]) == "did not hold"
+    assert no_change([one]) == "inconclusive"
+    assert no_change([]) == "inconclusive"
+
+
+def test_correlation_outcome_counts_seeds():
+    assert correlation_outcome([1.0, 0.9, 0.8]) == "held"
+    assert correlation_outcome([1.0, 0.9, -0.2]) == "inconclusive"
+    assert correlation_outcome([1.0]) == "inconclusive"
+    assert correlation_outcome([-1.0, -0.4]) == "did not hold"
+    assert correlation_outcome([1.0, 1.0], min_items=False) == "inconclusive"
+    assert correlation_outcome([1.0, np.nan]) == "inconclusive"
+
+
+def test_analyses_fold_in_the_mc_error_where_results_carry_one():
+    # Results with and without ``mean_se`` (before and after the solver
+    # reports it): the same differences, a larger error with it.
+    from types import SimpleNamespace as NS
+
+    from jax_infodiscard.experiments.analyses import _common as C
+
+    rng = np.random.default_rng(0)
+    layers = ("l1", "l2")
+    shifts = {3: 0.05, 4: 0.06, 5: 0.04}
+
+    def net(name, shift, seed, se):
+        ones = np.ones((2, 8))
+        cid = NS(
+            mean=shift + 0.01 * rng.normal(size=(2, 8)),
+            linearity=ones,
+            entropy_gain=0 * ones,
+            converged=ones > 0,
+        )
+        if se is not None:
+            cid.mean_se = np.full((2, 8), se)
+        m = C.Measured(name, layers, cid)
+        m.info["seed"] = seed
+        return m
+
+    def verdict(se):
+        groups = {
+            "a": [net("a", 0.0, s, se) for s in shifts],
+            "b": [net("b", d, s, se) for s, d in shifts.items()],
+        }
+        kw = dict(expect="positive", claim="b discards more", figure="Fig. 1")
+        return C.delta_verdict(groups, "a", "cid", layers, **kw)
+
+    plain, numbers = verdict(None)
+    assert plain.outcome == "held" and plain.alone == "held"
+    assert plain.first_seed == 3 and "seed 5: " in plain.measured
+    assert [f["mc"] for f in numbers["b"]["seeds"]] == [0.0] * 3
+    noisy, numbers = verdict(0.2)
+    # Per image: two layers, two networks, 0.2 each: sqrt(4 x 0.04) / 2.
+    np.testing.assert_allclose(
+        [f["mc"] for f in numbers["b"]["seeds"]], 0.2 / math.sqrt(8)
+    )
+    assert noisy.outcome == "inconclusive"

@@ -8,10 +8,23 @@ One parser. Flags shared by several commands are defined once (the
 :data:`jax_infodiscard.data.DATASET_NAMES`,
 :data:`jax_infodiscard.experiments.analyses.ANALYSES`).
 
+Defaults: the defaults shown by ``--help`` are read from the job
+configurations (:class:`~jax_infodiscard.experiments.demo.DemoConfig`,
+:class:`~jax_infodiscard.experiments.evaluate.EvaluateConfig`,
+:class:`~jax_infodiscard.experiments.run.DatasetRunConfig`,
+:class:`~jax_infodiscard.experiments.cache.ModelSpec`,
+:class:`~jax_infodiscard.experiments.analyses.AnalysisOptions`), never
+copied by hand. ``train``, ``demo`` and ``run --model`` share one default
+training (the demo's: data, epochs, seed), and ``train`` saves into the
+model cache by default, so that ``demo`` and ``run`` reuse what ``train``
+made.
+
 Failing fast: numbers and paths are checked while parsing (through
-:mod:`jax_infodiscard.validation`), before any model is built; a bad value,
-a refused run folder or a ``ValueError``/``TypeError`` from the library
-ends the command with one line, ``error: ...``, and exit code 2. Any other
+:mod:`jax_infodiscard.validation`), before any model is built: ``--out``,
+``--cache`` and ``--checkpoint-dir`` must be (or be creatable as) writable
+folders, ``--checkpoint`` and ``--decoders`` existing ones. A bad value, a
+refused run folder or a ``ValueError``/``TypeError`` from the library ends
+the command with one line, ``error: ...``, and exit code 2. Any other
 exception prints one line too (exit code 1); ``--debug`` shows the
 traceback instead.
 """
@@ -19,13 +32,19 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from jax_infodiscard import __version__
 from jax_infodiscard.config import METHODS, CIDConfig
 from jax_infodiscard.data import DATASET_NAMES, TFDS_SPECS
+from jax_infodiscard.experiments.demo import DemoConfig
+from jax_infodiscard.experiments.evaluate import EvaluateConfig
+from jax_infodiscard.experiments.run import DatasetRunConfig
 from jax_infodiscard.models import available_models
 from jax_infodiscard.validation import check_int, check_number, check_output_dir
 
@@ -80,11 +99,12 @@ def _number(*, positive: bool = False, maximum: float | None = None):
     return parse
 
 
-def _out_dir(text: str) -> str:
+def _writable_dir(text: str) -> str:
+    """A folder that is writable, or can be created (``--out``, ``--cache``)."""
     try:
-        check_output_dir(text, "--out")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--out: ")) from None
+        check_output_dir(text, "folder")
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("folder: ")) from None
     return text
 
 
@@ -96,27 +116,43 @@ def _existing_dir(text: str) -> str:
     return str(path.resolve())
 
 
+def _default(config: type, name: str) -> Any:
+    """The default value of field ``name`` of the dataclass ``config``.
+
+    >>> from jax_infodiscard.config import CIDConfig
+    >>> _default(CIDConfig, "beta") == CIDConfig().beta
+    True
+    """
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
 POSITIVE = _int_at_least(1)
 NON_NEGATIVE = _int_at_least(0)
 BETA = _number(positive=True)
+EPOCHS = _default(DemoConfig, "epochs")
+"""Default training epochs of ``train``, ``demo`` and ``run --model`` (one)."""
 
 
 # ------------------------------------------------------------ shared flags
-def _add_common(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed",
         type=NON_NEGATIVE,
-        default=0,
-        help="seed of training and of the solver's PRNG keys (default 0)",
+        default=_default(DemoConfig, "seed"),
+        help="seed of training and of the solver's PRNG keys (default "
+        f"{_default(DemoConfig, 'seed')})",
     )
-    if cache:
-        p.add_argument(
-            "--cache",
-            default=None,
-            metavar="DIR",
-            help="model/decoder cache (default $JAX_INFODISCARD_CACHE or "
-            "~/.cache/jax_infodiscard)",
-        )
+    p.add_argument(
+        "--cache",
+        type=_writable_dir,
+        default=None,
+        metavar="DIR",
+        help="model/decoder cache, a writable folder (default "
+        "$JAX_INFODISCARD_CACHE or ~/.cache/jax_infodiscard)",
+    )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (for logs)"
     )
@@ -133,26 +169,53 @@ def _add_common(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
     )
 
 
-def _add_model(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+def _add_model(p: argparse.ArgumentParser) -> None:
+    default = _default(DemoConfig, "model")
     p.add_argument(
         "--model",
         choices=available_models(),
-        default=None if required else "convnet",
+        default=default,
         metavar="NAME",
-        help=f"zoo model, one of {', '.join(available_models())} (default "
-        f"{'none' if required else 'convnet'})",
+        help=f"zoo model, one of {', '.join(available_models())} (default {default})",
     )
 
 
 def _add_dataset(
     p: argparse.ArgumentParser, choices: Sequence[str], help_extra: str = ""
 ) -> None:
+    default = _default(DatasetRunConfig, "dataset")
     p.add_argument(
         "--dataset",
         choices=list(choices),
-        default="synthetic",
-        help=f"data set: {', '.join(choices)} (default synthetic, embedded, no "
+        default=default,
+        help=f"data set: {', '.join(choices)} (default {default}, embedded, no "
         f"download; tfds sets need the 'data' extra){help_extra}",
+    )
+
+
+def _add_image_size(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument(
+        "--image-size",
+        type=_int_at_least(16),
+        default=default,
+        help=f"image side in pixels, >= 16 (default {default})",
+    )
+
+
+def _add_training(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--epochs`` and ``--num-train``, the demo's defaults (one training)."""
+    epochs, num_train = EPOCHS, _default(DemoConfig, "num_train")
+    p.add_argument(
+        "--epochs",
+        type=POSITIVE,
+        default=epochs,
+        help=f"{prefix}training epochs (default {epochs}, as the demo)",
+    )
+    p.add_argument(
+        "--num-train",
+        type=POSITIVE,
+        default=num_train,
+        help=f"{prefix}training images (default {num_train}, as the demo)",
     )
 
 
@@ -177,7 +240,7 @@ def _add_output(
 ) -> None:
     p.add_argument(
         "--out",
-        type=_out_dir,
+        type=_writable_dir,
         default=default,
         required=default is None,
         metavar="DIR",
@@ -200,6 +263,17 @@ def _add_output(
 
 def _add_fast(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--fast", action="store_true", help=f"short run ({what})")
+
+
+def _add_num_images(p: argparse.ArgumentParser, config: type, what: str) -> None:
+    """``--num-images``, with the config's default and its ``fast()`` one."""
+    p.add_argument(
+        "--num-images",
+        type=POSITIVE,
+        default=None,
+        help=f"{what} (default {_default(config, 'num_images')}, with --fast "
+        f"{config.fast().num_images})",
+    )
 
 
 def _cid_config(args) -> CIDConfig:
@@ -250,31 +324,68 @@ def _demo(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from jax_infodiscard.data import num_classes
-    from jax_infodiscard.experiments.data import load_examples
-    from jax_infodiscard.training.train import TrainConfig, train
+def _model_spec(args):
+    """The cache key of the model ``train`` or ``run --model`` trains.
 
-    tr = load_examples(
-        args.dataset, "train", args.num_train, image_size=args.image_size
-    )
-    te = load_examples(args.dataset, "test", args.num_test, image_size=args.image_size)
-    _, history = train(
-        args.model,
-        (tr.images, tr.labels),
-        (te.images, te.labels),
-        TrainConfig(epochs=args.epochs, seed=args.seed, progress=_progress(args)),
-        checkpoint_dir=args.checkpoint_dir,
-        num_classes=num_classes(args.dataset),
+    With the default flags it is the demo's model, so that the three
+    commands share one trained network.
+    """
+    from jax_infodiscard.experiments.cache import ModelSpec
+    from jax_infodiscard.training.train import TrainConfig
+
+    extra = {"num_test": args.num_test} if hasattr(args, "num_test") else {}
+    return ModelSpec(
+        model=args.model,
+        dataset=args.dataset,
         image_size=args.image_size,
+        num_train=args.num_train,
+        crop_scale=getattr(args, "crop_scale", None),
+        train=TrainConfig(epochs=args.epochs, seed=args.seed),
+        **extra,
     )
+
+
+def _train(args) -> int:
+    from jax_infodiscard.experiments.cache import train_or_load
+
+    spec = _model_spec(args)
+    if args.checkpoint_dir is None:  # the model cache, where demo/run look
+        trained = train_or_load(spec, args.cache, progress=_progress(args))
+        path, history = trained.path, trained.history
+    else:
+        path, history = args.checkpoint_dir, _train_into(spec, args)
     acc = history.get("test_accuracy", [float("nan")])[-1]
     secs = sum(history.get("epoch_seconds", []))
     print(
         f"{args.model}: test accuracy {acc:.4f} after {args.epochs} epochs "
         f"({secs:.0f} s of training)"
     )
+    print(
+        f"saved in {path}; analyse it with `{PROG} run --checkpoint {path} "
+        "--out DIR` (demo and run --model with the same settings reuse it)"
+    )
     return 0
+
+
+def _train_into(spec, args) -> dict:
+    """Trains ``spec`` into ``--checkpoint-dir``; returns the history."""
+    from jax_infodiscard.data import num_classes
+    from jax_infodiscard.experiments.data import load_examples
+    from jax_infodiscard.training.train import train
+
+    size = spec.image_size
+    tr = load_examples(spec.dataset, "train", spec.num_train, image_size=size)
+    te = load_examples(spec.dataset, "test", spec.num_test, image_size=size)
+    _, history = train(
+        spec.model,
+        (tr.images, tr.labels),
+        (te.images, te.labels),
+        dataclasses.replace(spec.train, progress=_progress(args)),
+        checkpoint_dir=args.checkpoint_dir,
+        num_classes=num_classes(spec.dataset),
+        image_size=size,
+    )
+    return history
 
 
 def _evaluate(args) -> int:
@@ -316,25 +427,10 @@ def _run(args) -> int:
         args.process_id,
         auto=args.distributed_auto,
     )
-    from jax_infodiscard.experiments.cache import ModelSpec
-    from jax_infodiscard.experiments.run import (
-        DatasetRunConfig,
-        format_summary,
-        run_dataset,
-    )
-    from jax_infodiscard.training.train import TrainConfig
+    from jax_infodiscard.experiments.run import format_summary, run_dataset
 
     cid = _cid_config(args)
-    model = None
-    if args.model is not None:
-        model = ModelSpec(
-            model=args.model,
-            dataset=args.dataset,
-            image_size=args.image_size,
-            num_train=args.num_train,
-            crop_scale=args.crop_scale,
-            train=TrainConfig(epochs=args.epochs, seed=args.seed),
-        )
+    model = None if args.model is None else _model_spec(args)
     cfg = DatasetRunConfig(
         dataset=args.dataset,
         split=args.split,
@@ -391,16 +487,39 @@ def _analyze(args) -> int:
 
 
 # ---------------------------------------------------------------- parser
+EXAMPLES = f"""examples:
+  {PROG} demo --fast
+  {PROG} train --model convnet
+  {PROG} run --model convnet --num-images 64 --out out/run
+  {PROG} evaluate --fast
+  {PROG} analyze concentration --fast --out out/concentration
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jax-infodiscard`` parser (every flag has a help text)."""
-    from jax_infodiscard.experiments.analyses import ANALYSES
-
     p = _Parser(
         prog=PROG,
         description="Layer-wise and pixel-wise information discarding (CID, RU).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the version and exit",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _run_parser(sub)
+    _analyze_parser(sub)
+    return p
 
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="train a small model on the embedded data, then CID/RU maps + plots",
@@ -415,55 +534,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--ru-unlearned",
         choices=("skip", "solve"),
-        default="skip",
+        default=_default(DemoConfig, "ru_unlearned"),
         help="RU at layers whose decoder learned nothing (held-out MSE >= 0.8 x "
         "the image variance): skip the solve (default; the maps would only show "
         "the decoder's error) or solve it anyway (greyed out)",
     )
-    d.add_argument(
-        "--num-images",
-        type=POSITIVE,
-        default=None,
-        help="test images analysed (default 8, with --fast 4)",
-    )
+    _add_num_images(d, DemoConfig, "test images analysed")
     _add_common(d)
     d.set_defaults(func=_demo)
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train a zoo model; orbax checkpoints, resumable",
-        description="Train a zoo model, saving an orbax checkpoint per epoch.",
+        help="train a zoo model into the model cache (or a folder); resumable",
+        description="Train a zoo model, saving an orbax checkpoint per epoch into "
+        "the model cache (CACHE/models/...; demo and run --model with the same "
+        "settings reuse it), or into --checkpoint-dir; prints where.",
     )
     _add_model(t)
     _add_dataset(t, DATASET_NAMES)
+    _add_training(t)
+    num_test = _default(DemoConfig, "num_test")
     t.add_argument(
-        "--epochs", type=POSITIVE, default=10, help="training epochs (default 10)"
-    )
-    t.add_argument(
-        "--num-train",
+        "--num-test",
         type=POSITIVE,
-        default=10_000,
-        help="training images (default 10000)",
+        default=num_test,
+        help=f"test images (default {num_test})",
     )
-    t.add_argument(
-        "--num-test", type=POSITIVE, default=1_000, help="test images (default 1000)"
-    )
-    t.add_argument(
-        "--image-size",
-        type=_int_at_least(16),
-        default=32,
-        help="image side in pixels, >= 16 (default 32)",
-    )
+    _add_image_size(t, _default(DemoConfig, "image_size"))
     t.add_argument(
         "--checkpoint-dir",
-        type=_out_dir,
+        type=_writable_dir,
         default=None,
         metavar="DIR",
-        help="save (and resume) checkpoints here (default: not saved)",
+        help="save (and resume) checkpoints here instead (default: the model "
+        "cache, see --cache)",
     )
-    _add_common(t, cache=False)
+    _add_common(t)
     t.set_defaults(func=_train)
 
+
+def _evaluate_parser(sub) -> None:
     annotated = ["synthetic", *(k for k, v in TFDS_SPECS.items() if v.annotated)]
     e = sub.add_parser(
         "evaluate",
@@ -476,15 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(e, annotated, " (boxes needed: annotated sets only)")
     _add_cid(e)
     _add_fast(e, "about 3.5 min on 2 CPU cores")
-    e.add_argument(
-        "--num-images",
-        type=POSITIVE,
-        default=None,
-        help="test images explained (default 64, with --fast 16)",
-    )
+    _add_num_images(e, EvaluateConfig, "test images explained")
     _add_common(e)
     e.set_defaults(func=_evaluate)
 
+
+def _run_parser(sub) -> None:
     r = sub.add_parser(
         "run",
         help="CID (and RU) for every image of a data-set split; resumable, "
@@ -506,16 +615,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=_existing_dir,
         metavar="DIR",
-        help="restore this orbax checkpoint folder (e.g. from "
-        "`jax-infodiscard train --checkpoint-dir DIR`)",
+        help="restore this orbax checkpoint folder (the one `jax-infodiscard "
+        "train` prints)",
     )
     _add_dataset(r, DATASET_NAMES)
-    r.add_argument("--split", default="test", help="split to analyse (default test)")
+    _add_run_images(r)
+    _add_image_size(r, _default(DatasetRunConfig, "image_size"))
+    r.add_argument(
+        "--crop-scale",
+        type=_number(positive=True),
+        default=None,
+        help="tfds sets with boxes: crop to the box enlarged this many times "
+        "(default: whole images)",
+    )
+    _add_training(r, "with --model: ")
+    _add_cid(r)
+    _add_distributed(r)
+    _add_common(r)
+    r.set_defaults(func=_run)
+
+
+def _add_run_images(r: argparse.ArgumentParser) -> None:
+    """What ``run`` analyses, and in which pieces."""
+    from jax_infodiscard.experiments.data import split_size
+
+    split = _default(DatasetRunConfig, "split")
+    r.add_argument("--split", default=split, help=f"split to analyse (default {split})")
     r.add_argument(
         "--num-images",
         type=POSITIVE,
         default=None,
-        help="the first N images of the split (default: all; synthetic: 2000)",
+        help="the first N images of the split (default: all; synthetic: "
+        f"{split_size('synthetic', split)})",
     )
     r.add_argument(
         "--layers",
@@ -531,12 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder of trained RU decoders (decoder_<layer>); adds RU",
     )
+    shard = _default(DatasetRunConfig, "shard_size")
     r.add_argument(
         "--shard-size",
         type=POSITIVE,
-        default=32,
+        default=shard,
         help="images per shard: one solver call, one chunk, the unit of resume "
-        "(default 32)",
+        f"(default {shard})",
     )
     r.add_argument(
         "--chunk-size",
@@ -545,32 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per compiled call of the solver (bounds memory; default: "
         "as many as fit half the free memory, from a memory estimate)",
     )
-    r.add_argument(
-        "--image-size",
-        type=_int_at_least(16),
-        default=32,
-        help="image side in pixels, >= 16 (default 32)",
-    )
-    r.add_argument(
-        "--crop-scale",
-        type=_number(positive=True),
-        default=None,
-        help="tfds sets with boxes: crop to the box enlarged this many times "
-        "(default: whole images)",
-    )
-    r.add_argument(
-        "--epochs",
-        type=POSITIVE,
-        default=8,
-        help="with --model: training epochs (default 8)",
-    )
-    r.add_argument(
-        "--num-train",
-        type=POSITIVE,
-        default=10_000,
-        help="with --model: training images (default 10000)",
-    )
-    _add_cid(r)
+
+
+def _add_distributed(r: argparse.ArgumentParser) -> None:
     dist = r.add_argument_group("several processes (jax.distributed)")
     dist.add_argument(
         "--coordinator",
@@ -595,8 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="detect the cluster (TPU pod, Slurm, Open MPI) instead",
     )
-    _add_common(r)
-    r.set_defaults(func=_run)
+
+
+def _analyze_parser(sub) -> None:
+    from jax_infodiscard.experiments.analyses import ANALYSES, AnalysisOptions
 
     a = sub.add_parser(
         "analyze",
@@ -612,12 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output(a, None)
     _add_dataset(a, DATASET_NAMES)
-    a.add_argument(
-        "--image-size",
-        type=_int_at_least(16),
-        default=32,
-        help="image side in pixels, >= 16 (default 32)",
-    )
+    _add_image_size(a, _default(AnalysisOptions, "image_size"))
     _add_cid(a)
     _add_fast(a, "a few minutes on 2 CPU cores")
     a.add_argument(
@@ -625,14 +731,48 @@ def build_parser() -> argparse.ArgumentParser:
         type=_json_object,
         default={},
         metavar="JSON",
-        help="change fields of the analysis' design at its scale, as a JSON "
-        'object, e.g. \'{"num_images": 16, "seeds": [0, 1]}\' (the fields are '
-        "those of the module's Sizes; an unknown field is an error naming the "
-        "known ones)",
+        help=_design_help(ANALYSES),
     )
     _add_common(a)
     a.set_defaults(func=_analyze)
-    return p
+
+
+def design_example(analyses: Mapping[str, Any]) -> dict[str, int]:
+    """A ``--design`` that every analysis with a design accepts.
+
+    The integer fields common to all designs (at most two), each at its
+    smallest ``--fast`` value.
+    """
+    designs = {n: a.sizes for n, a in analyses.items() if a.sizes}
+    if not designs:
+        return {}
+    common = set.intersection(
+        *(
+            {
+                f.name
+                for f in dataclasses.fields(s["fast"])
+                if type(getattr(s["fast"], f.name)) is int
+            }
+            for s in designs.values()
+        )
+    )
+    return {
+        name: min(getattr(s["fast"], name) for s in designs.values())
+        for name in sorted(common)[:2]
+    }
+
+
+def _design_help(analyses: Mapping[str, Any]) -> str:
+    fields = "; ".join(
+        f"{n}: {', '.join(f.name for f in dataclasses.fields(a.sizes['full']))}"
+        for n, a in sorted(analyses.items())
+        if a.sizes
+    )
+    return (
+        "change fields of the analysis' design at its scale, as a JSON object, "
+        f"e.g. '{json.dumps(design_example(analyses))}' (an unknown field is an "
+        f"error naming the known ones). Fields: {fields}"
+    )
 
 
 def _one_line(error: BaseException) -> str:
@@ -645,6 +785,19 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+def _check_default_cache(parser: argparse.ArgumentParser) -> None:
+    from jax_infodiscard.experiments.cache import default_cache_dir
+
+    try:
+        check_output_dir(default_cache_dir(), "folder")
+    except ValueError as e:
+        parser.error(
+            "the model cache ($JAX_INFODISCARD_CACHE, else "
+            f"~/.cache/jax_infodiscard): {str(e).removeprefix('folder: ')}; "
+            "give another with --cache DIR"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code.
 
@@ -655,7 +808,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a one-line parse error
+        if args.cache is None:  # the default cache, checked like --cache
+            _check_default_cache(parser)
+    except SystemExit as e:  # --help, --version, or a one-line parse error
         return e.code if isinstance(e.code, int) else 0
     args.argv = [PROG, *argv]
     try:

@@ -111,10 +111,16 @@ def as_partial(fn: Any, name: str = "feature_fn") -> Partial:
     (its compilation is cached on the function object).
 
     Raises:
-      TypeError: ``fn`` is not callable.
+      TypeError: ``fn`` is not callable, or is a Flax module (the message
+        names the adapter that makes a function of it).
     """
     if isinstance(fn, Partial):
         return fn
+    from jax_infodiscard.models.adapters import adapter_advice  # imports us
+
+    advice = adapter_advice(fn, name)  # a Flax model instead of a function
+    if advice is not None:
+        raise TypeError(advice)
     if not callable(fn):
         raise TypeError(f"{name} must be callable, got {_describe(fn)}")
     return Partial(fn)

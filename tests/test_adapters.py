@@ -345,3 +345,73 @@ def test_from_apply_checks_its_output():
         from_apply(3, {})
     with pytest.raises(TypeError, match="dict"):
         from_apply(lambda p, x: x * p, 2.0)(_images())
+
+
+# ------------------------------------------------- your own model, no pitfalls
+def test_model_fn_of_your_own_model_is_batch_independent_like_from_nnx():
+    from jax_infodiscard.models import model_fn
+
+    model = nnx_net()  # BatchNorm in training mode, dropout active
+    x = _images(4)
+    fn = model_fn(model)
+    batch = jax.jit(lambda f, x: f(x))(fn, x)
+    alone = jnp.concatenate([fn(x[i : i + 1]) for i in range(4)])
+    np.testing.assert_allclose(alone, batch, atol=1e-6)
+    # the same inference view as from_nnx, and as the hand-written network
+    np.testing.assert_allclose(batch, from_nnx(model, "head")(x)["head"], atol=1e-6)
+    want = handwritten(nnx_weights(model), x)["head"]
+    np.testing.assert_allclose(batch, want, rtol=1e-5, atol=1e-5)
+    # the model's own call in its training mode depends on the batch
+    own = model(x)
+    assert not np.allclose(own[:1], model(x[:1]), atol=1e-3)
+    assert model.block1.bn.use_running_average is False  # untouched
+
+
+def test_a_model_where_a_function_is_expected_names_the_adapter():
+    from jax_infodiscard.models import feature_fn, model_fn
+
+    model = nnx_net()
+    module, _ = linen_net()
+    x = _images()
+    nnx_hint = r"from_nnx\(model, layers\), layers among its submodule paths"
+    cases = [
+        (lambda: feature_fn(model), nnx_hint),
+        (lambda: feature_fn(module), r"from_linen\(module, variables, layers\)"),
+        (lambda: model_fn(module), r"Partial\(module.apply, variables\)"),
+        (lambda: jid.cid(model, x, jax.random.key(0)), nnx_hint),
+        (lambda: jid.cid(module, x, jax.random.key(0)), r"from_linen\("),
+        (lambda: from_nnx(module, "conv1"), r"from_linen\(module, variables"),
+    ]
+    for call, hint in cases:
+        with pytest.raises(TypeError, match=hint) as info:
+            call()
+        assert "\n" not in str(info.value)
+    with pytest.raises(TypeError, match="paths 'block1', 'blocks', 'drop', 'head', "):
+        feature_fn(model)
+
+
+def test_cid_of_a_zoo_model_itself_names_feature_fn():
+    from jax_infodiscard.models import create_model
+
+    zoo = create_model("convnet", rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"pass jax_infodiscard.models.feature_fn"):
+        jid.cid(zoo, jnp.zeros((1, 32, 32, 3)), jax.random.key(0))
+
+
+def test_from_nnx_takes_submodule_objects():
+    model = nnx_net()
+    x = _images()
+    by_path = from_nnx(model, NNX_LAYERS)(x)
+    by_object = from_nnx(model, [model.block1, model.blocks[0], model.head])(x)
+    assert sorted(by_object) == ["block1", "blocks/0", "head"]
+    named = from_nnx(model, {"block2": model.blocks[0], "head": "head"})(x)
+    for name, path in (("block1", "block1"), ("blocks/0", "block2")):
+        np.testing.assert_array_equal(by_object[name], by_path[path])
+    np.testing.assert_array_equal(named["block2"], by_path["block2"])
+    np.testing.assert_array_equal(
+        from_nnx(model, model.head)(x)["head"], by_path["head"]
+    )
+    with pytest.raises(ValueError, match=r"layers\[0\]: this Block is not a submodule"):
+        from_nnx(model, [nnx_net(1).block1])
+    with pytest.raises(ValueError, match="is the model itself"):
+        from_nnx(model, {"all": model})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -193,3 +194,116 @@ def test_analyze_passes_the_design_and_the_scale(monkeypatch, tmp_path, capsys):
     assert options.design == (("num_images", 2), ("seeds", (0, 1)))
     assert cli.main(argv) == 0
     assert seen["options"].scale == "full" and seen["options"].design == ()
+
+
+def test_version_prints_the_package_version(capsys):
+    from jax_infodiscard import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"jax-infodiscard {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "evaluate"])
+def test_cache_paths_are_checked_while_parsing(command, capsys, tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.chdir(tmp_path)
+    for cache, message in (
+        (afile, "argument --cache: "),
+        (afile / "sub", "argument --cache: cannot create"),
+    ):
+        assert cli.main([command, "--cache", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + message) and err.count("\n") == 1, err
+        assert str(afile) in err
+    # The default cache (the environment variable) is checked the same way.
+    monkeypatch.setenv("JAX_INFODISCARD_CACHE", str(afile))
+    assert cli.main([command]) == 2
+    err = capsys.readouterr().err
+    assert "$JAX_INFODISCARD_CACHE" in err and "is an existing file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_the_help_examples_parse():
+    parser = cli.build_parser()
+    lines = [ln.split() for ln in cli.EXAMPLES.splitlines() if "jax-infodiscard" in ln]
+    assert {ln[1] for ln in lines} == set(COMMANDS)
+    for line in lines:
+        args = parser.parse_args(line[1:])
+        assert args.command == line[1]
+
+
+def test_the_design_example_is_accepted_by_every_analysis(capsys):
+    from jax_infodiscard.experiments.analyses import AnalysisOptions, apply_design
+
+    example = cli.design_example(ANALYSES)
+    assert example  # a field that every design has
+    assert cli.main(["analyze", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"e.g. '{json.dumps(example)}'" in help_text
+    checked = 0
+    for analysis in ANALYSES.values():
+        if analysis.sizes is None:
+            continue
+        for scale in ("full", "fast"):
+            design = apply_design(
+                analysis.sizes, AnalysisOptions(scale=scale, design=example)
+            )
+            assert all(getattr(design, k) == v for k, v in example.items())
+            checked += 1
+    assert checked >= 2 * 6
+
+
+def test_train_run_and_demo_share_one_default_model():
+    from jax_infodiscard.experiments.demo import DemoConfig
+
+    subs = _subparsers(cli.build_parser())
+    train = subs["train"].parse_args([])
+    run = subs["run"].parse_args(["--out", "o", "--model", "convnet"])
+    demo = DemoConfig().model_spec().folder_name()
+    assert cli._model_spec(train).folder_name() == demo
+    assert cli._model_spec(run).folder_name() == demo
+    assert train.epochs == run.epochs == DemoConfig().epochs == cli.EPOCHS
+    assert train.checkpoint_dir is None
+
+
+def test_help_defaults_come_from_the_configs():
+    from jax_infodiscard.experiments.demo import DemoConfig
+    from jax_infodiscard.experiments.evaluate import EvaluateConfig
+    from jax_infodiscard.experiments.run import DatasetRunConfig
+
+    subs = _subparsers(cli.build_parser())
+    cases = [
+        (subs["run"], "--shard-size", DatasetRunConfig(model=None, checkpoint="c")),
+        (subs["run"], "--image-size", DatasetRunConfig(model=None, checkpoint="c")),
+        (subs["train"], "--num-train", DemoConfig()),
+        (subs["train"], "--num-test", DemoConfig()),
+        (subs["train"], "--epochs", DemoConfig()),
+    ]
+    for parser, flag, config in cases:
+        action = _option(parser, flag)
+        value = getattr(config, action.dest)
+        assert action.default == value and f"(default {value}" in action.help
+    for name, config in (("demo", DemoConfig), ("evaluate", EvaluateConfig)):
+        text = _option(subs[name], "--num-images").help
+        assert f"default {config().num_images}, with --fast " in text
+        assert text.endswith(f"{config.fast().num_images})")
+
+
+def test_train_saves_into_the_cache_by_default(monkeypatch, tmp_path, capsys):
+    from jax_infodiscard.experiments import cache
+
+    seen = {}
+
+    def fake_train_or_load(spec, cache_dir, *, progress):
+        seen.update(spec=spec, cache_dir=cache_dir)
+        path = cache.model_cache_dir(spec, cache_dir)
+        history = {"test_accuracy": [0.5], "epoch_seconds": [1.0]}
+        return cache.TrainedModel(None, 0.5, history, path, None, None)
+
+    monkeypatch.setattr(cache, "train_or_load", fake_train_or_load)
+    assert cli.main(["train", "--cache", str(tmp_path), "--no-compile-cache"]) == 0
+    out = capsys.readouterr().out
+    path = cache.model_cache_dir(seen["spec"], tmp_path)
+    assert seen["cache_dir"] == str(tmp_path)
+    assert f"saved in {path};" in out and f"run --checkpoint {path}" in out

@@ -214,3 +214,124 @@ def test_normalise_maps_min_to_0_and_max_to_1():
     assert out.min() == 0.0 and out.max() == 1.0
     np.testing.assert_allclose(out, (m - 2.0) / 2.0)
     assert not normalise(np.ones((2, 2))).any()
+
+
+def _log_tick_labels(fig):
+    """``[(text, bbox)]`` of the drawn tick labels of the log-scale panel."""
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    (ax,) = [a for a in fig.axes if a.get_yscale() == "log"]
+    ticks = ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+    lo, hi = sorted(ax.get_ylim())
+    return [
+        (t.label1.get_text(), t.label1.get_window_extent(renderer))
+        for t in ticks
+        if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi
+    ]
+
+
+def _crowded(labels) -> list[tuple[str, str]]:
+    return [
+        (a, b)
+        for i, (a, box_a) in enumerate(labels)
+        for b, box_b in labels[i + 1 :]
+        if _overlap(box_a, box_b)
+    ]
+
+
+# Linearity per layer (mean over images, x 3 layers): the demo's wide range,
+# three, one and a half, one, half a decade and a narrow range around 1.
+LINEARITY_RANGES = [
+    (0.5, 90.0),
+    (0.3, 300.0),
+    (0.6, 8.0),
+    (0.7, 6.0),
+    (0.55, 2.5),
+    (0.6, 1.7),
+    (0.85, 1.25),
+]
+
+
+@pytest.mark.parametrize(("low", "high"), LINEARITY_RANGES)
+def test_log_axis_tick_labels_do_not_overlap(low, high):
+    values = np.geomspace(low, high, len(LAYERS))[:, None] * np.ones((1, 4))
+    fig = plot_layer_curves(
+        LAYERS, {"CID linearity": values}, None, log_panels={"linearity"}
+    )
+    labels = _log_tick_labels(fig)
+    assert len(labels) >= 2, labels  # the axis still says where it is
+    assert not _crowded(labels), _crowded(labels)
+    assert all(float(text) > 0 for text, _ in labels)  # plain numbers
+
+
+def test_log_overlap_check_catches_the_old_minor_labels():
+    """Every minor tick labelled (the old formatter) overlaps: the test can fail."""
+    from jax_infodiscard.plotting.maps import _PLAIN
+
+    values = np.geomspace(0.5, 90.0, len(LAYERS))[:, None] * np.ones((1, 4))
+    fig = plot_layer_curves(
+        LAYERS, {"CID linearity": values}, None, log_panels={"linearity"}
+    )
+    (ax,) = [a for a in fig.axes if a.get_yscale() == "log"]
+    ax.yaxis.set_minor_formatter(_PLAIN)
+    assert _crowded(_log_tick_labels(fig))
+
+
+# --------------------------------------------------------------------- show
+@pytest.fixture(scope="module")
+def linear_cid(linear_model, linear_images):
+    import jax
+
+    import jax_infodiscard as jid
+
+    fn, _ = linear_model
+    config = jid.CIDConfig(method="linear", layer_strategy="vmap")
+    return linear_images, jid.cid(fn, linear_images, jax.random.key(0), config=config)
+
+
+def test_show_draws_the_map_over_its_image(linear_cid):
+    from jax_infodiscard.plotting import show
+
+    images, res = linear_cid
+    fig = show(images, res, "lin", index=1)
+    ax_image, ax_map, cax = fig.axes
+    assert [ax_image.get_title(), ax_map.get_title()] == [
+        "image 1",
+        "CID lin, normalised",
+    ]
+    grey, overlay = ax_map.images
+    np.testing.assert_allclose(grey.get_array(), np.asarray(images[1]).mean(-1))
+    np.testing.assert_allclose(
+        overlay.get_array(), normalise(np.asarray(res.pixel[0, 1])), atol=1e-6
+    )
+    assert overlay.get_alpha() == 0.6 and "min" in cax.get_ylabel()
+    nats = show(images[1], res, normalised=False, index=1).axes[1].images[1]
+    np.testing.assert_allclose(nats.get_array(), np.asarray(res.pixel[0, 1]))
+    renderer, *_ = _drawn(fig)
+    assert not _overlap(cax.get_tightbbox(renderer), ax_map.get_window_extent(renderer))
+
+
+def test_show_names_what_is_wrong(linear_cid):
+    from jax_infodiscard.plotting import show
+
+    images, res = linear_cid
+    with pytest.raises(ValueError, match="unknown layer 'conv1'; the result has lin"):
+        show(images, res, "conv1")
+    with pytest.raises(ValueError, match="index=5 is outside the 2 images"):
+        show(images, res, "lin", index=5)
+    with pytest.raises(ValueError, match=r"is \(6, 5\) pixels but the image is"):
+        show(np.zeros((2, 8, 8, 3)), res, "lin")
+    with pytest.raises(TypeError, match="CIDResult or RUResult"):
+        show(images, np.zeros((6, 5)), "lin")
+
+
+def test_show_greys_out_a_map_that_did_not_converge(linear_cid):
+    import dataclasses
+
+    from jax_infodiscard.plotting import show
+
+    images, res = linear_cid
+    failed = dataclasses.replace(res, converged=np.zeros_like(res.converged))
+    ax_map = show(images, failed, "lin").axes[1]
+    assert ax_map.images[1].get_cmap().name == "gray"
+    assert "not converged" in ax_map.texts[0].get_text()

@@ -93,7 +93,7 @@ RESUMABLE = ("run",)
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str | None]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -60,7 +61,7 @@ from flax import nnx, traverse_util
 
 from jax_infodiscard.validation import check_names
 
-__all__ = ["from_apply", "from_linen", "from_nnx"]
+__all__ = ["adapter_advice", "from_apply", "from_linen", "from_nnx"]
 
 _TAG = "__infodiscard_output__"
 
@@ -85,6 +86,70 @@ def _hashable_kwargs(kwargs: Mapping[str, Any], name: str) -> tuple:
             f"be hashable (bools, numbers, strings): {e}"
         ) from e
     return items
+
+
+# ------------------------------------------------------------- which adapter
+_OUTPUT_FNS = ("model_fn", "logit_fn", "teacher_fn")
+"""Argument names that take a function ``images -> model output``."""
+
+
+def _is_linen(obj: Any) -> bool:
+    linen = sys.modules.get("flax.linen")  # not imported: obj is no Linen module
+    return linen is not None and isinstance(obj, linen.Module)
+
+
+def _example_paths(model: nnx.Module, limit: int = 4) -> str:
+    found = [p for p, _ in nnx.iter_modules(model) if p]
+    paths = [_path_str(p) for p in sorted(found, key=len)]  # outermost first
+    shown = ", ".join(repr(p) for p in paths[:limit])
+    return shown + (", ..." if len(paths) > limit else "") if paths else "(none)"
+
+
+def adapter_advice(obj: Any, name: str = "feature_fn") -> str | None:
+    """Which call turns the model ``obj`` into the function ``name`` takes.
+
+    Args:
+        obj: what was passed where a function of the images was expected.
+        name: the argument: ``"feature_fn"`` (``images -> {layer: array}``),
+            or ``"model_fn"``, ``"logit_fn"``, ``"teacher_fn"``
+            (``images -> model output``).
+
+    Returns:
+        One line naming the adapter to call, or ``None`` when ``obj`` is
+        not a Flax module (NNX or Linen) or ``name`` is none of the above.
+
+    >>> from flax import nnx
+    >>> adapter_advice(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))  # doctest: +ELLIPSIS
+    'feature_fn must be a function of the images, not the NNX module Linear ...'
+    >>> adapter_advice(len) is None
+    True
+    """
+    if name != "feature_fn" and name not in _OUTPUT_FNS:
+        return None
+    if isinstance(obj, nnx.Module):
+        kind = "NNX"
+        if name in _OUTPUT_FNS:
+            call = "jax_infodiscard.models.model_fn(model)"
+        elif hasattr(obj, "features") and hasattr(obj, "layer_names"):
+            call = "jax_infodiscard.models.feature_fn(model)"
+        else:
+            call = (
+                "jax_infodiscard.models.from_nnx(model, layers), layers among its "
+                f"submodule paths {_example_paths(obj)}"
+            )
+    elif _is_linen(obj):
+        kind = "Linen"
+        call = (
+            "jax.tree_util.Partial(module.apply, variables)"
+            if name in _OUTPUT_FNS
+            else "jax_infodiscard.models.from_linen(module, variables, layers)"
+        )
+    else:
+        return None
+    return (
+        f"{name} must be a function of the images, not the {kind} module "
+        f"{type(obj).__name__} itself: pass {call}"
+    )
 
 
 def _unknown(kind: str, missing: Sequence[str], available: Sequence[str]) -> ValueError:
@@ -163,8 +228,37 @@ class _NNXFeatures:
         }
 
 
+def _module_paths(model: nnx.Module, layers: Any) -> Any:
+    """``layers`` with each submodule object replaced by its path in ``model``."""
+    if isinstance(layers, nnx.Module):
+        layers = [layers]
+    if isinstance(layers, str | bytes) or not hasattr(layers, "__iter__"):
+        return layers  # checked (and refused if need be) by _layer_map
+    is_map = isinstance(layers, Mapping)
+    items = list(layers.items()) if is_map else list(enumerate(layers))
+    if not any(isinstance(v, nnx.Module) for _, v in items):
+        return layers
+    paths = {id(m): _path_str(p) for p, m in nnx.iter_modules(model) if p}
+
+    def path(where: Any, value: Any) -> Any:
+        if not isinstance(value, nnx.Module):
+            return value
+        if id(value) not in paths:
+            what = "the model itself" if value is model else "not a submodule of it"
+            raise ValueError(
+                f"layers[{where!r}]: this {type(value).__name__} is {what}; pass "
+                f"a submodule object or path, e.g. {_example_paths(model)}"
+            )
+        return paths[id(value)]
+
+    resolved = [(k, path(k, v)) for k, v in items]
+    return dict(resolved) if is_map else [v for _, v in resolved]
+
+
 def from_nnx(
-    model: nnx.Module, layers: str | Sequence[str] | Mapping[str, str], **kwargs: Any
+    model: nnx.Module,
+    layers: str | nnx.Module | Sequence[str | nnx.Module] | Mapping[str, Any],
+    **kwargs: Any,
 ) -> jax.tree_util.Partial:
     """Feature function of a Flax NNX module, at the outputs of its submodules.
 
@@ -173,7 +267,9 @@ def from_nnx(
             modified.
         layers: submodule path(s), ``/``-separated attribute names and list
             indices as in ``nnx.iter_modules`` (``"block2/conv"``,
-            ``"layers/0"``); or ``{output name: path}`` to rename them.
+            ``"layers/0"``), or the submodule objects themselves
+            (``model.block2.conv``; the layer is then named by its path); or
+            ``{output name: path or submodule}`` to name them.
         **kwargs: static keyword arguments of the model call (e.g.
             ``train=False``); they must be hashable.
 
@@ -188,7 +284,8 @@ def from_nnx(
         TypeError: ``model`` is not a callable ``nnx.Module``, or a keyword
             argument is not hashable.
         ValueError: a path names no submodule (the message lists every
-            submodule path), or duplicate/empty layer names. When called: a
+            submodule path), an object is not a submodule of ``model``, or
+            duplicate/empty layer names. When called: a
             submodule called more than once, or never, in the forward pass.
 
     Example:
@@ -199,12 +296,19 @@ def from_nnx(
         >>> fn = from_nnx(model, {"hidden": "layers/0", "out": "layers/1"})
         >>> {k: v.shape for k, v in fn(jnp.ones((5, 3))).items()}
         {'hidden': (5, 4), 'out': (5, 2)}
+        >>> sorted(from_nnx(model, [model.layers[1]])(jnp.ones((5, 3))))
+        ['layers/1']
     """
+    if _is_linen(model):
+        raise TypeError(
+            f"from_nnx takes a Flax NNX module; for the Linen module "
+            f"{type(model).__name__} call from_linen(module, variables, layers)"
+        )
     if not isinstance(model, nnx.Module) or not callable(model):
         raise TypeError(
             f"model must be a callable flax.nnx.Module, got {type(model).__name__}"
         )
-    pairs = _layer_map(layers)
+    pairs = _layer_map(_module_paths(model, layers))
     view = nnx.view(
         model, use_running_average=True, deterministic=True, raise_if_not_found=False
     )

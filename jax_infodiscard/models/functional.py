@@ -29,6 +29,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from jax_infodiscard.models.adapters import adapter_advice
 from jax_infodiscard.types import Array
 
 __all__ = ["feature_fn", "layer_names", "model_fn", "split_fn"]
@@ -60,6 +61,44 @@ class _Apply:
         if self.kind == "output":
             return model(x)
         return model.forward_range(x, self.start, self.stop)
+
+
+def _inference_split(model: Any, caller: str) -> tuple[Any, Any]:
+    """``nnx.split`` of an inference view of ``model`` (the user's is unchanged).
+
+    BatchNorm on its running averages and dropout off
+    (``nnx.view(use_running_average=True, deterministic=True)``, as
+    :func:`~jax_infodiscard.models.adapters.from_nnx` does), so that the output for
+    one image does not depend on the rest of the batch. Zoo models pass the
+    mode explicitly at every call; the view changes nothing for them.
+
+    Raises:
+        TypeError: ``model`` is not an NNX module (a Linen module: the message
+            says which adapter to use instead).
+    """
+    if not isinstance(model, nnx.Module):
+        advice = adapter_advice(model, "model_fn")
+        raise TypeError(
+            f"{caller} takes a Flax NNX module, got {type(model).__name__}"
+            + (f"; {advice.split(': ', 1)[1]} instead" if advice else "")
+        )
+    view = nnx.view(
+        model, use_running_average=True, deterministic=True, raise_if_not_found=False
+    )
+    return nnx.split(view)
+
+
+def _check_zoo(model: Any) -> None:
+    """Refuses a model without ``features``, saying which adapter to call."""
+    if hasattr(model, "features"):
+        return
+    advice = adapter_advice(model, "feature_fn")
+    raise TypeError(
+        "feature_fn(model) takes a zoo model (jax_infodiscard.models."
+        "create_model) or a module with .features(x) and .layer_names, got "
+        f"{type(model).__name__}"
+        + (f"; for your own model {advice.split(': ', 1)[1]}" if advice else "")
+    )
 
 
 def layer_names(model: nnx.Module) -> tuple[str, ...]:
@@ -120,8 +159,9 @@ def feature_fn(
         ValueError: unknown, duplicate or no layer names (the message lists
             the valid names).
     """
+    _check_zoo(model)
     chosen = _check_layers(model, layers)
-    graphdef, state = nnx.split(model)
+    graphdef, state = _inference_split(model, "feature_fn")
     return jax.tree_util.Partial(_Apply(graphdef, "features", layers=chosen), state)
 
 
@@ -129,15 +169,22 @@ def model_fn(model: nnx.Module) -> jax.tree_util.Partial:
     """Pure model output ``fn(images) -> logits``.
 
     Args:
-        model: an NNX module called as ``model(images)``.
+        model: an NNX module called as ``model(images)``: a zoo model or your
+            own (not modified).
 
     Returns:
         A :class:`jax.tree_util.Partial` mapping float32 images
         ``(B, S, S, 3)`` to the model output, logits ``(B, num_classes)``
         for classifiers (the reconstruction ``(B, S, S, 3)`` for
-        auto-encoders), with inference-mode BatchNorm.
+        auto-encoders), with BatchNorm on its running averages and dropout
+        off (the inference view :func:`~jax_infodiscard.models.adapters.from_nnx`
+        uses), so that one image's output does not depend on the batch.
+
+    Raises:
+        TypeError: ``model`` is not an NNX module (for a Linen module the
+            message says what to pass instead).
     """
-    graphdef, state = nnx.split(model)
+    graphdef, state = _inference_split(model, "model_fn")
     return jax.tree_util.Partial(_Apply(graphdef, "output"), state)
 
 
@@ -168,7 +215,7 @@ def split_fn(
         )
     stage = model.resolve_layer(layer)
     k = model.stage_names.index(stage) + 1
-    graphdef, state = nnx.split(model)
+    graphdef, state = _inference_split(model, "split_fn")
     body = jax.tree_util.Partial(_Apply(graphdef, "range", start=0, stop=k), state)
     head = jax.tree_util.Partial(_Apply(graphdef, "range", start=k, stop=None), state)
     return body, head

@@ -35,6 +35,60 @@ _FLAG_COLOR = "crimson"
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 
 
+# Minor ticks of a log axis sit at m x 10^k, m = 2..9. Which m get a label:
+# the sparsest of these sets that still labels three ticks in view, among
+# those whose labels stay at least _MIN_GAP of the axis height apart.
+_MINOR_TIERS = ((), (2, 5), (2, 3, 5, 7), tuple(range(2, 10)))
+_MIN_GAP = 0.08
+
+
+def _minor_tier(lo: float, hi: float) -> tuple[int, ...]:
+    """The mantissas of the minor ticks to label on a log axis ``[lo, hi]``.
+
+    >>> _minor_tier(0.3, 150.0), _minor_tier(0.5, 9.5), _minor_tier(0.8, 1.3)
+    ((), (2, 5), (2, 3, 4, 5, 6, 7, 8, 9))
+    """
+    decades = float(np.log10(hi / lo))
+    powers = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+
+    def shown(tier) -> int:
+        marks = [m * 10.0**k for k in powers for m in (1, *tier)]
+        return sum(lo <= v <= hi for v in marks)
+
+    def gap(tier) -> float:
+        return float(np.diff(np.log10([1, *tier, 10])).min())
+
+    allowed = [t for t in _MINOR_TIERS if gap(t) >= _MIN_GAP * decades]
+    return next((t for t in allowed if shown(t) >= 3), allowed[-1])
+
+
+def _log_minor_labels(axis) -> FuncFormatter:
+    """Plain labels for some minor ticks of a log axis, never crowded.
+
+    Labelling every minor tick (as a plain formatter does) stacks their
+    labels near each decade once the axis spans a decade or more ("0.9 0.8
+    0.7 0.6"); here only the mantissas :func:`_minor_tier` picks for the
+    axis' current range are labelled.
+
+    >>> from matplotlib.figure import Figure
+    >>> ax = Figure().subplots()
+    >>> ax.set_yscale("log"); ax.set_ylim(0.5, 9.5)
+    (0.5, 9.5)
+    >>> fmt = _log_minor_labels(ax.yaxis)
+    >>> [fmt(v, 0) for v in (0.5, 0.6, 2.0, 3.0)]
+    ['0.5', '', '2', '']
+    """
+
+    def label(value: float, _pos) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        if value <= 0 or lo <= 0:
+            return ""
+        mantissa = round(value / 10 ** np.floor(np.log10(value) + 1e-9))
+        return f"{value:g}" if mantissa in _minor_tier(lo, hi) else ""
+
+    return FuncFormatter(label)
+
+
 def normalise(m: np.ndarray) -> np.ndarray:
     """Scales one map to ``[0, 1]`` (its minimum to 0, its maximum to 1).
 
@@ -356,7 +410,7 @@ def plot_layer_curves(
         if panel in log_panels:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(_PLAIN)
-            ax.yaxis.set_minor_formatter(_PLAIN)
+            ax.yaxis.set_minor_formatter(_log_minor_labels(ax.yaxis))
         ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel((ylabels or {}).get(panel, f"{panel} (nats)"))
         ax.grid(alpha=0.3)

@@ -242,7 +242,8 @@ def _rule(eqn, ins: list[Value]) -> list[Value]:
     out = out_shapes[0] if out_shapes else ()
 
     if name in _ELEMENTWISE:
-        if all(s == out or s == () for s, v in zip(in_shapes, ins, strict=True) if v):
+        shapes = [s for s, v in zip(in_shapes, ins, strict=True) if v is not None]
+        if all(s in (out, ()) for s in shapes):
             return [_join(ins, out)] * len(out_shapes)
     elif name == "broadcast_in_dim":
         dims = p["broadcast_dimensions"]
@@ -521,8 +522,8 @@ def coloured_norms(
     sides = colouring.image_shape[:-1]
     channels = colouring.image_shape[-1]
     periods = colouring.periods
-    _, lin = jax.linearize(leaves_fn, x)
-    shapes = [tuple(a.shape) for a in jax.eval_shape(leaves_fn, x)]
+    out, lin = jax.linearize(leaves_fn, x)
+    shapes = [tuple(a.shape) for a in out]
     plans = [
         None if v is None else _leaf_tables(colouring, v, s)
         for v, s in zip(colouring.fields, shapes, strict=True)

@@ -9,8 +9,13 @@ squared norm of the Jacobian columns of sigma entry ``i``,
 ``a_i = E_v[(J^T v)_i^2]`` for probes ``v`` with independent unit-variance
 entries, so ``K`` vector-Jacobian products give every column norm at once.
 Rademacher probes have a lower variance than Gaussian ones
-(``2 (a_i^2 - sum_k J_ki^4) / K`` against ``2 a_i^2 / K``). A feature with at
-most ``K`` entries uses the basis vectors instead, which is exact.
+(``2 (a_i^2 - sum_k J_ki^4) / K`` against ``2 a_i^2 / K``). Two exact ways
+replace them where they cost at most ``K`` passes: the basis vectors of a
+feature with at most ``K`` entries, and, for a feature with a bounded
+receptive field (convolutions, pooling, residual blocks),
+Jacobian-vector products along a periodic colouring of the input
+(:mod:`jax_infodiscard.core.colouring`; ``P_1 P_2 C`` products for a field of
+at most ``P_1 x P_2`` pixels).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jax_infodiscard.core import colouring as _colouring
 from jax_infodiscard.core.features import grouped_features, image_features, sq_norm
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
 
@@ -33,6 +39,37 @@ def feature_sizes(
     return [sum(math.prod(a.shape) for a in jax.tree.leaves(out[n])) for n in layers]
 
 
+NORM_MODES = ("auto", "probes", "basis", "colouring")
+"""How :func:`column_norms` computes the norms (``mode``)."""
+
+
+def colouring_plan(
+    feature_fn: FeatureFn, layer: str, x: Array
+) -> _colouring.Colouring | None:
+    """The exact colouring of one layer at ``x``'s shape, or ``None``.
+
+    ``None`` when the layer's tangent map cannot be traced (a function without
+    forward-mode derivatives, for example). Static: it depends on shapes only.
+
+    >>> fn = lambda x: {"blur": x[:, 1:] + x[:, :-1]}
+    >>> colouring_plan(fn, "blur", jnp.zeros((8, 8, 3))).passes
+    6
+    """
+    try:
+        fields = _colouring.receptive_fields(_leaves_fn(feature_fn, layer), x)
+    except (TypeError, ValueError, NotImplementedError):
+        return None
+    return _colouring.plan(fields, x.shape)
+
+
+def _leaves_fn(feature_fn: FeatureFn, layer: str):
+    def leaves(z):
+        out = image_features(feature_fn, (layer,), z)[layer]
+        return [a.astype(jnp.float32) for a in jax.tree.leaves(out)]
+
+    return leaves
+
+
 def column_norms(
     feature_fn: FeatureFn,
     layer: str,
@@ -41,8 +78,16 @@ def column_norms(
     num_probes: int,
     per_channel: bool,
     probe_batch: int | None = None,
+    mode: str = "auto",
 ) -> tuple[Array, int]:
     """Squared Jacobian column norms of one layer at one image.
+
+    Three ways, chosen by ``mode``: ``"probes"`` (``K`` Rademacher VJPs, an
+    unbiased estimate), ``"basis"`` (one VJP per feature entry, exact) and
+    ``"colouring"`` (one JVP per colour class of the input, exact; see
+    :mod:`jax_infodiscard.core.colouring`). ``"auto"`` (the default) takes
+    the cheaper exact way when it needs at most ``K`` passes (the basis on a
+    tie), else the probes.
 
     Args:
       feature_fn: feature function.
@@ -52,28 +97,70 @@ def column_norms(
       num_probes: ``K``, the number of vector-Jacobian products.
       per_channel: ``True`` for one entry per input unit ``(H, W, C)``;
         otherwise channels are summed, ``(H, W)``.
-      probe_batch: VJPs held in memory at once (``None``: all); smaller
-        batches run in a compiled loop, which bounds memory on large images.
+      probe_batch: VJPs (or JVPs) held in memory at once (``None``: all);
+        smaller batches run in a compiled loop, which bounds memory on large
+        images.
+      mode: one of :data:`NORM_MODES`.
 
     Returns:
       ``(a, passes)``: ``a`` of shape ``(H, W)`` or ``(H, W, C)`` (float32) and
-      the number of backward passes used (``K``, or the feature size when the
-      exact basis is used).
+      the number of model passes used (``K`` backward passes for the probes,
+      the feature size for the basis, the number of colour classes, forward
+      passes, for the colouring).
+
+    Raises:
+      ValueError: an unknown ``mode``; ``"colouring"`` for a feature whose
+        tangent map cannot be traced; ``"probes"`` without a ``key``.
 
     >>> w = jnp.arange(1.0, 7.0).reshape(1, 2, 3, 1)
     >>> fn = lambda x: {"lin": (x * w).reshape(x.shape[0], -1)}
     >>> a, passes = column_norms(fn, "lin", jnp.zeros((2, 3, 1)), None, 8, False)
     >>> a.tolist(), passes
     ([[1.0, 4.0, 9.0], [16.0, 25.0, 36.0]], 6)
+
+    A 3-tap filter along rows: 3 JVPs give the exact norms of 64 columns.
+
+    >>> fn = lambda x: {"f": x[:, 1:-1] - 0.5 * (x[:, :-2] + x[:, 2:])}
+    >>> a, passes = column_norms(fn, "f", jnp.zeros((8, 8, 1)), None, 16, False)
+    >>> a[:, 0].tolist(), passes
+    ([0.25, 1.25, 1.5, 1.5, 1.5, 1.5, 1.25, 0.25], 3)
     """
+    if mode not in NORM_MODES:
+        raise ValueError(f"mode must be one of {NORM_MODES}, got {mode!r}")
+    m = sum(
+        math.prod(a.shape)
+        for a in jax.tree.leaves(
+            jax.eval_shape(lambda z: image_features(feature_fn, (layer,), z)[layer], x)
+        )
+    )
+    plan = None
+    # A colouring takes at least C passes: it cannot beat a basis of <= C.
+    if mode == "colouring" or (mode == "auto" and m > x.shape[-1]):
+        plan = colouring_plan(feature_fn, layer, x)
+        if plan is None and mode == "colouring":
+            raise ValueError(
+                f"mode='colouring': the tangent map of layer {layer!r} cannot be "
+                "traced (jax.jvp fails); use mode='probes' or 'basis'"
+            )
+    if mode == "colouring" or (
+        mode == "auto"
+        and plan is not None
+        and plan.passes <= num_probes
+        and (m > num_probes or plan.passes < m)
+    ):
+        a = _colouring.coloured_norms(
+            _leaves_fn(feature_fn, layer), x, plan, per_channel, probe_batch
+        )
+        return a, plan.passes
+    if mode == "probes" and key is None:
+        raise ValueError("mode='probes' needs a PRNG key (key=None given)")
 
     def flat_features(z):
         flat, _ = ravel_pytree(image_features(feature_fn, (layer,), z)[layer])
         return flat.astype(jnp.float32)
 
     flat, vjp = jax.vjp(flat_features, x)
-    m = flat.shape[0]
-    if m <= num_probes:
+    if mode == "basis" or (mode == "auto" and m <= num_probes):
         probes, weight, passes = jnp.eye(m, dtype=flat.dtype), 1.0, m
     else:
         probes = jax.random.rademacher(key, (num_probes, m), flat.dtype)

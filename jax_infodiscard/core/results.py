@@ -27,7 +27,13 @@ _ARRAYS = (
     "linearity",
     "mean_shift",
     "entropy_gain",
+    "mean_se",
+    "pixel_se",
+    "reproducibility",
+    "floor_share",
 )
+_ERROR_BARS = ("mean_se", "pixel_se", "reproducibility", "floor_share")
+"""Fields added after format 2; a file without them loads with NaN there."""
 _META = ("layers", "beta", "units", "method")
 _FORMAT = 2
 
@@ -59,6 +65,17 @@ class _Result:
         squared mean shift ``||E h(x') - f||^2`` ``(L, B)``.
       entropy_gain: mean of ``pixel`` minus that of the closed form rescaled
         to the same true budget ``(L, B)``, nats per sigma entry.
+      mean_se: Monte-Carlo standard error of ``mean`` ``(L, B)``, nats: the
+        spread of ``mean`` over keys (DESIGN.md sec. 7).
+      pixel_se: Monte-Carlo standard error of each entry of ``pixel`` (same
+        shape), nats: the spread of the averaged ``dr/ds`` over the
+        iterations, plus the level's error from the held draws.
+      reproducibility: share of the map's variance over pixels that is signal
+        rather than Monte-Carlo noise ``(L, B)``, in [0, 1]: the correlation
+        two runs with different keys are expected to reach.
+      floor_share: share of sigma entries whose averaged ``dr/ds`` sat on the
+        solver's floor (``core.solver.on_floor``) ``(L, B)``: there the map
+        reports a regulariser, not the network.
       beta: the budget the solver aimed at.
       units: input units per sigma entry (``C``, or 1 with ``per_channel``).
       method: the solver method (``"optimize"`` or ``"linear"``).
@@ -78,6 +95,10 @@ class _Result:
     linearity: Any
     mean_shift: Any
     entropy_gain: Any
+    mean_se: Any
+    pixel_se: Any
+    reproducibility: Any
+    floor_share: Any
     beta: float
     units: int
     method: str = "optimize"
@@ -131,7 +152,9 @@ class _Result:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["__meta__"]))
-                arrays = {k: data[k] for k in _ARRAYS}
+                arrays = {k: data[k] for k in _ARRAYS if k not in _ERROR_BARS}
+                for k in _ERROR_BARS:
+                    arrays[k] = data[k] if k in data else None
         except KeyError as e:
             raise ValueError(f"{path} is not a saved result (missing {e})") from e
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
@@ -143,6 +166,10 @@ class _Result:
         missing = [k for k in _META if k not in meta]
         if missing:
             raise ValueError(f"{path} is not a saved result (missing {missing})")
+        for k in _ERROR_BARS:  # a file written before the error bars
+            if arrays[k] is None:
+                like = arrays["pixel" if k == "pixel_se" else "mean"]
+                arrays[k] = np.full(like.shape, np.nan, np.float32)
         lead = (len(meta["layers"]), arrays["pixel"].shape[1])
         bad = [k for k, v in arrays.items() if v.shape[:2] != lead]
         if arrays["pixel"].ndim < 4 or bad:

@@ -571,3 +571,40 @@ def test_error_bars_predict_the_spread_over_keys(convnet, small_images):
     more = cfg.replace(steps=96, probes=256, budget_samples=32)
     long = jid.cid(fn, small_images, jax.random.key(0), config=more)
     assert float(np.mean(long.mean_se)) < 0.75 * float(np.mean(runs[0].mean_se))
+
+
+# --- adaptive stopping ----------------------------------------------------------
+
+
+def test_adaptive_stopping_saves_passes_where_the_error_is_small(
+    linear_model, linear_images, convnet, small_images, monkeypatch
+):
+    from jax_infodiscard.core import engine
+
+    # A linear network: exact gradients, so every map stops at the first check
+    # (burn-in + 4 iterations) and still matches the oracle.
+    fn, a = linear_model
+    cfg = _VMAP.replace(steps=96, tol=0.02)
+    res = jid.cid(fn, linear_images, jax.random.key(0), config=cfg)
+    full = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
+    assert np.all(res.passes < full.passes)
+    np.testing.assert_array_equal(
+        full.passes - res.passes, (96 - 28) * 8 * 2 * np.ones_like(res.passes)
+    )
+    want = oracle_sigma(a, BETA)
+    for b in range(2):
+        assert _median_rel_err(res.sigma[0, b], want) < 0.01
+    # A ReLU convnet: a loose tolerance stops some maps early, and the same
+    # maps come out of the host loop and of the compiled loop in chunks.
+    cnn = Partial(convnet_features, convnet)
+    cfg = _VMAP.replace(steps=32, probes=64, budget_samples=8, tol=0.05)
+    key = jax.random.key(9)
+    host = jid.cid(cnn, small_images, key, config=cfg)
+    cap = jid.cid(cnn, small_images, key, config=cfg.replace(tol=None))
+    assert np.all(host.passes <= cap.passes) and np.any(host.passes < cap.passes)
+    assert np.all(np.abs(host.mean - cap.mean) < 3 * cap.mean_se + 0.01)
+    monkeypatch.setattr(engine, "_backend", lambda: "gpu")
+    assert engine.step_chunk(cfg) == (8, False)
+    compiled = jid.cid(cnn, small_images, key, config=cfg)
+    np.testing.assert_array_equal(compiled.passes, host.passes)
+    np.testing.assert_allclose(compiled.pixel, host.pixel, atol=1e-3)

@@ -51,6 +51,9 @@ LINEARITY_WARNING = 1.2
 # Iterations per compiled call on CPU (host loop), measured with
 # benchmarks/bench_cid.py: see the README, "Speed of the solver on CPU".
 _CPU_STEP_CHUNK = 2
+# Iterations per compiled call on accelerators with adaptive stopping (the
+# host checks the stopping rule between calls).
+_TOL_STEP_CHUNK = 8
 
 
 class Metric(NamedTuple):
@@ -93,6 +96,7 @@ class Static:
     per_channel: bool
     log_bounds: tuple[float, float]
     probe_batch: int | None = None
+    tol: float | None = None
 
     @classmethod
     def of(
@@ -117,6 +121,7 @@ class Static:
             per_channel=cfg.per_channel,
             log_bounds=(math.log(cfg.min_sigma), math.log(cfg.max_sigma)),
             probe_batch=probe_batch,
+            tol=cfg.tol,
         )
 
 
@@ -192,6 +197,7 @@ def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, c
         damping_time=st.damping_time,
         total_steps=st.steps,
         log_bounds=st.log_bounds,
+        tol=st.tol,
     )
     if unroll:
         for _ in range(num_steps):
@@ -209,6 +215,9 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     ndim = ctx.u_lin.ndim
     if method.iterate:
         u = s.acc / jnp.maximum(s.count, 1).astype(jnp.float32)
+        if st.tol is not None:  # stopped layers: the averaged fixed point
+            stop = s.done.reshape(s.done.shape + (1,) * (ndim - 1))
+            u = jnp.where(stop, solver.fixed_point(problem, s, st.log_bounds), u)
         log_lam = -s.log_mu
     else:
         u = ctx.u_lin
@@ -217,7 +226,8 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     if method.iterate:
         # RU differentiates its entropy term too: one more backward per draw.
         extra_backward = 0 if st.metric.entropy is None else 1
-        passes = passes + st.steps * st.samples * (solver.DRAW_PASSES + extra_backward)
+        per_step = st.samples * (solver.DRAW_PASSES + extra_backward)
+        passes = passes + s.steps_run * per_step
     level_se = jnp.zeros(ctx.scale.shape, jnp.float32)
     if method.level:
         c, r, share, _, log_r_se = solver.level(problem, u, eps, beta, st.log_bounds)
@@ -397,10 +407,14 @@ def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
 
     CPU: a host loop over compiled chunks of ``cfg.step_chunk`` (default
     measured) unrolled iterations. Accelerators: one compiled loop
-    (``cfg.step_chunk`` iterations per call if given, else all of them).
+    (``cfg.step_chunk`` iterations per call if given, else all of them, or
+    chunks of ``_TOL_STEP_CHUNK`` with adaptive stopping, ``cfg.tol``). The
+    host loop stops once every map of the chunk has stopped.
     """
     if _backend() == "cpu":
         return (cfg.step_chunk or _CPU_STEP_CHUNK), True
+    if cfg.tol is not None:
+        return (cfg.step_chunk or _TOL_STEP_CHUNK), False
     return (cfg.step_chunk or cfg.steps), False
 
 
@@ -415,6 +429,8 @@ def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
                 fn, extra, images, ctx, state, beta, st=st, num_steps=n, unroll=unroll
             )
             done += n
+            if st.tol is not None and bool(np.all(np.asarray(state.done))):
+                break
     return _finish_program(fn, extra, images, ctx, state, beta, st=st)
 
 

@@ -116,8 +116,10 @@ class State(NamedTuple):
         (:func:`early_window`).
       m2: averaged square of the per-iteration ``dr/ds`` estimates, with the
         weights of ``q`` ``(L, *S)``.
-      v: sum of the squared averaging weights of ``q`` since its last restart,
-        scalar float32: ``Var(q) ~ (m2 - q^2) v`` (:func:`pixel_se`).
+      v: sum of the squared averaging weights of ``q`` since its last restart
+        ``(L,)``: ``Var(q) ~ (m2 - q^2) v`` (:func:`pixel_se`).
+      done: the layer stopped (adaptive stopping, :func:`stopped`) ``(L,)``.
+      steps_run: iterations the layer ran ``(L,)`` int32.
     """
 
     t: Array
@@ -130,6 +132,8 @@ class State(NamedTuple):
     early: Array
     m2: Array
     v: Array
+    done: Array
+    steps_run: Array
 
 
 def damping(t, step_size: float, damping_time: float | None):
@@ -315,7 +319,9 @@ def init_state(a: Array, scale: Array, beta: Array, u0: Array) -> State:
         count=jnp.int32(0),
         early=jnp.zeros_like(u0),
         m2=jnp.square(a / _expand(scale, u0.ndim)),
-        v=jnp.float32(1.0),
+        v=jnp.ones((num_layers,), jnp.float32),
+        done=jnp.zeros((num_layers,), bool),
+        steps_run=jnp.zeros((num_layers,), jnp.int32),
     )
 
 
@@ -333,6 +339,7 @@ def step(
     damping_time: float | None,
     total_steps: int,
     log_bounds: tuple[float, float],
+    tol: float | None = None,
 ) -> State:
     """One averaged fixed-point iteration (see the module docstring).
 
@@ -347,10 +354,76 @@ def step(
         ``None``: constant).
       total_steps: iterations of the whole run (the second half is averaged).
       log_bounds: ``(log min_sigma, log max_sigma)``.
+      tol: adaptive stopping (:func:`stopped`): a layer whose root mean
+        square :func:`pixel_se` fell below ``tol`` keeps its state from then
+        on (``None``: every layer runs every iteration).
 
     Returns:
       The next state.
     """
+    new = _step(
+        problem,
+        state,
+        keys,
+        samples=samples,
+        step_size=step_size,
+        damping_time=damping_time,
+        total_steps=total_steps,
+        log_bounds=log_bounds,
+    )
+    if tol is None:
+        return new._replace(steps_run=state.steps_run + 1)
+    frozen = state.done
+
+    def keep(old, nxt):
+        if old.ndim == 0:
+            return nxt
+        return jnp.where(_expand(frozen, old.ndim), old, nxt)
+
+    new = State(*(keep(o, n) for o, n in zip(state, new, strict=True)))
+    new = new._replace(steps_run=state.steps_run + (~frozen).astype(jnp.int32))
+    return new._replace(done=frozen | stopped(problem, new, tol, total_steps))
+
+
+def stopped(problem: Problem, state: State, tol: float, total_steps: int) -> Array:
+    """Adaptive stopping rule ``(L,)``: RMS of :func:`pixel_se` below ``tol``.
+
+    Checked after the burn-in of the averaged ``dr/ds``
+    (:func:`averaging_weight`) and four more iterations, so that the spread
+    of the per-iteration estimates is measured on at least four of them.
+    """
+    se = pixel_se(problem, state)
+    rms = jnp.sqrt(jnp.mean(jnp.square(se), axis=tuple(range(1, se.ndim))))
+    return (state.t >= total_steps // 4 + 4) & (rms < tol)
+
+
+def fixed_point(problem: Problem, state: State, log_bounds) -> Array:
+    """``log sigma`` at the fixed point of the averaged ``dr/ds`` ``(L, *S)``.
+
+    The answer of a layer stopped by :func:`stopped` (its level is set
+    afterwards on held draws): the target of the iterations at the averaged
+    ``q``, whose error is :func:`pixel_se`.
+    """
+    target = 0.5 * (
+        jnp.log(jnp.maximum(state.e, _E_FLOOR))
+        - math.log(2.0)
+        - _expand(state.log_mu, state.u.ndim)
+        - jnp.log(floored_q(problem, state.q))
+    )
+    return jnp.clip(target, *log_bounds)
+
+
+def _step(
+    problem: Problem,
+    state: State,
+    keys: Array,
+    *,
+    samples: int,
+    step_size: float,
+    damping_time: float | None,
+    total_steps: int,
+    log_bounds: tuple[float, float],
+) -> State:
     u = state.u
     eps = layer_draws(keys, SALT_STEPS, state.t, samples, problem.x.shape)
     s = jnp.exp(2.0 * u)
@@ -395,6 +468,8 @@ def step(
         early=state.early + jnp.where(window, u, 0.0),
         m2=m2,
         v=v,
+        done=state.done,
+        steps_run=state.steps_run,
     )
 
 
@@ -425,7 +500,9 @@ def pixel_se(problem: Problem, state: State) -> Array:
     ``se = 0.5 sqrt(Var(q)) / q`` (``q`` floored as in the iterations).
     Zero where the estimates do not vary (a linear network).
     """
-    var = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) * state.v
+    var = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) * _expand(
+        state.v, state.q.ndim
+    )
     return 0.5 * jnp.sqrt(var) / floored_q(problem, state.q)
 
 

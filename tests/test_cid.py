@@ -316,6 +316,7 @@ def test_result_save_load_round_trip(tmp_path, linear_model, linear_images):
     assert float(np.max(res.mean_se)) < 1e-4
     assert float(np.max(res.pixel_se)) < 1e-4
     np.testing.assert_allclose(res.reproducibility, 1.0)
+    assert res.reproducible().all() and not res.reproducible(1.01).any()
     # A file written before the error bars loads, with NaN error bars.
     with np.load(path) as data:
         new = {"mean_se", "pixel_se", "reproducibility", "floor_share"}
@@ -324,6 +325,7 @@ def test_result_save_load_round_trip(tmp_path, linear_model, linear_images):
     back = jid.CIDResult.load(tmp_path / "old.npz")
     assert back.pixel_se.shape == res.pixel.shape
     assert np.isnan(back.mean_se).all() and back.mean_se.shape == res.mean.shape
+    assert not back.reproducible().any()
     with pytest.raises(ValueError, match="not 'ru'"):
         jid.RUResult.load(path)
     with pytest.raises(FileNotFoundError):

@@ -34,6 +34,14 @@ _ARRAYS = (
 )
 _ERROR_BARS = ("mean_se", "pixel_se", "reproducibility", "floor_share")
 """Fields added after format 2; a file without them loads with NaN there."""
+REPRODUCIBILITY_THRESHOLD = 0.9
+"""Below this ``reproducibility`` a map is not reproducible at its ``beta``.
+
+Two runs with different keys are expected to correlate about this much; the
+logits of trained convnets, where long solves agree only to 0.66-0.89
+(DESIGN.md sec. 7), fall below it, the conv layers above. The map's
+``mean`` with its ``mean_se`` still stands.
+"""
 _META = ("layers", "beta", "units", "method")
 _FORMAT = 2
 
@@ -110,6 +118,17 @@ class _Result:
         return dataclasses.replace(
             self, **{k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         )
+
+    def reproducible(self, threshold: float = REPRODUCIBILITY_THRESHOLD) -> np.ndarray:
+        """``(L, B)`` bool: maps whose ``reproducibility`` reaches ``threshold``.
+
+        A map below it is not reproducible at this ``beta`` (another key gives
+        a visibly different map); show it greyed out, or use
+        ``method="linear"`` with exact column norms, the deterministic
+        small-noise limit. Files without error bars (NaN) count as not
+        reproducible.
+        """
+        return np.asarray(self.reproducibility) >= threshold
 
     def layer(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of one layer, ``{field: array without the layer axis}``."""

@@ -44,7 +44,13 @@ class CIDConfig:
       probes: vector-Jacobian products for the Jacobian column norms ``a_i``
         (Rademacher probes); a layer with at most this many feature entries
         uses the exact basis instead.
-      steps: fixed-point iterations of ``optimize``.
+      steps: fixed-point iterations of ``optimize`` (the cap with ``tol``).
+      tol: adaptive stopping, nats of ``log sigma``: a layer of an image
+        stops iterating once the root mean square over its entries of the
+        Monte-Carlo standard error of ``log sigma`` (``core.solver.stopped``)
+        falls below ``tol``; its answer is then the fixed point of the
+        averaged ``dr/ds``. ``None``: every map runs ``steps`` iterations.
+        ``passes`` counts what each map ran.
       samples: noise draws per iteration (antithetic pairs; even).
       step_size: initial damping ``omega_0`` of the iterations, in ``(0, 1]``;
         iteration ``t`` moves ``omega_0 / (1 + t / damping_time)`` of the way
@@ -82,6 +88,7 @@ class CIDConfig:
     budget_center: BudgetCenter = "input"
     probes: int = 256
     steps: int = 96
+    tol: float | None = None
     samples: int = 8
     step_size: float = 0.3
     damping_time: float | None = 4.8
@@ -135,6 +142,8 @@ def _validate(cfg: CIDConfig) -> None:
         )
     check_int("probes", cfg.probes)
     check_int("steps", cfg.steps, minimum=1)
+    if cfg.tol is not None:
+        check_number("tol", cfg.tol, positive=True)
     for name in ("samples", "budget_samples"):
         v = check_int(name, getattr(cfg, name), minimum=2)
         if v % 2:

@@ -310,6 +310,22 @@ def test_result_save_load_round_trip(tmp_path, linear_model, linear_images):
     assert back.method == "optimize"
     np.testing.assert_array_equal(back.pixel, res.pixel)
     np.testing.assert_array_equal(back.linearity, res.linearity)
+    for name in ("mean_se", "pixel_se", "reproducibility", "floor_share"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(res, name))
+    # A linear network: every gradient is exact, so no Monte-Carlo error.
+    assert float(np.max(res.mean_se)) < 1e-4
+    assert float(np.max(res.pixel_se)) < 1e-4
+    np.testing.assert_allclose(res.reproducibility, 1.0)
+    assert res.reproducible().all() and not res.reproducible(1.01).any()
+    # A file written before the error bars loads, with NaN error bars.
+    with np.load(path) as data:
+        new = {"mean_se", "pixel_se", "reproducibility", "floor_share"}
+        old = {k: data[k] for k in data.files if k not in new}
+    np.savez(tmp_path / "old.npz", **old)
+    back = jid.CIDResult.load(tmp_path / "old.npz")
+    assert back.pixel_se.shape == res.pixel.shape
+    assert np.isnan(back.mean_se).all() and back.mean_se.shape == res.mean.shape
+    assert not back.reproducible().any()
     with pytest.raises(ValueError, match="not 'ru'"):
         jid.RUResult.load(path)
     with pytest.raises(FileNotFoundError):
@@ -352,7 +368,7 @@ def test_save_is_atomic(tmp_path, linear_model, linear_images):
 def test_result_is_a_pytree(linear_model, linear_images):
     fn, _ = linear_model
     res = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
-    assert len(jax.tree.leaves(res)) == 13
+    assert len(jax.tree.leaves(res)) == 17
     doubled = jax.tree.map(lambda v: v * 2, res)
     np.testing.assert_allclose(doubled.mean, 2 * res.mean)
 
@@ -523,3 +539,74 @@ def test_budget_estimate_is_unbiased_far_from_linear():
     lin_r = float(jnp.sum(jnp.exp(2 * u) * a) / jnp.sum(a))
     assert lin_r > 3 * r_many  # far from linear
     np.testing.assert_allclose(r_few, r_many, rtol=0.1)
+
+
+# --- Monte-Carlo error bars (docs/design.md, "Regime") ----------------------
+
+
+def test_error_bars_predict_the_spread_over_keys(convnet, small_images):
+    # Six keys: the spread of `mean` over keys matches `mean_se` (pooled over
+    # layers and images; the factor 2 allows for estimating a spread from six
+    # values), and two runs correlate as `reproducibility` predicts. The
+    # 20-key calibration on the trained demo convnet is
+    # benchmarks/calibrate_se.py (docs/accuracy.md).
+    fn = Partial(convnet_features, convnet)
+    cfg = _VMAP.replace(steps=24, probes=64, budget_samples=8)
+    runs = [jid.cid(fn, small_images, jax.random.key(k), config=cfg) for k in range(6)]
+    means = np.stack([np.asarray(r.mean) for r in runs])
+    se = np.sqrt(np.mean(np.stack([np.asarray(r.mean_se) for r in runs]) ** 2, 0))
+    assert np.all(se > 0)
+    ratio = float(np.sqrt(np.mean((np.std(means, axis=0, ddof=1) / se) ** 2)))
+    assert 0.5 <= ratio <= 2.0, ratio
+    measured, predicted = [], []
+    for a, b in ((runs[0], runs[1]), (runs[2], runs[3]), (runs[4], runs[5])):
+        for l in range(3):
+            for i in range(3):
+                measured.append(_corr(a.pixel[l, i], b.pixel[l, i]))
+                predicted.append(
+                    np.sqrt(a.reproducibility[l, i] * b.reproducibility[l, i])
+                )
+    assert abs(np.mean(measured) - np.mean(predicted)) < 0.05
+    assert np.mean(np.abs(np.subtract(measured, predicted))) < 0.06
+    # The error bars shrink with more draws (four times the steps, probes and
+    # levelling draws).
+    more = cfg.replace(steps=96, probes=256, budget_samples=32)
+    long = jid.cid(fn, small_images, jax.random.key(0), config=more)
+    assert float(np.mean(long.mean_se)) < 0.75 * float(np.mean(runs[0].mean_se))
+
+
+# --- adaptive stopping ----------------------------------------------------------
+
+
+def test_adaptive_stopping_saves_passes_where_the_error_is_small(
+    linear_model, linear_images, convnet, small_images, monkeypatch
+):
+    from jax_infodiscard.core import engine
+
+    # A linear network: exact gradients, so every map stops at the first check
+    # (burn-in + 4 iterations) and still matches the oracle.
+    fn, a = linear_model
+    cfg = _VMAP.replace(steps=96, tol=0.02)
+    res = jid.cid(fn, linear_images, jax.random.key(0), config=cfg)
+    full = jid.cid(fn, linear_images, jax.random.key(0), config=_VMAP)
+    assert np.all(res.passes < full.passes)
+    np.testing.assert_array_equal(
+        full.passes - res.passes, (96 - 28) * 8 * 2 * np.ones_like(res.passes)
+    )
+    want = oracle_sigma(a, BETA)
+    for b in range(2):
+        assert _median_rel_err(res.sigma[0, b], want) < 0.01
+    # A ReLU convnet: a loose tolerance stops some maps early, and the same
+    # maps come out of the host loop and of the compiled loop in chunks.
+    cnn = Partial(convnet_features, convnet)
+    cfg = _VMAP.replace(steps=32, probes=64, budget_samples=8, tol=0.05)
+    key = jax.random.key(9)
+    host = jid.cid(cnn, small_images, key, config=cfg)
+    cap = jid.cid(cnn, small_images, key, config=cfg.replace(tol=None))
+    assert np.all(host.passes <= cap.passes) and np.any(host.passes < cap.passes)
+    assert np.all(np.abs(host.mean - cap.mean) < 3 * cap.mean_se + 0.01)
+    monkeypatch.setattr(engine, "_backend", lambda: "gpu")
+    assert engine.step_chunk(cfg) == (8, False)
+    compiled = jid.cid(cnn, small_images, key, config=cfg)
+    np.testing.assert_array_equal(compiled.passes, host.passes)
+    np.testing.assert_allclose(compiled.pixel, host.pixel, atol=1e-3)

@@ -51,7 +51,8 @@ def regime(
     eps = solver.layer_draws(
         keys, solver.SALT_DIAGNOSTICS, 0, num_draws, problem.x.shape
     )
-    c, _, _, r_lin = solver.level(problem, u_lin, eps, budget, log_bounds)
+    lv = solver.level(problem, u_lin, eps, budget, log_bounds)
+    c, r_lin = lv.c, lv.r0
     rescaled = solver.shift(u_lin, c, log_bounds)
     passes = solver.LEVEL_ITERATIONS * num_draws * solver.DRAW_PASSES
     if problem.entropy is None:

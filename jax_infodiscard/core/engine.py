@@ -56,6 +56,9 @@ LINEARITY_WARNING = 1.2
 # Iterations per compiled call on CPU (host loop), measured with
 # benchmarks/bench_cid.py: see the README, "Speed of the solver on CPU".
 _CPU_STEP_CHUNK = 2
+# Iterations per compiled call on accelerators with adaptive stopping (the
+# host checks the stopping rule between calls).
+_TOL_STEP_CHUNK = 8
 
 
 class Metric(NamedTuple):
@@ -98,6 +101,7 @@ class Static:
     per_channel: bool
     log_bounds: tuple[float, float]
     probe_batch: int | None = None
+    tol: float | None = None
 
     @classmethod
     def of(
@@ -122,6 +126,7 @@ class Static:
             per_channel=cfg.per_channel,
             log_bounds=(math.log(cfg.min_sigma), math.log(cfg.max_sigma)),
             probe_batch=probe_batch,
+            tol=cfg.tol,
         )
 
 
@@ -197,6 +202,7 @@ def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, c
         damping_time=st.damping_time,
         total_steps=st.steps,
         log_bounds=st.log_bounds,
+        tol=st.tol,
     )
     if unroll:
         for _ in range(num_steps):
@@ -214,6 +220,9 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     ndim = ctx.u_lin.ndim
     if method.iterate:
         u = s.acc / jnp.maximum(s.count, 1).astype(jnp.float32)
+        if st.tol is not None:  # stopped layers: the averaged fixed point
+            stop = s.done.reshape(s.done.shape + (1,) * (ndim - 1))
+            u = jnp.where(stop, solver.fixed_point(problem, s, st.log_bounds), u)
         log_lam = -s.log_mu
     else:
         u = ctx.u_lin
@@ -222,9 +231,12 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     if method.iterate:
         # RU differentiates its entropy term too: one more backward per draw.
         extra_backward = 0 if st.metric.entropy is None else 1
-        passes = passes + st.steps * st.samples * (solver.DRAW_PASSES + extra_backward)
+        per_step = st.samples * (solver.DRAW_PASSES + extra_backward)
+        passes = passes + s.steps_run * per_step
+    level_se = jnp.zeros(ctx.scale.shape, jnp.float32)
     if method.level:
-        c, r, share, _ = solver.level(problem, u, eps, beta, st.log_bounds)
+        c, r, share, _, log_r_se = solver.level(problem, u, eps, beta, st.log_bounds)
+        level_se = 0.5 * log_r_se
         u = solver.shift(u, c, st.log_bounds)
         log_lam = log_lam + 2.0 * c
         passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
@@ -238,7 +250,9 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         # The safeguard of solver.py: the early window's average, levelled on
         # the same draws, replaces the answer where it has more entropy.
         u2 = s.early / float(stop - start)
-        c2, r2, share2, _ = solver.level(problem, u2, eps, beta, st.log_bounds)
+        c2, r2, share2, _, log_r_se2 = solver.level(
+            problem, u2, eps, beta, st.log_bounds
+        )
         u2 = solver.shift(u2, c2, st.log_bounds)
         passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
         if st.metric.entropy is None:
@@ -252,6 +266,8 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         u, entropy = jnp.where(wide, u2, u), jnp.where(wide, entropy2, entropy)
         r, share = jnp.where(take, r2, r), jnp.where(take, share2, share)
         log_lam = jnp.where(take, -s.log_mu + 2.0 * c2, log_lam)
+        level_se = jnp.where(take, 0.5 * log_r_se2, level_se)
+    errors = _error_bars(st, problem, ctx, s, u, entropy, level_se, method.iterate)
     diag, diag_passes = diagnostics.regime(
         problem, ctx.u_lin, u, entropy, r, ctx.keys, m, st.log_bounds
     )
@@ -266,8 +282,88 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         "feature_scale": ctx.scale,
         "capped": jnp.sum(u >= st.log_bounds[1] - 1e-4, axis=axes),
         "mean_shift": share,
+        **errors,
         **diag,
     }
+
+
+def _error_bars(st: Static, problem, ctx: Context, s, u, entropy, level_se, iterate):
+    """``mean_se``, ``pixel_se``, ``reproducibility`` and ``floor_share`` of one image.
+
+    The per-entry error ``se_i`` of ``log sigma`` is :func:`solver.pixel_se`
+    plus the error of random-probe column norms (``0.5 sqrt(2 / (K C))`` times
+    the linear model's share of ``dr/ds``; 0 with exact norms); the level adds
+    ``level_se`` (``(L,)``, 0 for the closed form) to every entry. With
+    ``d_i = dH_i / du_i`` (1 for CID), the map's error is
+    ``d_i (e_i - sum_j p_j e_j + level)``: the level absorbs the
+    budget-weighted mean (``p_j = s_j q_j / sum s q``) of the entry errors.
+    Hence ``Var(mean) = (mean d)^2 level_se^2 + sum_i (d_i / n - mean(d)
+    p_i)^2 se_i^2`` (entries independent); the probe errors count with
+    ``a_i / delta_f^2`` in place of ``p_i`` (the level sees the same column
+    norms, and ``delta_f^2 = sum a``). ``reproducibility`` is
+    ``1 - mean((d se)^2) / Var_i(map)`` (the level does not move a
+    correlation).
+    """
+    ndim = u.ndim
+    axes = tuple(range(1, ndim))
+    n = math.prod(u.shape[1:])
+    # Random probes: relative error about sqrt(2 / (K C)) in each a_i summed
+    # over C channels (sqrt(2 / K) per unit: docs/design.md, "Regime",
+    # Monte-Carlo error); it enters dr/ds through the control variate, in
+    # proportion to the linear model's share of dr/ds. Exact norms (basis,
+    # colouring): none.
+    random = (ctx.passes == st.probes).astype(jnp.float32)
+    units = 1 if st.per_channel else problem.x.shape[-1]
+    rel = math.sqrt(2.0 / (max(st.probes, 1) * units))
+    probe = _expand(random * 0.5 * rel, ndim)
+    q_lin = problem.a / _expand(problem.scale, ndim)
+    if iterate:
+        q = solver.floored_q(problem, s.q)
+        se = solver.pixel_se(problem, s)
+        se_probe = probe * q_lin / q
+        floor = solver.on_floor(problem, s.q)
+    else:
+        q = q_lin
+        se = jnp.zeros_like(u)
+        se_probe = jnp.broadcast_to(probe, u.shape)
+        floor = jnp.zeros(ctx.scale.shape, jnp.float32)
+    capped = u >= st.log_bounds[1] - 1e-4
+    se = jnp.where(capped, 0.0, se)
+    se_probe = jnp.where(capped, 0.0, se_probe)
+    d = jnp.ones_like(u) if st.metric.entropy is None or not iterate else 2.0 * s.e
+    d = jnp.abs(d)
+    weight = jnp.exp(2.0 * u) * q
+    p = weight / jnp.maximum(
+        jnp.sum(weight, axis=axes, keepdims=True), jnp.finfo(jnp.float32).tiny
+    )
+    d_bar = jnp.mean(d, axis=axes, keepdims=True)
+    lvl = _expand(level_se, ndim)
+    mean_var = jnp.square(d_bar[(slice(None),) + (0,) * (ndim - 1)] * level_se)
+    mean_var = mean_var + jnp.sum(jnp.square((d / n - d_bar * p) * se), axis=axes)
+    # The level is set on the same noisy column norms (delta_f^2 = sum a): in
+    # the linear regime the mean moves by sum_i (1 / n - a_i / delta_f^2) e_i.
+    share = problem.a / _expand(problem.scale, ndim)
+    mean_var = mean_var + jnp.sum(
+        jnp.square((d / n - d_bar * share) * se_probe), axis=axes
+    )
+    se = jnp.sqrt(jnp.square(se) + jnp.square(se_probe))
+    noise = jnp.mean(jnp.square(d * se), axis=axes)
+    spread = jnp.var(entropy, axis=axes)
+    repro = jnp.where(
+        spread > 0,
+        jnp.clip(1.0 - noise / jnp.maximum(spread, jnp.finfo(jnp.float32).tiny), 0, 1),
+        1.0,
+    )
+    return {
+        "mean_se": jnp.sqrt(mean_var),
+        "pixel_se": d * jnp.sqrt(jnp.square(se) + jnp.square(lvl)),
+        "reproducibility": repro,
+        "floor_share": floor,
+    }
+
+
+def _expand(v: Array, ndim: int) -> Array:
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 def _over_images(fn_one: Callable, *args):
@@ -317,10 +413,14 @@ def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
 
     CPU: a host loop over compiled chunks of ``cfg.step_chunk`` (default
     measured) unrolled iterations. Accelerators: one compiled loop
-    (``cfg.step_chunk`` iterations per call if given, else all of them).
+    (``cfg.step_chunk`` iterations per call if given, else all of them, or
+    chunks of ``_TOL_STEP_CHUNK`` with adaptive stopping, ``cfg.tol``). The
+    host loop stops once every map of the chunk has stopped.
     """
     if _backend() == "cpu":
         return (cfg.step_chunk or _CPU_STEP_CHUNK), True
+    if cfg.tol is not None:
+        return (cfg.step_chunk or _TOL_STEP_CHUNK), False
     return (cfg.step_chunk or cfg.steps), False
 
 
@@ -335,6 +435,8 @@ def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
                 fn, extra, images, ctx, state, beta, st=st, num_steps=n, unroll=unroll
             )
             done += n
+            if st.tol is not None and bool(np.all(np.asarray(state.done))):
+                break
     return _finish_program(fn, extra, images, ctx, state, beta, st=st)
 
 
@@ -506,6 +608,10 @@ def assemble(cls, layers, out: dict, cfg: CIDConfig, channels: int):
         linearity=out["linearity"],
         mean_shift=out["mean_shift"],
         entropy_gain=out["entropy_gain"],
+        mean_se=out["mean_se"],
+        pixel_se=out["pixel_se"],
+        reproducibility=out["reproducibility"],
+        floor_share=out["floor_share"],
         beta=float(cfg.beta),
         units=units,
         method=cfg.method,

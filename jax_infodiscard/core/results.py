@@ -28,12 +28,28 @@ _ARRAYS = (
     "linearity",
     "mean_shift",
     "entropy_gain",
+    "mean_se",
+    "pixel_se",
+    "reproducibility",
+    "floor_share",
 )
-_MAPS = ("pixel", "sigma")
+_MAPS = ("pixel", "sigma", "pixel_se")
+_ERROR_BARS = ("mean_se", "pixel_se", "reproducibility", "floor_share")
+"""Fields added after format 2; a file without them loads with NaN there."""
+REPRODUCIBILITY_THRESHOLD = 0.9
+"""Below this ``reproducibility`` a map is not reproducible at its ``beta``.
+
+Two runs with different keys are expected to correlate about this much; the
+logits of trained convnets, where long solves agree only to 0.66-0.89
+(docs/design.md, "Regime", Monte-Carlo error), fall below it, the conv
+layers above. The map's ``mean`` with its ``mean_se`` still stands.
+"""
 _META = ("layers", "beta", "units", "method")
-FORMAT = 3
-"""Version of the result file format: 3 adds the arrays' checksum (format 2
-files are read as they are; format 1, before the regime diagnostics, is not).
+FORMAT = 4
+"""Version of the result file format: 4 adds the Monte-Carlo error bars
+(``mean_se``, ``pixel_se``, ``reproducibility``, ``floor_share``), 3 the
+arrays' checksum. Formats 2 and 3 are read with NaN error bars; format 1,
+before the regime diagnostics, is not read.
 """
 
 
@@ -66,6 +82,17 @@ class _Result:
         squared mean shift ``||E h(x') - f||^2`` ``(L, B)``.
       entropy_gain: mean of ``pixel`` minus that of the closed form rescaled
         to the same true budget ``(L, B)``, nats per sigma entry.
+      mean_se: Monte-Carlo standard error of ``mean`` ``(L, B)``, nats: the
+        spread of ``mean`` over keys (docs/design.md, "Regime", Monte-Carlo error).
+      pixel_se: Monte-Carlo standard error of each entry of ``pixel`` (same
+        shape), nats: the spread of the averaged ``dr/ds`` over the
+        iterations, plus the level's error from the held draws.
+      reproducibility: share of the map's variance over pixels that is signal
+        rather than Monte-Carlo noise ``(L, B)``, in [0, 1]: the correlation
+        two runs with different keys are expected to reach.
+      floor_share: share of sigma entries whose averaged ``dr/ds`` sat on the
+        solver's floor (``core.solver.on_floor``) ``(L, B)``: there the map
+        reports a regulariser, not the network.
       beta: the budget the solver aimed at.
       units: input units per sigma entry (``C``, or 1 with ``per_channel``).
       method: the solver method (``"optimize"`` or ``"linear"``).
@@ -85,6 +112,10 @@ class _Result:
     linearity: Any
     mean_shift: Any
     entropy_gain: Any
+    mean_se: Any
+    pixel_se: Any
+    reproducibility: Any
+    floor_share: Any
     beta: float
     units: int
     method: str = "optimize"
@@ -96,6 +127,17 @@ class _Result:
         return dataclasses.replace(
             self, **{k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         )
+
+    def reproducible(self, threshold: float = REPRODUCIBILITY_THRESHOLD) -> np.ndarray:
+        """``(L, B)`` bool: maps whose ``reproducibility`` reaches ``threshold``.
+
+        A map below it is not reproducible at this ``beta`` (another key gives
+        a visibly different map); show it greyed out, or use
+        ``method="linear"`` with exact column norms, the deterministic
+        small-noise limit. Files without error bars (NaN) count as not
+        reproducible.
+        """
+        return np.asarray(self.reproducibility) >= threshold
 
     def layer(self, name: str) -> dict[str, np.ndarray]:
         """The arrays of one layer, ``{field: array without the layer axis}``."""
@@ -195,7 +237,8 @@ class _Result:
         missing = [k for k in _META if k not in meta]
         if missing:
             raise ResultFileError(f"{path} is not a saved result (missing {missing})")
-        absent = [k for k in _ARRAYS if k not in arrays]
+        optional = _ERROR_BARS if version < 4 else ()
+        absent = [k for k in _ARRAYS if k not in arrays and k not in optional]
         if absent:
             raise ResultFileError(
                 f"{path} (format {version}) lacks the field(s) {absent}; recompute "
@@ -210,6 +253,10 @@ class _Result:
                     f"{path}: the arrays do not match the checksum written with "
                     "them (the file was changed or damaged after it was saved)"
                 )
+        for k in _ERROR_BARS:  # a file written before the error bars
+            if k not in arrays:
+                like = arrays["pixel" if k == "pixel_se" else "mean"]
+                arrays[k] = np.full(like.shape, np.nan, np.float32)
         _check_shapes(path, arrays, len(meta["layers"]))
         _check_summaries(path, arrays, int(meta["units"]))
         return cls(

@@ -114,6 +114,12 @@ class State(NamedTuple):
       count: iterates summed into ``acc``, scalar int32.
       early: sum of the iterates of the early window ``(L, *S)``
         (:func:`early_window`).
+      m2: averaged square of the per-iteration ``dr/ds`` estimates, with the
+        weights of ``q`` ``(L, *S)``.
+      v: sum of the squared averaging weights of ``q`` since its last restart
+        ``(L,)``: ``Var(q) ~ (m2 - q^2) v`` (:func:`pixel_se`).
+      done: the layer stopped (adaptive stopping, :func:`stopped`) ``(L,)``.
+      steps_run: iterations the layer ran ``(L,)`` int32.
     """
 
     t: Array
@@ -124,6 +130,10 @@ class State(NamedTuple):
     acc: Array
     count: Array
     early: Array
+    m2: Array
+    v: Array
+    done: Array
+    steps_run: Array
 
 
 def damping(t, step_size: float, damping_time: float | None):
@@ -214,6 +224,12 @@ def budget_terms(dev: Any) -> tuple[Array, Array]:
 
 
 def measure(problem: Problem, u: Array, eps: Array):
+    """Budget, mean-shift share and entropy at ``u`` (:func:`measure_se`)."""
+    r, share, entropy, _ = measure_se(problem, u, eps)
+    return r, share, entropy
+
+
+def measure_se(problem: Problem, u: Array, eps: Array):
     """Budget and what comes with it at ``u`` with draws ``eps (L, N, H, W, C)``.
 
     The budget is the Monte-Carlo mean of ``||h(x') - f||^2`` with the
@@ -224,9 +240,11 @@ def measure(problem: Problem, u: Array, eps: Array):
     linearisation says nothing (``c = 0``).
 
     Returns:
-      ``(r, mean_shift, entropy)``: the budget ``(L,)``, the mean-shift share
-      of ``E||h(x') - f||^2`` ``(L,)``, and the entropy map ``(L, *S)``
-      (``u`` for CID) without the constant ``0.5 log(2 pi e)``.
+      ``(r, mean_shift, entropy, log_r_se)``: the budget ``(L,)``, the
+      mean-shift share of ``E||h(x') - f||^2`` ``(L,)``, the entropy map
+      ``(L, *S)`` (``u`` for CID) without the constant ``0.5 log(2 pi e)``,
+      and the standard error of ``log r`` ``(L,)`` from the spread of the
+      control-variate-corrected antithetic pairs.
     """
     noise = sigma_full(u) * eps
     xp = problem.x + noise
@@ -242,7 +260,17 @@ def measure(problem: Problem, u: Array, eps: Array):
     r = jnp.maximum(total, tiny) / problem.scale
     share = jnp.clip(msq / jnp.maximum(dist, tiny), 0.0, 1.0)
     entropy = u if problem.entropy is None else problem.entropy(u, aux)
-    return r, share, entropy
+    log_r_se = _pair_se(dev, lin, coef) / jnp.maximum(total, tiny)
+    return r, share, entropy, jax.lax.stop_gradient(log_r_se)
+
+
+def _pair_se(dev: tuple[Any, ...], lin: Array, coef: Array) -> Array:
+    """Standard error ``(L,)`` of the control-variate budget mean over pairs."""
+    dist = jnp.stack([sq_norm(d) for d in dev])  # (L, N)
+    half = dist.shape[1] // 2
+    y = dist - coef[:, None] * lin
+    p = 0.5 * (y[:, :half] + y[:, half:])
+    return jnp.std(p, axis=1, ddof=1) / math.sqrt(half)
 
 
 def _cv_coefficient(dev: tuple[Any, ...], lin: Array) -> Array:
@@ -290,6 +318,10 @@ def init_state(a: Array, scale: Array, beta: Array, u0: Array) -> State:
         acc=jnp.zeros_like(u0),
         count=jnp.int32(0),
         early=jnp.zeros_like(u0),
+        m2=jnp.square(a / _expand(scale, u0.ndim)),
+        v=jnp.ones((num_layers,), jnp.float32),
+        done=jnp.zeros((num_layers,), bool),
+        steps_run=jnp.zeros((num_layers,), jnp.int32),
     )
 
 
@@ -307,6 +339,7 @@ def step(
     damping_time: float | None,
     total_steps: int,
     log_bounds: tuple[float, float],
+    tol: float | None = None,
 ) -> State:
     """One averaged fixed-point iteration (see the module docstring).
 
@@ -321,10 +354,76 @@ def step(
         ``None``: constant).
       total_steps: iterations of the whole run (the second half is averaged).
       log_bounds: ``(log min_sigma, log max_sigma)``.
+      tol: adaptive stopping (:func:`stopped`): a layer whose root mean
+        square :func:`pixel_se` fell below ``tol`` keeps its state from then
+        on (``None``: every layer runs every iteration).
 
     Returns:
       The next state.
     """
+    new = _step(
+        problem,
+        state,
+        keys,
+        samples=samples,
+        step_size=step_size,
+        damping_time=damping_time,
+        total_steps=total_steps,
+        log_bounds=log_bounds,
+    )
+    if tol is None:
+        return new._replace(steps_run=state.steps_run + 1)
+    frozen = state.done
+
+    def keep(old, nxt):
+        if old.ndim == 0:
+            return nxt
+        return jnp.where(_expand(frozen, old.ndim), old, nxt)
+
+    new = State(*(keep(o, n) for o, n in zip(state, new, strict=True)))
+    new = new._replace(steps_run=state.steps_run + (~frozen).astype(jnp.int32))
+    return new._replace(done=frozen | stopped(problem, new, tol, total_steps))
+
+
+def stopped(problem: Problem, state: State, tol: float, total_steps: int) -> Array:
+    """Adaptive stopping rule ``(L,)``: RMS of :func:`pixel_se` below ``tol``.
+
+    Checked after the burn-in of the averaged ``dr/ds``
+    (:func:`averaging_weight`) and four more iterations, so that the spread
+    of the per-iteration estimates is measured on at least four of them.
+    """
+    se = pixel_se(problem, state)
+    rms = jnp.sqrt(jnp.mean(jnp.square(se), axis=tuple(range(1, se.ndim))))
+    return (state.t >= total_steps // 4 + 4) & (rms < tol)
+
+
+def fixed_point(problem: Problem, state: State, log_bounds) -> Array:
+    """``log sigma`` at the fixed point of the averaged ``dr/ds`` ``(L, *S)``.
+
+    The answer of a layer stopped by :func:`stopped` (its level is set
+    afterwards on held draws): the target of the iterations at the averaged
+    ``q``, whose error is :func:`pixel_se`.
+    """
+    target = 0.5 * (
+        jnp.log(jnp.maximum(state.e, _E_FLOOR))
+        - math.log(2.0)
+        - _expand(state.log_mu, state.u.ndim)
+        - jnp.log(floored_q(problem, state.q))
+    )
+    return jnp.clip(target, *log_bounds)
+
+
+def _step(
+    problem: Problem,
+    state: State,
+    keys: Array,
+    *,
+    samples: int,
+    step_size: float,
+    damping_time: float | None,
+    total_steps: int,
+    log_bounds: tuple[float, float],
+) -> State:
     u = state.u
     eps = layer_draws(keys, SALT_STEPS, state.t, samples, problem.x.shape)
     s = jnp.exp(2.0 * u)
@@ -336,15 +435,17 @@ def step(
     (r, ent), vjp = jax.vjp(budget, u)
     (g,) = vjp((jnp.ones_like(r), jnp.zeros_like(ent)))
     w = averaging_weight(state.t, total_steps)
-    q = (1.0 - w) * state.q + w * g / (2.0 * s)
+    g_q = g / (2.0 * s)
+    q = (1.0 - w) * state.q + w * g_q
+    m2 = (1.0 - w) * state.m2 + w * jnp.square(g_q)
+    v = jnp.square(1.0 - w) * state.v + jnp.square(w)
     if problem.entropy is None:
         e = state.e
     else:
         (ge,) = vjp((jnp.zeros_like(r), jnp.ones_like(ent)))
         e = (1.0 - w) * state.e + w * 0.5 * ge  # s dH/ds = 0.5 dH/du
     log_mu = state.log_mu + jnp.log(r / problem.beta)
-    q_lin = problem.a / _expand(problem.scale, u.ndim)
-    q_c = jnp.maximum(q, _Q_FLOOR * q_lin + jnp.finfo(jnp.float32).tiny)
+    q_c = floored_q(problem, q)
     target = 0.5 * (
         jnp.log(jnp.maximum(e, _E_FLOOR))
         - math.log(2.0)
@@ -365,7 +466,44 @@ def step(
         acc=state.acc + jnp.where(tail, u, 0.0),
         count=state.count + tail.astype(jnp.int32),
         early=state.early + jnp.where(window, u, 0.0),
+        m2=m2,
+        v=v,
+        done=state.done,
+        steps_run=state.steps_run,
     )
+
+
+def floored_q(problem: Problem, q: Array) -> Array:
+    """``q`` kept above ``_Q_FLOOR`` times the linear model's ``dr/ds``."""
+    q_lin = problem.a / _expand(problem.scale, q.ndim)
+    return jnp.maximum(q, _Q_FLOOR * q_lin + jnp.finfo(jnp.float32).tiny)
+
+
+def on_floor(problem: Problem, q: Array) -> Array:
+    """Share of sigma entries whose averaged ``dr/ds`` sits on ``_Q_FLOOR`` ``(L,)``.
+
+    There the map reports the floor (a regulariser), not the network: their
+    noise cancels other entries' mean shift, so ``dr/ds <= 0`` on average.
+    """
+    q_lin = problem.a / _expand(problem.scale, q.ndim)
+    low = q <= _Q_FLOOR * q_lin
+    return jnp.mean(low.astype(jnp.float32), axis=tuple(range(1, q.ndim)))
+
+
+def pixel_se(problem: Problem, state: State) -> Array:
+    """Monte-Carlo standard error of ``log sigma`` per entry ``(L, *S)``.
+
+    See docs/design.md ("Regime", Monte-Carlo error). With ``q`` the weighted
+    mean of the per-iteration estimates ``g_t`` of ``dr/ds``, ``m2`` that of
+    their squares and ``v`` the sum of the squared weights, ``Var(q) ~ (m2 - q^2) v`` (iterations treated
+    as independent), and ``u = log sigma ~ -0.5 log q + const`` gives
+    ``se = 0.5 sqrt(Var(q)) / q`` (``q`` floored as in the iterations).
+    Zero where the estimates do not vary (a linear network).
+    """
+    var = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) * _expand(
+        state.v, state.q.ndim
+    )
+    return 0.5 * jnp.sqrt(var) / floored_q(problem, state.q)
 
 
 def shift(u: Array, c: Array, log_bounds: tuple[float, float]) -> Array:
@@ -378,29 +516,46 @@ def shift(u: Array, c: Array, log_bounds: tuple[float, float]) -> Array:
     return jnp.where(capped, u, jnp.clip(u + _expand(c, u.ndim), *log_bounds))
 
 
+class Level(NamedTuple):
+    """What :func:`level` returns (each ``(L,)``).
+
+    Attributes:
+      c: the shift of ``log sigma`` (the best point evaluated).
+      r: its budget.
+      mean_shift: its mean-shift share.
+      r0: the budget at the unshifted ``u`` (the first evaluation).
+      log_r_se: the standard error of ``log r`` at ``c`` on these draws; the
+        level's own error is about ``0.5 log_r_se`` (``d log r / dc = 2`` in
+        the linear regime).
+    """
+
+    c: Array
+    r: Array
+    mean_shift: Array
+    r0: Array
+    log_r_se: Array
+
+
 def level(
     problem: Problem,
     u: Array,
     eps: Array,
     target: Array,
     log_bounds: tuple[float, float],
-) -> tuple[Array, Array, Array, Array]:
+    iterations: int = LEVEL_ITERATIONS,
+) -> Level:
     """The constant ``c (L,)`` with ``r(u + c) = target`` on the draws ``eps``.
 
     A secant on ``log r`` against ``c`` (first slope 2, the linear model's),
-    with common random numbers. Costs ``LEVEL_ITERATIONS`` evaluations of
-    every draw.
-
-    Returns:
-      ``(c, r, mean_shift, r0)``: the best point evaluated, its budget and
-      mean-shift share, and the budget at ``u`` itself (the first evaluation).
+    with common random numbers. Costs ``iterations`` evaluations of every
+    draw.
     """
     log_t = jnp.broadcast_to(jnp.log(target), u.shape[:1])
 
     def at(c):
         v = shift(u, c, log_bounds)
-        r, share, _ = measure(problem, v, eps)
-        return r, share
+        r, share, _, r_se = measure_se(problem, v, eps)
+        return r, share, r_se
 
     def body(i, carry):
         c, err, c_prev, err_prev, best, r0 = carry
@@ -408,12 +563,12 @@ def level(
         slope = jnp.where(jnp.isfinite(slope), jnp.clip(slope, 0.5, 8.0), 2.0)
         step = jnp.where(jnp.isfinite(err), jnp.clip(err / slope, -3.0, 3.0), 0.0)
         c_new = c - step
-        r_new, share_new = at(c_new)
+        r_new, share_new, se_new = at(c_new)
         err_new = jnp.log(r_new) - log_t
         better = (i == 0) | (jnp.abs(err_new) < jnp.abs(jnp.log(best[1]) - log_t))
         best = tuple(
             jnp.where(better, new, old)
-            for new, old in zip((c_new, r_new, share_new), best, strict=True)
+            for new, old in zip((c_new, r_new, share_new, se_new), best, strict=True)
         )
         r0 = jnp.where(i == 0, r_new, r0)
         return c_new, err_new, c, err, best, r0
@@ -421,6 +576,6 @@ def level(
     # The first iteration evaluates c = 0 (err is NaN, so it does not move).
     zero = jnp.zeros(u.shape[:1], jnp.float32)
     nan = jnp.full_like(zero, jnp.nan)
-    init = (zero, nan, nan, nan, (zero, zero + 1.0, zero), zero)
-    *_, (c, r, share), r0 = jax.lax.fori_loop(0, LEVEL_ITERATIONS, body, init)
-    return c, r, share, r0
+    init = (zero, nan, nan, nan, (zero, zero + 1.0, zero, zero), zero)
+    *_, (c, r, share, r_se), r0 = jax.lax.fori_loop(0, iterations, body, init)
+    return Level(c, r, share, r0, r_se)

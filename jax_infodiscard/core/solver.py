@@ -496,8 +496,9 @@ def pixel_se(problem: Problem, state: State) -> Array:
     See docs/design.md ("Regime", Monte-Carlo error). With ``q`` the weighted
     mean of the per-iteration estimates ``g_t`` of ``dr/ds``, ``m2`` that of
     their squares and ``v`` the sum of the squared weights,
-    ``Var(q) ~ (m2 - q^2) v`` (iterations treated as independent), and ``u = log sigma ~ -0.5 log q + const`` gives
-    ``se = 0.5 sqrt(Var(q)) / q`` (``q`` floored as in the iterations).
+    ``Var(q) ~ (m2 - q^2) v`` (iterations treated as independent), and
+    ``u = log sigma ~ -0.5 log q + const`` gives ``se = 0.5 sqrt(Var(q)) / q``
+    (``q`` floored as in the iterations).
     Zero where the estimates do not vary (a linear network).
     """
     var = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) * _expand(

@@ -18,6 +18,7 @@ from jax_infodiscard.experiments.cache import (
     load_decoder,
     load_or_train_decoder,
     load_or_train_decoders,
+    save_decoders,
 )
 from jax_infodiscard.models.decoder import (
     Decoder,
@@ -897,9 +898,9 @@ def test_trained_decoder_keeps_its_readout_and_round_trips(tmp_path):
         images,
         cfg,
         key=jax.random.key(1),
-        checkpoint_dir=tmp_path,
         progress=False,
     )
+    save_decoders(tmp_path, {"pool": dec}, {"pool": m}, cfg)
     assert m.heldout_mse <= m.ridge_mse * 1.02
     restored, meta = load_decoder(tmp_path, "pool")
     assert meta["config"]["readout_kernel"] == 3

@@ -46,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jax_infodiscard as jid
+from jax_infodiscard.core.results import REPRODUCIBILITY_THRESHOLD
 from jax_infodiscard.data import SHAPE_NAMES
 from jax_infodiscard.experiments.cache import (
     ModelSpec,
@@ -94,6 +95,12 @@ DEFINITIONS = {
     "cid_mean": "mean over pixels and images of the pixel-wise CID: entropy of "
     "the input noise the layer ignores, nats per pixel (higher = more "
     "discarded)",
+    "cid_mean_se": "Monte-Carlo standard error of cid_mean: how much another "
+    "solver key would move it on the same images (not the spread over images)",
+    "cid_reproducibility": "mean over images of the share of each map's "
+    "variance over pixels that is signal rather than Monte-Carlo noise; maps "
+    f"below {REPRODUCIBILITY_THRESHOLD} are not reproducible at this beta and "
+    "are greyed out (their mean with its cid_mean_se still stands)",
     "cid_concentration": "mean CID on the background minus on the foreground "
     "(nats); > 0: the layer discards the background more than the object",
     "cid_converged": "share of the (image) solves whose measured noise budget "
@@ -130,9 +137,11 @@ DEFINITIONS = {
 
 UNITS = {
     "cid_mean": "nats per pixel",
+    "cid_mean_se": "nats per pixel",
     "cid_concentration": "nats per pixel",
     "cid_entropy_gain": "nats per pixel",
     "ru_mean": "nats per pixel",
+    "ru_mean_se": "nats per pixel",
     "ru_concentration": "nats per pixel",
     "ru_entropy_gain": "nats per pixel",
     "beta": "squared unit-range pixel values (mean noise variance per unit)",
@@ -647,7 +656,7 @@ def _tables(config: DemoConfig, m: Measurement, n: int) -> dict:
     layers, cid = m.layers, m.cid
     curves = {"CID mean": cid.mean, "CID concentration": m.concentration}
     diag = {"CID linearity": cid.linearity}
-    unreliable = {"CID": np.where(cid.converged, "", "not converged").astype(object)}
+    unreliable = {"CID": _flags(cid.converged, cid.reproducibility)}
     rows = {name: _result_row("cid", cid, i, curves) for i, name in enumerate(layers)}
     for i, name in enumerate(layers):
         rows[name]["passes_per_map"] = _round(cid.passes[i].mean())
@@ -664,6 +673,18 @@ def _tables(config: DemoConfig, m: Measurement, n: int) -> dict:
         | ({"RU": _spread(m, "pixel", cid.pixel.shape[1:])} if config.ru else {}),
         "warnings": warnings_,
     }
+
+
+def _flags(converged, reproducibility) -> np.ndarray:
+    """Grey-out reasons of maps (same shape): ``"not converged"``, else
+    ``"not reproducible"`` where the reproducibility is below
+    :data:`~jax_infodiscard.core.results.REPRODUCIBILITY_THRESHOLD`, else
+    ``""`` (NaN reproducibility, from files without error bars, flags
+    nothing)."""
+    repro = np.asarray(reproducibility, np.float64)
+    flags = np.where(repro < REPRODUCIBILITY_THRESHOLD, "not reproducible", "")
+    flags = np.where(np.asarray(converged), flags, "not converged")
+    return flags.astype(object)
 
 
 def _spread(m: Measurement, field: str, shape, fill=np.nan) -> np.ndarray:
@@ -684,6 +705,7 @@ def _ru_tables(m: Measurement, n: int, rows, curves, diag, unreliable) -> list[s
     curves["RU concentration"] = _spread(m, "concentration", (n,))
     diag["RU linearity"] = _spread(m, "linearity", (n,))
     ru_converged = _spread(m, "converged", (n,), fill=False)
+    ru_repro = _spread(m, "reproducibility", (n,))
     flags = np.full((len(layers), n), "", dtype=object)
     warnings_ = []
     for i, name in enumerate(layers):
@@ -733,7 +755,7 @@ def _ru_tables(m: Measurement, n: int, rows, curves, diag, unreliable) -> list[s
                 + ". Train the decoders longer for real analyses"
             )
         else:
-            flags[i, ~ru_converged[i]] = "not converged"
+            flags[i] = _flags(ru_converged[i], ru_repro[i])
     unreliable["RU"] = flags
     return warnings_
 
@@ -759,6 +781,16 @@ def _regime_warnings(m: Measurement) -> list[str]:
             warnings_.append(
                 f"{label}: {bad} of {res.converged.size} solves did not meet the "
                 "budget (converged=False); their maps are greyed out"
+            )
+        low = res.converged & (res.reproducibility < REPRODUCIBILITY_THRESHOLD)
+        where = [n_ for n_, row in zip(res.layers, low, strict=True) if row.any()]
+        if where:
+            warnings_.append(
+                f"{label}: {int(low.sum())} map(s) at {', '.join(where)} are not "
+                f"reproducible at this beta (reproducibility < "
+                f"{REPRODUCIBILITY_THRESHOLD}: another key gives a visibly "
+                "different map); they are greyed out, their mean with its "
+                "Monte-Carlo error (±MC) still stands"
             )
     return warnings_
 
@@ -806,6 +838,11 @@ def _result_row(prefix: str, res, i: int, curves: dict, at: int | None = None):
     at = i if at is None else at
     return {
         f"{prefix}_mean": _round(res.mean[i].mean()),
+        # Independent solves per image: the SE of the mean over images.
+        f"{prefix}_mean_se": _round(
+            np.sqrt(np.sum(np.square(res.mean_se[i]))) / res.mean_se.shape[1]
+        ),
+        f"{prefix}_reproducibility": _round(res.reproducibility[i].mean()),
         f"{prefix}_concentration": _round(curves[f"{label} concentration"][at].mean()),
         f"{prefix}_converged": _round(res.converged[i].mean()),
         f"{prefix}_budget_over_beta": _round(res.budget[i].mean() / res.beta),
@@ -819,6 +856,8 @@ RU_FIELDS = tuple(
     f"ru_{f}"
     for f in (
         "mean",
+        "mean_se",
+        "reproducibility",
         "concentration",
         "converged",
         "budget_over_beta",
@@ -906,6 +945,8 @@ def format_summary(summary: dict, out_dir: str | os.PathLike | None = None) -> s
     )
     cols = [
         ("cid_mean", "CID", "{:+.3f}"),
+        ("cid_mean_se", "±MC", "{:.3f}"),
+        ("cid_reproducibility", "repro.", "{:.2f}"),
         ("cid_concentration", "conc.", "{:+.3f}"),
         ("cid_converged", "conv.", "{:.0%}"),
         ("cid_budget_over_beta", "budget/b", "{:.2f}"),
@@ -916,6 +957,7 @@ def format_summary(summary: dict, out_dir: str | os.PathLike | None = None) -> s
     if any("ru_mean" in r for r in rows.values()):
         cols += [
             ("ru_mean", "RU", "{:+.3f}"),
+            ("ru_mean_se", "±MC", "{:.3f}"),
             ("ru_concentration", "conc.", "{:+.3f}"),
             ("ru_converged", "conv.", "{:.0%}"),
             ("decoder_heldout_mse", "dec. MSE", "{:.2e}"),
@@ -931,7 +973,8 @@ def format_summary(summary: dict, out_dir: str | os.PathLike | None = None) -> s
     widths = [max(len(r[j]) for r in table) for j in range(len(table[0]))]
     lines = [
         head,
-        "nats per pixel; conv. = share of converged solves; "
+        "nats per pixel; ±MC = Monte-Carlo standard error of the mean; repro. = "
+        "reproducibility of the maps; conv. = share of converged solves; "
         "budget/b = measured budget / beta; see summary.json 'definitions'",
     ]
     for r in table:

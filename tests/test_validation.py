@@ -168,6 +168,19 @@ def test_features_times_1e20_and_1e_minus20_give_the_same_maps():
         )
 
 
+def test_public_feature_scale_is_scale_free():
+    from jax.tree_util import Partial
+
+    import jax_infodiscard as jid
+
+    key = jax.random.key(0)
+    ref = jid.feature_scale(Partial(_tanh_features, _W, jnp.float32(1.0)), _X, key)
+    for s in (1e20, 1e-20):
+        got = jid.feature_scale(Partial(_tanh_features, _W, jnp.float32(s)), _X, key)
+        assert np.isfinite(got).all() and (got > 0).all()
+        np.testing.assert_allclose(got, np.asarray(ref) * np.float64(s) ** 2, rtol=1e-4)
+
+
 def test_layer_exponents_are_powers_of_two_near_the_feature_size():
     from jax_infodiscard.core.features import layer_exponents
 

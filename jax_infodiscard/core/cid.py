@@ -7,11 +7,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import engine
 from jax_infodiscard.core.feature_scale import feature_scales
-from jax_infodiscard.core.features import deviations, normal
+from jax_infodiscard.core.features import deviations, normal, normalise
 from jax_infodiscard.core.results import CIDResult
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey
 from jax_infodiscard.validation import (
@@ -124,7 +125,9 @@ def feature_scale(
       num_samples: noise directions ``K``.
 
     Returns:
-      ``(L, B)`` float32.
+      ``(L, B)`` float64 (NumPy), in the units of the features squared; the
+      features are rescaled by a power of two per layer inside, so features
+      near float32's limits neither overflow nor underflow.
     """
     if method not in ("jvp", "limit"):
         raise ValueError(f"method must be 'jvp' or 'limit', got {method!r}")
@@ -133,6 +136,11 @@ def feature_scale(
     fn = as_partial(feature_fn)
     names = check_layers(fn, images, layers)
     keys = image_keys(key, images.shape[0])
-    return _scales(
+    # Scale-free features (a power of two per layer, exact in float), so that
+    # delta_f^2 is computed without overflow or underflow, then back to the
+    # user's units in float64.
+    fn, _, scale = normalise(fn, names, images[0])
+    scales = _scales(
         fn, images, keys, layers=names, method=method, num_samples=num_samples
     )
+    return np.asarray(scales, np.float64) * (scale[:, None] ** 2)

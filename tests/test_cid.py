@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from conftest import (
 from jax.tree_util import Partial
 
 import jax_infodiscard as jid
+from jax_infodiscard.core.results import checksum
 
 BETA = 1.5e-4
 _VMAP = jid.CIDConfig(layer_strategy="vmap")
@@ -317,11 +319,17 @@ def test_result_save_load_round_trip(tmp_path, linear_model, linear_images):
     assert float(np.max(res.pixel_se)) < 1e-4
     np.testing.assert_allclose(res.reproducibility, 1.0)
     assert res.reproducible().all() and not res.reproducible(1.01).any()
-    # A file written before the error bars loads, with NaN error bars.
+    # A file written before the error bars (format 3) loads, with NaN error
+    # bars; a format-4 file without them is refused.
     with np.load(path) as data:
         new = {"mean_se", "pixel_se", "reproducibility", "floor_share"}
-        old = {k: data[k] for k in data.files if k not in new}
-    np.savez(tmp_path / "old.npz", **old)
+        old = {k: data[k] for k in data.files if k not in new | {"__meta__"}}
+        meta = json.loads(str(data["__meta__"]))
+    np.savez(tmp_path / "cut4.npz", __meta__=json.dumps(meta), **old)
+    with pytest.raises(ValueError, match=r"format 4\) lacks the field"):
+        jid.CIDResult.load(tmp_path / "cut4.npz")
+    meta |= {"format": 3, "checksum": checksum(old)}
+    np.savez(tmp_path / "old.npz", __meta__=json.dumps(meta), **old)
     back = jid.CIDResult.load(tmp_path / "old.npz")
     assert back.pixel_se.shape == res.pixel.shape
     assert np.isnan(back.mean_se).all() and back.mean_se.shape == res.mean.shape

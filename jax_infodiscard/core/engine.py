@@ -36,7 +36,12 @@ from jax.sharding import Mesh, PartitionSpec
 from jax_infodiscard.config import CIDConfig
 from jax_infodiscard.core import diagnostics, memory, solver
 from jax_infodiscard.core.features import image_features, normalise
-from jax_infodiscard.core.linear import closed_form, column_norms, linear_distortion
+from jax_infodiscard.core.linear import (
+    closed_form,
+    column_norms,
+    exact_norms,
+    linear_distortion,
+)
 from jax_infodiscard.core.methods import METHOD_TABLE
 from jax_infodiscard.types import Array, FeatureFn, PRNGKey, PyTree
 from jax_infodiscard.validation import (
@@ -139,6 +144,7 @@ class Context(NamedTuple):
     u_lin: Array  # (L, *S) closed form
     keys: Array  # (L,) typed keys
     passes: Array  # (L,) int32, passes spent in init
+    exact: Array  # (L,) bool, column norms exact (basis, colouring), not probes
 
 
 def layer_id(name: str) -> int:
@@ -187,7 +193,10 @@ def _init_image(st: Static, fn, extra, beta, x, key):
     scale = jnp.sum(a, axis=tuple(range(1, a.ndim)))
     scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
     u_lin = closed_form(a, scale, beta, *st.log_bounds)
-    ctx = Context(base, a, scale, u_lin, keys, jnp.array(counts, jnp.int32))
+    exact = [exact_norms(fn, name, x, st.probes) for name in st.layers]
+    ctx = Context(
+        base, a, scale, u_lin, keys, jnp.array(counts, jnp.int32), jnp.array(exact)
+    )
     return ctx, solver.init_state(a, scale, beta, u_lin)
 
 
@@ -312,7 +321,7 @@ def _error_bars(st: Static, problem, ctx: Context, s, u, entropy, level_se, iter
     # Monte-Carlo error); it enters dr/ds through the control variate, in
     # proportion to the linear model's share of dr/ds. Exact norms (basis,
     # colouring): none.
-    random = (ctx.passes == st.probes).astype(jnp.float32)
+    random = 1.0 - ctx.exact.astype(jnp.float32)
     units = 1 if st.per_channel else problem.x.shape[-1]
     rel = math.sqrt(2.0 / (max(st.probes, 1) * units))
     probe = _expand(random * 0.5 * rel, ndim)

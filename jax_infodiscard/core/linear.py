@@ -125,6 +125,44 @@ def column_norms(
     >>> a[:, 0].tolist(), passes
     ([0.25, 1.25, 1.5, 1.5, 1.5, 1.5, 1.25, 0.25], 3)
     """
+    way, plan, m = _norms_way(feature_fn, layer, x, num_probes, mode)
+    if way == "colouring":
+        a = _colouring.coloured_norms(
+            _leaves_fn(feature_fn, layer), x, plan, per_channel, probe_batch
+        )
+        return a, plan.passes
+    if mode == "probes" and key is None:
+        raise ValueError("mode='probes' needs a PRNG key (key=None given)")
+
+    def flat_features(z):
+        flat, _ = ravel_pytree(image_features(feature_fn, (layer,), z)[layer])
+        return flat.astype(jnp.float32)
+
+    flat, vjp = jax.vjp(flat_features, x)
+    if way == "basis":
+        probes, weight, passes = jnp.eye(m, dtype=flat.dtype), 1.0, m
+    else:
+        probes = jax.random.rademacher(key, (num_probes, m), flat.dtype)
+        weight, passes = 1.0 / num_probes, num_probes
+
+    def squares(v):
+        return jnp.square(vjp(v)[0])
+
+    if probe_batch is None or probe_batch >= probes.shape[0]:
+        sq = jax.vmap(squares)(probes)  # (K, H, W, C)
+    else:
+        sq = jax.lax.map(squares, probes, batch_size=probe_batch)
+    a = weight * jnp.sum(sq, axis=0)
+    if not per_channel:
+        a = jnp.sum(a, axis=-1)
+    return a, passes
+
+
+def _norms_way(feature_fn: FeatureFn, layer: str, x: Array, num_probes: int, mode: str):
+    """Which way :func:`column_norms` takes: ``(way, plan, m)`` with ``way``
+    one of ``"probes"``, ``"basis"``, ``"colouring"``, the colouring plan
+    (or ``None``) and the feature size ``m``. Static: it depends on shapes
+    and the tangent map's structure only."""
     if mode not in NORM_MODES:
         raise ValueError(f"mode must be one of {NORM_MODES}, got {mode!r}")
     m = sum(
@@ -148,35 +186,23 @@ def column_norms(
         and plan.passes <= num_probes
         and (m > num_probes or plan.passes < m)
     ):
-        a = _colouring.coloured_norms(
-            _leaves_fn(feature_fn, layer), x, plan, per_channel, probe_batch
-        )
-        return a, plan.passes
-    if mode == "probes" and key is None:
-        raise ValueError("mode='probes' needs a PRNG key (key=None given)")
-
-    def flat_features(z):
-        flat, _ = ravel_pytree(image_features(feature_fn, (layer,), z)[layer])
-        return flat.astype(jnp.float32)
-
-    flat, vjp = jax.vjp(flat_features, x)
+        return "colouring", plan, m
     if mode == "basis" or (mode == "auto" and m <= num_probes):
-        probes, weight, passes = jnp.eye(m, dtype=flat.dtype), 1.0, m
-    else:
-        probes = jax.random.rademacher(key, (num_probes, m), flat.dtype)
-        weight, passes = 1.0 / num_probes, num_probes
+        return "basis", None, m
+    return "probes", None, m
 
-    def squares(v):
-        return jnp.square(vjp(v)[0])
 
-    if probe_batch is None or probe_batch >= probes.shape[0]:
-        sq = jax.vmap(squares)(probes)  # (K, H, W, C)
-    else:
-        sq = jax.lax.map(squares, probes, batch_size=probe_batch)
-    a = weight * jnp.sum(sq, axis=0)
-    if not per_channel:
-        a = jnp.sum(a, axis=-1)
-    return a, passes
+def exact_norms(
+    feature_fn: FeatureFn, layer: str, x: Array, num_probes: int, mode: str = "auto"
+) -> bool:
+    """Whether :func:`column_norms` with these arguments is exact (the basis
+    or the colouring) rather than a random-probe estimate.
+
+    >>> fn = lambda x: {"f": x[:, 1:-1] - 0.5 * (x[:, :-2] + x[:, 2:])}
+    >>> exact_norms(fn, "f", jnp.zeros((8, 8, 1)), 16)
+    True
+    """
+    return _norms_way(feature_fn, layer, x, num_probes, mode)[0] != "probes"
 
 
 def closed_form(

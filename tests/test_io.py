@@ -136,6 +136,7 @@ def _result(per_channel=False):
     fields |= {
         "pixel": pixel,
         "sigma": np.exp(pixel),
+        "pixel_se": np.full(maps, 0.01, np.float32),
         "mean": pixel.mean(axis=tuple(range(2, pixel.ndim))),
         "total": pixel.sum(axis=tuple(range(2, pixel.ndim))) * 3,
         "converged": np.ones((2, 3), bool),
@@ -178,7 +179,7 @@ def test_result_file_round_trip_carries_version_and_checksum(tmp_path):
     with np.load(tmp_path / "r.npz") as f:
         meta = json.loads(str(f["__meta__"]))
         arrays = {k: f[k] for k in f.files if k != "__meta__"}
-    assert meta["format"] == FORMAT == 3 and meta["checksum"] == checksum(arrays)
+    assert meta["format"] == FORMAT == 4 and meta["checksum"] == checksum(arrays)
     back = CIDResult.load(tmp_path / "r.npz")
     for k in arrays:
         np.testing.assert_array_equal(getattr(back, k), getattr(res, k))
@@ -190,9 +191,9 @@ def test_result_file_round_trip_carries_version_and_checksum(tmp_path):
 @pytest.mark.parametrize(
     "meta, arrays, match",
     [
-        ({"format": 99}, {"extra": np.ones(2)}, r"format 99, newer than format 3"),
+        ({"format": 99}, {"extra": np.ones(2)}, r"format 99, newer than format 4"),
         ({"format": None}, {}, r"has no format version"),
-        ({"format": 1}, {}, r"format 1 .*reads formats 2-3"),
+        ({"format": 1}, {}, r"format 1 .*reads formats 2-4"),
         (
             {},
             {"sigma": np.ones((2, 3, 4, 5, 2))},
@@ -226,13 +227,17 @@ def test_result_load_checks_checksum_and_summaries(tmp_path):
     _rewrite(path, rechecksum=False, pixel=changed)
     with pytest.raises(ResultFileError, match=r"r\.npz: the arrays do not match"):
         CIDResult.load(path)
-    # A format-2 file has no checksum; its summaries are still checked.
-    _rewrite(path, {"format": 2, "checksum": None}, rechecksum=False)
+    # A format-2 file has no checksum (nor error bars); its summaries are
+    # still checked.
+    bars = dict.fromkeys(("mean_se", "pixel_se", "reproducibility", "floor_share"))
+    _rewrite(path, {"format": 2, "checksum": None}, rechecksum=False, **bars)
     with pytest.raises(ResultFileError, match=r"mean\[1, 2\] = .* pixel maps give"):
         CIDResult.load(path)
     res.save(path)
-    _rewrite(path, {"format": 2, "checksum": None})
-    np.testing.assert_array_equal(CIDResult.load(path).pixel, res.pixel)
+    _rewrite(path, {"format": 2, "checksum": None}, **bars)
+    back = CIDResult.load(path)
+    np.testing.assert_array_equal(back.pixel, res.pixel)
+    assert np.isnan(back.pixel_se).all() and back.pixel_se.shape == res.pixel.shape
 
 
 def test_result_file_failures_are_one_error_naming_the_file(tmp_path):

@@ -404,8 +404,8 @@ def receptive_fields(leaves_fn, x: Array) -> list[Value]:
 
     Raises:
       NotImplementedError: ``leaves_fn`` calls a ``jax.custom_vjp`` function
-        (no forward-mode derivative).
-      Whatever else tracing ``jax.jvp`` of ``leaves_fn`` raises.
+        (no forward-mode derivative); any other error of tracing ``jax.jvp``
+        of ``leaves_fn`` propagates.
 
     >>> def fn(z):  # a 3-tap moving sum along axis 0, then stride 2
     ...     return [(z[:-2] + z[1:-1] + z[2:])[::2]]
@@ -437,7 +437,7 @@ class Colouring:
 
     @property
     def passes(self) -> int:
-        """Jacobian-vector products needed: ``prod(periods) * C``."""
+        """The number of Jacobian-vector products needed, ``prod(periods) * C``."""
         return math.prod(self.periods) * self.image_shape[-1]
 
 

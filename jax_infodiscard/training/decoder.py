@@ -345,9 +345,11 @@ class DecoderMetrics:
 
     @property
     def learned_nothing(self) -> bool:
-        """The decoder recovers nothing of the image: its :attr:`verdict` is
-        not :data:`RECOVERS` (in metadata of earlier releases, without
-        ``constant_mse``: ``mse_over_variance >= LEARNED_NOTHING``)."""
+        """Whether the decoder recovers nothing of the image.
+
+        True when its :attr:`verdict` is not :data:`RECOVERS`; in metadata of
+        earlier releases, without ``constant_mse``, when
+        ``mse_over_variance >= LEARNED_NOTHING``."""
         if self.constant_mse is None:
             return self.mse_over_variance >= LEARNED_NOTHING
         return self.verdict != RECOVERS

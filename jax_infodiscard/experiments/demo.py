@@ -458,7 +458,8 @@ class _DemoListener(Listener):
             f"RU ({cfg.method}, {cfg.steps} steps): {len(layers)} layers x "
             f"{self.images} images"
             + (
-                f" (skipped, decoder learned nothing: {', '.join(skipped)})"
+                f" (skipped, the decoder does not recover the image: "
+                f"{', '.join(skipped)})"
                 if skipped
                 else ""
             ),

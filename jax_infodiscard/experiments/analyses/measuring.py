@@ -249,18 +249,21 @@ def train_and_measure(
 
     Args:
       options: the analysis options.
-      variants: ``{name: kwargs}`` of :func:`train_model` per network, in
-        order; ``kwargs`` may be a callable ``(seed, trained) -> kwargs``
-        where ``trained`` maps the names before it to their
-        :class:`TrainedModel` of this seed (a pruned net built from the
-        original, a student from its teacher).
+      variants: ``{name: kwargs}`` of
+        :func:`~jax_infodiscard.experiments.analyses.networks.train_model`
+        per network, in order; ``kwargs`` may be a callable
+        ``(seed, trained) -> kwargs`` where ``trained`` maps the names
+        before it to their :class:`TrainedModel` of this seed (a pruned
+        net built from the original, a student from its teacher).
       seeds: training seeds.
       test, images, masks: the test examples, analysed images and masks.
       key: solver key (the same for every network: paired noise).
       timer: gets ``train_s`` and the measuring phases.
       ru_train: RU decoders' training images (0: no RU).
       layers: analysed layers (default: each model's ``default_layers``).
-      **common: :func:`train_model` arguments shared by every network.
+      **common: the
+        :func:`~jax_infodiscard.experiments.analyses.networks.train_model`
+        arguments shared by every network.
 
     Returns:
       ``(groups, models)``: per name, the :class:`Measured` and the

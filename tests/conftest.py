@@ -25,7 +25,7 @@ def pytest_configure(config):
     (``enable_compilation_cache``), and that is process-wide: without this,
     the first CLI test of a worker would point it at its own temporary folder
     for every later test. Setting it once here makes the CLI keep it. (It does
-    not make the suite faster: on ``tests/test_cid.py`` it measured 448 vs
+    not make the suite faster: on ``tests/core/test_cid.py`` it measured 448 vs
     458 CPU seconds, as the tests rarely compile the same program twice.) The
     folder is fresh per run (the controller makes it, the workers inherit it
     through the environment) and removed at the end; a user's own

@@ -36,9 +36,12 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.training.adversarial import PGDConfig, pgd_transform
@@ -81,12 +84,12 @@ CONTROL = "normal longer"
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains a normal and an adversarial network, measures, states verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     pgd = PGDConfig(epsilon=sz.epsilon, steps=sz.pgd_steps, step_size=sz.pgd_step_size)
     seeds = [options.seed + s for s in sz.seeds]
     extra_epochs = sz.finetune_epochs or sz.epochs
-    groups, models = C.train_and_measure(
+    groups, models = measuring.train_and_measure(
         options,
         {
             "normal": {},
@@ -136,7 +139,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         ("ru", "Adversarial training raises RU"),
     ):
         # The paper's claim, against the control of as many epochs.
-        v, numbers[quantity] = C.delta_verdict(
+        v, numbers[quantity] = comparisons.delta_verdict(
             groups,
             CONTROL,
             quantity,
@@ -150,7 +153,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         if quantity == "ru":
             continue
         # The paper's comparison (confounded by the epochs), and the control.
-        v, numbers[f"{quantity}_vs_normal"] = C.delta_verdict(
+        v, numbers[f"{quantity}_vs_normal"] = comparisons.delta_verdict(
             groups,
             "normal",
             quantity,
@@ -162,7 +165,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             others=["adversarial"],
         )
         verdicts.append(v)
-        v, numbers[f"{quantity}_longer_training"] = C.delta_verdict(
+        v, numbers[f"{quantity}_longer_training"] = comparisons.delta_verdict(
             groups,
             "normal",
             quantity,
@@ -178,7 +181,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         f"{name}: {', '.join(f'{r:.4f}' for r in rs)}"
         for name, rs in robustness.items()
     )
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

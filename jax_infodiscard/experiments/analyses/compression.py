@@ -29,9 +29,12 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import model_fn
@@ -98,13 +101,13 @@ def _pruned(sparsity: float, epochs: int):
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains, prunes and fine-tunes, measures CID and robustness, verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     variants = {"original": {}} | {
         f"pruned {p:.0%}": _pruned(p, sz.finetune_epochs) for p in sz.sparsities
     }
-    groups, models = C.train_and_measure(
+    groups, models = measuring.train_and_measure(
         options,
         variants,
         seeds=seeds,
@@ -142,7 +145,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     layers = groups["original"][0].layers
     last = layers[-1]
     verdicts, numbers = [], {}
-    v, numbers["cid"] = C.delta_verdict(
+    v, numbers["cid"] = comparisons.delta_verdict(
         groups,
         "original",
         "cid",
@@ -153,7 +156,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     )
     verdicts.append(v)
     for quantity in ("concentration", "ru"):
-        v, numbers[quantity] = C.no_change_verdict(
+        v, numbers[quantity] = comparisons.no_change_verdict(
             groups,
             "original",
             quantity,
@@ -167,7 +170,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     for i in range(len(seeds)):
         cid_last = [float(np.mean(ms[i].at("cid", last))) for ms in groups.values()]
         rob = [rs[i] for rs in robustness.values()]
-        rhos.append(C.spearman(cid_last, rob))
+        rhos.append(comparisons.spearman(cid_last, rob))
     enough = len(groups) >= 3
     outcome = V.correlation_outcome(rhos, min_items=enough)
     alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
@@ -178,7 +181,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         "alone": alone,
     }
     verdicts.append(
-        C.verdict(
+        comparisons.verdict(
             f"A higher CID of the last layer ({last}) goes with a higher "
             "adversarial robustness",
             "App. F.2, Table 3",
@@ -199,7 +202,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             seeds[0],
         )
     )
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

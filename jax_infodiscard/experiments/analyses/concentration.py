@@ -30,9 +30,12 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.rundir import RunFolder
 
@@ -81,11 +84,11 @@ def thirds(layers) -> tuple[list[str], list[str]]:
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the networks, measures concentration per layer, verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     nets = (sz.reference, *sz.others)
-    groups, models = C.train_and_measure(
+    groups, models = measuring.train_and_measure(
         options,
         {f"{m}-w{w}": {"model": m, "model_kwargs": {"width": w}} for m, w in nets},
         seeds=seeds,
@@ -106,7 +109,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
 
     def part(m, which):
         low, high = thirds(m.layers)
-        return C.pooled(m, "concentration", low if which == "low" else high)
+        return comparisons.pooled(m, "concentration", low if which == "low" else high)
 
     if masks is not None:
         # 1. VGG vs AlexNet: lower in low layers, higher in high layers.
@@ -120,39 +123,42 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                     part(o, which) - part(r, which)
                     for r, o in zip(groups[ref], groups[other], strict=True)
                 ]
-                results[other] = C.combine_seeds(diffs, expect=expect, seeds=seeds)
+                results[other] = comparisons.combine_seeds(
+                    diffs, expect=expect, seeds=seeds
+                )
                 numbers[f"{which}_{other}"] = results[other].row()
             verdicts.append(
-                C.verdict(
+                comparisons.verdict(
                     f"Compared with {ref}, the other nets {text}",
                     "Sec. 4, Fig. 5c",
                     "; ".join(f"{n} − {ref}: {r.text()}" for n, r in results.items()),
-                    C.all_of([r.outcome for r in results.values()]),
+                    comparisons.all_of([r.outcome for r in results.values()]),
                     f"per-image concentration averaged over the {which} third of "
                     f"each net's layers, other − {ref}, "
-                    f"{'<' if expect == 'negative' else '>'} 0; {C.SEED_RULE}",
-                    C.all_of([r.alone for r in results.values()]),
+                    f"{'<' if expect == 'negative' else '>'} 0; "
+                    + comparisons.SEED_RULE,
+                    comparisons.all_of([r.alone for r in results.values()]),
                     seeds[0],
                 )
             )
         # 2. High layers more concentrated than low layers, in every net.
         results = {}
         for name, ms in groups.items():
-            results[name] = C.combine_seeds(
+            results[name] = comparisons.combine_seeds(
                 [part(m, "high") - part(m, "low") for m in ms],
                 expect="positive",
                 seeds=seeds,
             )
             numbers[f"high_minus_low_{name}"] = results[name].row()
         verdicts.append(
-            C.verdict(
+            comparisons.verdict(
                 "High layers are more concentrated on the foreground than low layers",
                 "Sec. 4, Fig. 5",
                 "; ".join(f"{n}: {r.text()}" for n, r in results.items()),
-                C.all_of([r.outcome for r in results.values()]),
+                comparisons.all_of([r.outcome for r in results.values()]),
                 "per net: concentration of the last third of layers − the first "
-                f"third > 0; {C.SEED_RULE.replace('network', 'net')}",
-                C.all_of([r.alone for r in results.values()]),
+                f"third > 0; {comparisons.SEED_RULE.replace('network', 'net')}",
+                comparisons.all_of([r.alone for r in results.values()]),
                 seeds[0],
             )
         )
@@ -161,7 +167,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         for i in range(len(seeds)):
             acc = [models[n][i].accuracy for n in groups]
             conc = [float(np.nanmean(part(groups[n][i], "high"))) for n in groups]
-            rhos.append(C.spearman(acc, conc))
+            rhos.append(comparisons.spearman(acc, conc))
         enough = len(groups) >= 3
         outcome = V.correlation_outcome(rhos, min_items=enough)
         alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
@@ -175,7 +181,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in models[n])}" for n in groups
         )
         verdicts.append(
-            C.verdict(
+            comparisons.verdict(
                 "A network with a higher accuracy has a higher concentration",
                 "Sec. 3.1, Fig. 3a",
                 "Spearman ρ "
@@ -194,7 +200,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         )
     else:
         verdicts.append(
-            C.verdict(
+            comparisons.verdict(
                 "High layers are more concentrated on the foreground than low layers",
                 "Sec. 4, Fig. 5",
                 "no foreground masks",
@@ -202,7 +208,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                 "needs a data set with foreground masks",
             )
         )
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

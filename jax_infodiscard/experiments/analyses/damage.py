@@ -26,9 +26,12 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.rundir import RunFolder
 
 
@@ -64,11 +67,11 @@ SIZES = {
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the original and the revised network, measures, states verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     revision = ((sz.layer, sz.filters, sz.kernel),)
     seeds = [options.seed + s for s in sz.seeds]
-    groups, models = C.train_and_measure(
+    groups, models = measuring.train_and_measure(
         options,
         {
             "original": {"model_kwargs": {"width": sz.width}},
@@ -113,7 +116,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             "App. F.1, Fig. 8",
         ),
     ):
-        v, n = C.delta_verdict(
+        v, n = comparisons.delta_verdict(
             groups,
             "original",
             quantity,
@@ -124,7 +127,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         )
         verdicts.append(v)
         numbers[quantity] = n
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

@@ -31,9 +31,13 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    figures,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.rundir import RunFolder
 
@@ -99,21 +103,21 @@ STAGES = ("stage1", "stage2", "stage3")
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the ResNets and auto-encoders, measures, states the verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test = C.load_test(options, max(sz.num_images, 500))
+    timer = networks.Timer(options.status)
+    test = networks.load_test(options, max(sz.num_images, 500))
     images = np.asarray(test.images[: sz.num_images])
-    masks = C.masks_of(options, test, sz.num_images)
+    masks = networks.masks_of(options, test, sz.num_images)
     key = jax.random.key(options.seed)
     seeds = [options.seed + s for s in sz.seeds]
-    classifiers: dict[int, list[C.Measured]] = {}
-    autoencoders: dict[int, list[C.Measured]] = {}
+    classifiers: dict[int, list[measuring.Measured]] = {}
+    autoencoders: dict[int, list[measuring.Measured]] = {}
     for seed in seeds:
         for task in ("classifier", "autoencoder"):
             depths = sz.depths if task == "classifier" else sz.autoencoders
             for d in depths:
                 name = f"resnet{d}" + ("_ae" if task == "autoencoder" else "")
                 start = time.perf_counter()
-                trained = C.train_model(
+                trained = networks.train_model(
                     options,
                     name,
                     num_train=sz.num_train,
@@ -127,7 +131,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                 if task == "classifier":
                     layers = (*layers, "logits")
                 ru = task == "classifier" and d in sz.ru_depths
-                m = C.measure_trained(
+                m = measuring.measure_trained(
                     name,
                     trained,
                     layers,
@@ -159,7 +163,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     }
     notes = "\n\n".join(
         [
-            C.setting_text(
+            report.setting_text(
                 options,
                 images=len(images),
                 seeds=seeds,
@@ -175,7 +179,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             ),
             "![curves](curves.png)\n\n![differences](differences.png)",
             "Regime diagnostics per network and layer:\n\n"
-            + C.diagnostics_table(measured, labels),
+            + report.diagnostics_table(measured, labels),
         ]
     )
     return AnalysisResult(results=results, verdicts=tuple(verdicts), notes=notes)
@@ -190,7 +194,7 @@ def _verdicts(classifiers, autoencoders, seeds):
         enc = [x for x in ms[0].layers if x != "logits"]
 
         def step(a, b, ms=ms):
-            return C.combine_seeds(
+            return comparisons.combine_seeds(
                 [m.at("cid", b) - m.at("cid", a) for m in ms],
                 expect="positive",
                 seeds=seeds,
@@ -218,15 +222,15 @@ def _verdicts(classifiers, autoencoders, seeds):
             "steps": [f.row() for f in falls],
         }
     verdicts.append(
-        C.verdict(
+        comparisons.verdict(
             "CID rises from block to block within one network",
             "Sec. 4, Fig. 3b, 5a",
             "; ".join(texts),
-            C.all_of(outcomes),
+            comparisons.all_of(outcomes),
             "per net: CID(last stage) − CID(conv1) > 0 and no step between "
-            f"analysed blocks falls (each by the rule {C.SEED_RULE}); held if "
-            "every net",
-            C.all_of(alone),
+            "analysed blocks falls (each by the rule "
+            f"{comparisons.SEED_RULE}); held if every net",
+            comparisons.all_of(alone),
             seeds[0],
         )
     )
@@ -235,27 +239,29 @@ def _verdicts(classifiers, autoencoders, seeds):
     for q, fig in (("cid", "Fig. 5a"), ("ru", "Fig. 5b")):
         results = {}
         for a, b in itertools.pairwise(depths):
-            paired = C.paired_over_seeds(classifiers[a], classifiers[b], q, STAGES)
+            paired = comparisons.paired_over_seeds(
+                classifiers[a], classifiers[b], q, STAGES
+            )
             if paired is None:
                 continue
-            results[(a, b)] = C.combine_seeds(
+            results[(a, b)] = comparisons.combine_seeds(
                 paired[0], expect="positive", seeds=seeds, mc=paired[1]
             )
             numbers[f"deeper_{q}_{b}_vs_{a}"] = results[(a, b)].row()
         if not results:
             continue
         verdicts.append(
-            C.verdict(
+            comparisons.verdict(
                 f"A deeper network discards more ({q.upper()} at the stage outputs)",
                 fig,
                 "; ".join(
                     f"resnet{b} − resnet{a}: {r.text()}"
                     for (a, b), r in results.items()
                 ),
-                C.all_of([r.outcome for r in results.values()]),
+                comparisons.all_of([r.outcome for r in results.values()]),
                 "per pair of depths: mean over stage1..3 of the per-image "
-                f"difference deeper − shallower > 0; {C.SEED_RULE}",
-                C.all_of([r.alone for r in results.values()]),
+                f"difference deeper − shallower > 0; {comparisons.SEED_RULE}",
+                comparisons.all_of([r.alone for r in results.values()]),
                 seeds[0],
             )
         )
@@ -281,16 +287,16 @@ def _verdicts(classifiers, autoencoders, seeds):
         numbers[f"alike_resnet{d}"] = {"pearson_per_seed": rs, "layers": enc}
     if outcomes:
         verdicts.append(
-            C.verdict(
+            comparisons.verdict(
                 "The CID curves of classification and reconstruction look alike",
                 "Sec. 4, Fig. 5a",
                 "; ".join(texts),
-                C.all_of(outcomes),
+                comparisons.all_of(outcomes),
                 "Pearson r of the layer-wise mean CID of classifier and "
                 "auto-encoder over the shared encoder layers, per seed: held if "
                 "every seed's r > 0 and their mean ≥ 0.8, did not hold if every "
                 "r ≤ 0, else inconclusive (also with one seed)",
-                C.all_of(alone),
+                comparisons.all_of(alone),
                 seeds[0],
             )
         )
@@ -301,10 +307,10 @@ def _figures(folder, classifiers, autoencoders, seed):
     classifiers = {d: ms[0] for d, ms in classifiers.items()}
     autoencoders = {d: ms[0] for d, ms in autoencoders.items()}
     measured = [*classifiers.values(), *autoencoders.values()]
-    C.plot_curves(
+    figures.plot_curves(
         folder,
         "curves.png",
-        C.curve_panels(measured),
+        figures.curve_panels(measured),
         title="ResNets and ResNet auto-encoders: layer-wise CID, concentration, RU "
         f"(seed {seed})",
     )
@@ -331,7 +337,7 @@ def _figures(folder, classifiers, autoencoders, seed):
                 )
         if lines:
             panels[f"{label} (paired over images)"] = lines
-    C.plot_curves(
+    figures.plot_curves(
         folder,
         "differences.png",
         panels,

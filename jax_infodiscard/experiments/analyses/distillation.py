@@ -24,9 +24,12 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.training.losses import distillation_objective
@@ -85,15 +88,15 @@ SIZES = {
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains teachers, ordinary and distilled students; measures; verdicts."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     teachers, accuracy = {}, {}
     for model, width, epochs in sz.teachers:
         name = f"{model}-w{width}"
         start = time.perf_counter()
         teachers[name] = {
-            seed: C.train_model(
+            seed: networks.train_model(
                 options,
                 model,
                 num_train=sz.num_train,
@@ -124,7 +127,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         return kwargs
 
     variants = {"ordinary": {}} | {f"distilled from {t}": student(t) for t in teachers}
-    groups, models = C.train_and_measure(
+    groups, models = measuring.train_and_measure(
         options,
         variants,
         seeds=seeds,
@@ -145,7 +148,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         ("cid", "Students learned by distillation discard less information (CID)"),
         ("ru", "Students learned by distillation have a lower RU"),
     ):
-        v, numbers[quantity] = C.delta_verdict(
+        v, numbers[quantity] = comparisons.delta_verdict(
             groups,
             "ordinary",
             quantity,
@@ -156,7 +159,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         )
         verdicts.append(v)
     accuracy |= {n: [t.accuracy for t in ts] for n, ts in models.items()}
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

@@ -26,10 +26,13 @@ from jax_infodiscard.experiments.analyses import (
     AnalysisOptions,
     AnalysisResult,
     apply_design,
+    comparisons,
+    measuring,
+    networks,
     paired_outcome,
     register,
+    report,
 )
-from jax_infodiscard.experiments.analyses import _common as C
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.training.checkpoint import all_steps, restore_checkpoint
 from jax_infodiscard.training.train import evaluate
@@ -131,7 +134,7 @@ def bottleneck_over_seeds(
 
     def judge(a, b):
         errs = [None if e is None else np.hypot(e[a], e[b]) for e in mc]
-        return C.combine_seeds(
+        return comparisons.combine_seeds(
             [c[a] - c[b] for c in cids], expect="positive", seeds=seeds, mc=errs
         )
 
@@ -175,15 +178,15 @@ def _course_figure(folder, names, top, cids, accuracy, seeds) -> None:
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains with a checkpoint per epoch, measures each, states the verdict."""
     sz = apply_design(SIZES, options)
-    timer = C.Timer(options.status)
-    test, images, masks = C.analysed_images(options, sz.num_images)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
     seeds = [options.seed + s for s in sz.seeds]
     key = jax.random.key(options.seed)
-    groups: dict[str, list[C.Measured]] = {}
+    groups: dict[str, list[measuring.Measured]] = {}
     steps_seen, accuracy = [], []
     for seed in seeds:
         start = time.perf_counter()
-        trained = C.train_model(
+        trained = networks.train_model(
             options,
             sz.model,
             num_train=sz.num_train,
@@ -207,7 +210,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             timer.lap("accuracy_s", start)
             accuracy[-1].append(acc)
             groups.setdefault(f"epoch {step}", []).append(
-                C.measure(
+                measuring.measure(
                     f"epoch {step}",
                     model,
                     layers,
@@ -227,7 +230,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     cids, mcs = [], []
     for i in range(len(seeds)):
         cids.append(np.stack([groups[n][i].at("cid", top) for n in names]))
-        errs = [C.mc_errors(groups[n][i], "cid") for n in names]
+        errs = [comparisons.mc_errors(groups[n][i], "cid") for n in names]
         mcs.append(
             None
             if any(e is None for e in errs)
@@ -238,7 +241,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     numbers["first_seed_alone"] = first
     texts = numbers.pop("texts")
     _course_figure(folder, names, top, cids, accuracy, seeds)
-    verdict = C.verdict(
+    verdict = comparisons.verdict(
         f"The CID of a high layer ({top}) first falls (fitting), then rises "
         "(compression) during training",
         "App. F.3, Fig. 9",
@@ -267,9 +270,12 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     for e, name in enumerate(names):
         cells = [name]
         for i in range(len(seeds)):
-            cells += [f"{accuracy[i][e]:.3f}", C.fmt(*C._mean_sem(cids[i][e]))]
+            cells += [
+                f"{accuracy[i][e]:.3f}",
+                comparisons.fmt(*measuring.mean_sem(cids[i][e])),
+            ]
         course.append("| " + " | ".join(cells) + " |")
-    return C.finish(
+    return report.finish(
         folder,
         options,
         groups,

@@ -481,7 +481,7 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, jax, numpy as np
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
         from conftest import convnet_features, init_convnet
         from jax.tree_util import Partial
         import jax_infodiscard as jid

@@ -255,7 +255,7 @@ def test_measure_with_ru_trains_decoders_per_depth_and_reuses_them(tmp_path):
     from flax import nnx
 
     from jax_infodiscard.data import load_synthetic
-    from jax_infodiscard.experiments.analyses import _common as C
+    from jax_infodiscard.experiments.analyses import measuring
     from jax_infodiscard.models import create_model
 
     model = create_model("convnet", rngs=nnx.Rngs(0))
@@ -265,7 +265,7 @@ def test_measure_with_ru_trains_decoders_per_depth_and_reuses_them(tmp_path):
     train = load_synthetic("train", 24).images
 
     def run():
-        return C.measure(
+        return measuring.measure(
             "net",
             model,
             layers,

@@ -260,7 +260,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     # measured (decoder learned nothing) or is NaN at the compared layers.
     from types import SimpleNamespace as NS
 
-    from jax_infodiscard.experiments.analyses import _common as C
+    from jax_infodiscard.experiments.analyses import comparisons, measuring, report
 
     rng = np.random.default_rng(0)
     layers = ("l1", "l2")
@@ -274,7 +274,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
             converged=ones > 0,
         )
         ru = None if ru_mean is None else NS(mean=np.asarray(ru_mean))
-        m = C.Measured(
+        m = measuring.Measured(
             name, layers, cid, ru=ru, ru_layers=("l1", "l2")[: 0 if ru is None else 2]
         )
         m.info["ru_not_solved"] = list(not_solved)
@@ -284,12 +284,12 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     close = base_ru + 1e-3 * rng.normal(size=(2, 6))
     kw = dict(claim="RU does not change", figure="Fig. 7a")
     # One seed alone says "held", but one seed never decides.
-    one, _ = C.no_change_verdict(
+    one, _ = comparisons.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", close)]}, "a", "ru", layers, **kw
     )
     assert one.outcome == "inconclusive" and one.alone == "held"
     close2 = base_ru + 1e-3 * rng.normal(size=(2, 6))
-    held, _ = C.no_change_verdict(
+    held, _ = comparisons.no_change_verdict(
         {"a": [net("a", base_ru)] * 2, "b": [net("b", close), net("b", close2)]},
         "a",
         "ru",
@@ -298,7 +298,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     )
     assert held.outcome == "held" and held.alone == "held"
     # Network b's decoders learned nothing: no RU for b at all.
-    v, _ = C.no_change_verdict(
+    v, _ = comparisons.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", None, ("l1", "l2"))]},
         "a",
         "ru",
@@ -308,7 +308,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     assert v.outcome == "inconclusive" and "learned nothing" in v.measured
     assert "l1, l2" in v.measured
     # RU measured but NaN at every compared layer (not solved there).
-    v, numbers = C.no_change_verdict(
+    v, numbers = comparisons.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", np.full((2, 6), np.nan))]},
         "a",
         "ru",
@@ -318,7 +318,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     assert v.outcome == "inconclusive"
     assert numbers["b"]["seeds"][0]["n"] == 0
     # ... and says why when the decoders there learned nothing.
-    v, _ = C.no_change_verdict(
+    v, _ = comparisons.no_change_verdict(
         {"a": [net("a", base_ru)], "b": [net("b", np.full((2, 6), np.nan), ["l1"])]},
         "a",
         "ru",
@@ -327,10 +327,10 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
     )
     assert v.outcome == "inconclusive" and "image variance) at l1" in v.measured
     measured = net("b", base_ru, ["l2"])
-    table = C.diagnostics_table([measured], ["b (seed 1)"])
+    table = report.diagnostics_table([measured], ["b (seed 1)"])
     assert "| b (seed 1) |  | l1 |" in table and "not solved" in table
     measured.info["test_accuracy"] = 0.8125
-    rows = C.diagnostics_table([measured], ["b (seed 1)"]).splitlines()
+    rows = report.diagnostics_table([measured], ["b (seed 1)"]).splitlines()
     assert rows[2].startswith("| b (seed 1) | 81.2% | l1 |")
     assert rows[3].startswith("| b (seed 1) |  | l2 |")
 
@@ -338,7 +338,7 @@ def test_ru_claims_are_inconclusive_where_the_decoders_learned_nothing():
 def test_summary_of_a_layer_without_ru_is_nan_and_silent():
     from types import SimpleNamespace
 
-    from jax_infodiscard.experiments.analyses import _common as C
+    from jax_infodiscard.experiments.analyses import measuring
 
     ones = np.ones((2, 3))
     cid = SimpleNamespace(
@@ -350,7 +350,7 @@ def test_summary_of_a_layer_without_ru_is_nan_and_silent():
         capped=ones < 0,
     )
     ru = SimpleNamespace(mean=np.array([[1.0, 2.0, 3.0], [np.nan] * 3]))
-    m = C.Measured("a", ("l1", "l2"), cid, ru=ru, ru_layers=("l1", "l2"))
+    m = measuring.Measured("a", ("l1", "l2"), cid, ru=ru, ru_layers=("l1", "l2"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "Degrees of freedom <= 0"
         layers = m.summary()["layers"]

@@ -32,7 +32,7 @@ def test_demo_writes_figures_and_summary(tmp_path):
         ru_steps=4,
         ru_unlearned="solve",  # RU at every layer here; "skip" further down
         layers=("conv1", "logits"),
-        # The job's plumbing, not the solver's accuracy (tests/test_cid.py).
+        # The job's plumbing, not the solver's accuracy (tests/core/test_cid.py).
         cid=jid.CIDConfig(
             layer_strategy="vmap", probes=16, steps=4, samples=2, budget_samples=8
         ),
@@ -92,7 +92,7 @@ def test_demo_writes_figures_and_summary(tmp_path):
     # Layers whose decoder recovers nothing (verdict other than "recovers")
     # are named in the warnings. With the ridge readout (issue 21) even 10
     # steps recover something at both layers here, so the list may be empty;
-    # the verdict rule is tested in tests/test_decoder.py.
+    # the verdict rule is tested in tests/training/test_decoder.py.
     useless = [n for n, r in on_disk["layers"].items() if r["decoder_learned_nothing"]]
     for name in useless:
         assert any(w.startswith(f"RU {name}: ") for w in on_disk["warnings"])

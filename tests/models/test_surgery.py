@@ -1,5 +1,5 @@
 """Tests of model surgery: magnitude pruning and damage (rescaling is tested
-with the fairness metric in test_evaluation.py)."""
+with the fairness metric in tests/evaluation/test_evaluation.py)."""
 
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def test_analyses_fold_in_the_mc_error_where_results_carry_one():
     # reports it): the same differences, a larger error with it.
     from types import SimpleNamespace as NS
 
-    from jax_infodiscard.experiments.analyses import _common as C
+    from jax_infodiscard.experiments.analyses import comparisons, measuring
 
     rng = np.random.default_rng(0)
     layers = ("l1", "l2")
@@ -185,7 +185,7 @@ def test_analyses_fold_in_the_mc_error_where_results_carry_one():
         )
         if se is not None:
             cid.mean_se = np.full((2, 8), se)
-        m = C.Measured(name, layers, cid)
+        m = measuring.Measured(name, layers, cid)
         m.info["seed"] = seed
         return m
 
@@ -195,7 +195,7 @@ def test_analyses_fold_in_the_mc_error_where_results_carry_one():
             "b": [net("b", d, s, se) for s, d in shifts.items()],
         }
         kw = dict(expect="positive", claim="b discards more", figure="Fig. 1")
-        return C.delta_verdict(groups, "a", "cid", layers, **kw)
+        return comparisons.delta_verdict(groups, "a", "cid", layers, **kw)
 
     plain, numbers = verdict(None)
     assert plain.outcome == "held" and plain.alone == "held"

@@ -18,14 +18,14 @@ from jax_infodiscard.experiments.evaluate import (
 )
 from jax_infodiscard.experiments.rundir import read_manifest
 
-# The job's plumbing, not the solver's accuracy (tests/test_cid.py).
+# The job's plumbing, not the solver's accuracy (tests/core/test_cid.py).
 TINY_CID = jid.CIDConfig(
     probes=16, steps=4, samples=2, budget_samples=8, layer_strategy="vmap"
 )
 
 
 # Slow: the fairness check and the metrics have fast tests of their own
-# (tests/test_evaluation.py); this runs the job's plumbing end to end.
+# (tests/evaluation/test_evaluation.py); this runs the job's plumbing end to end.
 @pytest.mark.slow
 def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
     cfg = EvaluateConfig(
@@ -36,7 +36,7 @@ def test_evaluate_job_writes_tables_and_fairness_holds(tmp_path):
         ig_steps=4,
         lime_samples=16,
         fairness_images=2,
-        # RU's invariance: tests/test_evaluation.py (decoders cost compiles).
+        # RU's invariance: tests/evaluation/test_evaluation.py (decoders cost compiles).
         fairness_decoder_steps=0,
         cid=TINY_CID,
     )

@@ -1,0 +1,330 @@
+"""Comparing networks image by image: paired differences per training seed,
+their two-level verdict (the rule lives in
+:mod:`~jax_infodiscard.experiments.analyses.verdicts`), and rank correlation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jax_infodiscard.experiments.analyses import Verdict
+from jax_infodiscard.experiments.analyses import verdicts as V
+from jax_infodiscard.experiments.analyses.measuring import Measured
+from jax_infodiscard.training.decoder import LEARNED_NOTHING
+
+__all__ = [
+    "SEED_RULE",
+    "all_of",
+    "combine_seeds",
+    "delta_verdict",
+    "fmt",
+    "linearity_text",
+    "mc_errors",
+    "no_change_verdict",
+    "paired_over_seeds",
+    "pooled",
+    "seeds_of",
+    "spearman",
+    "verdict",
+]
+
+
+def fmt(mean: float, sem: float, digits: int = 3) -> str:
+    """``+0.012 ± 0.004`` (mean ± one standard error)."""
+    if not np.isfinite(sem):
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} ± {sem:.{digits}f}"
+
+
+def mc_errors(m: Measured, quantity: str) -> np.ndarray | None:
+    """Monte-Carlo standard errors ``(L, B)`` of ``m.values(quantity)``.
+
+    Read from the result's ``mean_se`` where it carries one (CID and RU;
+    NaN rows where RU was not solved), else None: not known (older
+    results, concentration).
+    """
+    if quantity == "cid":
+        se = getattr(m.cid, "mean_se", None)
+        return None if se is None else np.asarray(se, float)
+    if quantity != "ru" or m.ru is None:
+        return None
+    se = getattr(m.ru, "mean_se", None)
+    if se is None:
+        return None
+    out = np.full((len(m.layers), np.shape(se)[1]), np.nan)
+    for j, layer in enumerate(m.ru_layers):
+        out[m.layers.index(layer)] = np.asarray(se)[j]
+    return out
+
+
+def seeds_of(ms: Sequence[Measured]) -> list[int]:
+    """The training seeds of a network's measurements (``info["seed"]``;
+    their positions where not recorded)."""
+    return [int(m.info.get("seed", i)) for i, m in enumerate(ms)]
+
+
+def combine_seeds(
+    per_seed: Sequence[np.ndarray],
+    *,
+    expect: str,
+    seeds: Sequence[int] | None = None,
+    mc: Sequence[np.ndarray | None] | None = None,
+) -> V.Replicated:
+    """Two-level verdict over training seeds of per-image paired differences.
+
+    Rule: :func:`~jax_infodiscard.experiments.analyses.verdicts.replicated`
+    (the seeds' mean beyond 2 standard errors over seeds, with the
+    per-image errors and the MC error of the solve folded in, and every
+    seed on the expected side).
+
+    Args:
+      per_seed: per seed, the per-image differences ``(B,)``.
+      expect: ``"positive"`` or ``"negative"``.
+      seeds: the training seeds (default ``0, 1, ...``).
+      mc: per seed, the per-image MC standard errors ``(B,)`` or None.
+    """
+    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
+    mc = [None] * len(per_seed) if mc is None else list(mc)
+    return V.replicated(
+        [
+            V.seed_figure(s, d, expect=expect, mc_errors=e)
+            for s, d, e in zip(seeds, per_seed, mc, strict=True)
+        ],
+        expect=expect,
+    )
+
+
+all_of = V.all_of
+
+
+def pooled(m: Measured, quantity: str, layers: Sequence[str] | None = None):
+    """Per-image mean of ``quantity`` over ``layers`` (default all): ``(B,)``."""
+    v = m.values(quantity)
+    idx = [m.layers.index(x) for x in (layers or m.layers)]
+    return np.nanmean(v[idx], axis=0)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (ties: average ranks); NaN if undefined."""
+
+    def ranks(v):
+        v = np.asarray(v, float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for val in np.unique(v):  # average ties
+            r[v == val] = r[v == val].mean()
+        return r
+
+    if len(x) < 2:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def verdict(
+    claim: str,
+    figure: str,
+    measured: str,
+    outcome: str,
+    rule: str,
+    alone: str = "",
+    first_seed: int | None = None,
+):
+    """A :class:`Verdict` (shorthand)."""
+    return Verdict(claim, figure, measured, outcome, rule, alone, first_seed)
+
+
+SEED_RULE = (
+    "over seeds: the mean of the seed means beyond 2 SE over seeds (the "
+    "spread of the seed means, at least the per-image SE, MC error of the "
+    "solve folded in) and every seed on that side; held if for every compared "
+    "network; one seed: inconclusive"
+)
+
+
+def _layer_mean(values: list[np.ndarray]) -> np.ndarray:
+    with warnings.catch_warnings():  # all-NaN layers (RU not solved)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=0)
+
+
+def paired_over_seeds(
+    base: Sequence[Measured],
+    other: Sequence[Measured],
+    quantity: str,
+    layers: Sequence[str],
+) -> tuple[list[np.ndarray], list[np.ndarray | None]] | None:
+    """Per seed, the per-image ``other - base`` averaged over ``layers``
+    ``(B,)``, and its MC standard error ``(B,)`` (None where not known).
+
+    The MC errors of the two networks are added in quadrature per layer and
+    layer (conservative: the same noise key makes them correlate), and the
+    layer mean's error is ``sqrt(sum se^2) / L``. None when ``quantity``
+    was not measured.
+    """
+    diffs, errors = [], []
+    for b, o in zip(base, other, strict=True):
+        if b.values(quantity) is None or o.values(quantity) is None:
+            return None
+        shared = [x for x in layers if x in b.layers and x in o.layers]
+        diffs.append(
+            _layer_mean([o.at(quantity, x) - b.at(quantity, x) for x in shared])
+        )
+        eb, eo = mc_errors(b, quantity), mc_errors(o, quantity)
+        if eb is None or eo is None or not shared:
+            errors.append(None)
+            continue
+        var = [eb[b.layers.index(x)] ** 2 + eo[o.layers.index(x)] ** 2 for x in shared]
+        errors.append(np.sqrt(np.nansum(var, axis=0)) / len(shared))
+    return diffs, errors
+
+
+def delta_verdict(
+    groups: Mapping[str, Sequence[Measured]],
+    reference: str,
+    quantity: str,
+    layers: Sequence[str],
+    *,
+    expect: str,
+    claim: str,
+    figure: str,
+    others: Sequence[str] | None = None,
+) -> tuple[Verdict | None, dict[str, Any]]:
+    """Verdict on "``others`` minus ``reference`` has the sign ``expect``".
+
+    ``groups`` maps a network's name to its :class:`Measured` per training
+    seed (the same seeds in every group, recorded in ``info["seed"]``). Per
+    other network and seed, the per-image difference is averaged over
+    ``layers``; the outcome of each other network is :func:`combine_seeds`'s
+    two-level rule over seeds, and the claim's is :func:`all_of` them. The
+    verdict also records what the first seed alone said (per-image rule).
+    ``None`` when ``quantity`` was not measured.
+    """
+    results: dict[str, V.Replicated] = {}
+    seeds = seeds_of(groups[reference])
+    for name in others or [n for n in groups if n != reference]:
+        paired = paired_over_seeds(groups[reference], groups[name], quantity, layers)
+        if paired is None:
+            continue
+        results[name] = combine_seeds(
+            paired[0], expect=expect, seeds=seeds, mc=paired[1]
+        )
+    numbers = {name: {"layers": list(layers), **r.row()} for name, r in results.items()}
+    unmeasured = not results or all(f.n == 0 for r in results.values() for f in r.seeds)
+    unlearned = sorted(
+        {
+            x
+            for ms in groups.values()
+            for m in ms
+            for x in m.info.get("ru_not_solved", ())
+            if x in layers
+        }
+    )
+    if quantity.startswith("ru") and unlearned and unmeasured:
+        return verdict(
+            claim,
+            figure,
+            "RU not measured: the RU decoders learned nothing (held-out MSE "
+            f">= {LEARNED_NOTHING} x the image variance) at {', '.join(unlearned)}",
+            "inconclusive",
+            "RU is solved only where the decoder learned something",
+        ), numbers
+    if not results:
+        return None, numbers
+    where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
+    rule = (
+        f"per-image difference of {quantity} (mean over {where}), "
+        f"{'>' if expect == 'positive' else '<'} 0; {SEED_RULE}"
+    )
+    used = [groups[reference], *(groups[n] for n in results)]
+    texts = [f"{name} − {reference}: {r.text()}" for name, r in results.items()]
+    measured = "; ".join(texts) + f"; {linearity_text(used, layers)}"
+    return verdict(
+        claim,
+        figure,
+        measured,
+        all_of([r.outcome for r in results.values()]),
+        rule,
+        all_of([r.alone for r in results.values()]),
+        seeds[0],
+    ), numbers
+
+
+def linearity_text(
+    measured: Sequence[Sequence[Measured]], layers: Sequence[str]
+) -> str:
+    """``"solver linearity 0.82–1.07"``: the range of the per-layer mean
+    ``linearity`` over the networks and ``layers`` (1: the layer is linear
+    over the noise; far from 1, the closed form is off)."""
+    values = [
+        float(np.mean(m.cid.linearity[m.layers.index(x)]))
+        for ms in measured
+        for m in ms
+        for x in layers
+        if x in m.layers
+    ]
+    if not values:
+        return "solver linearity n/a"
+    return f"solver linearity {min(values):.2f}–{max(values):.2f}"
+
+
+def no_change_verdict(
+    groups: Mapping[str, Sequence[Measured]],
+    reference: str,
+    quantity: str,
+    layers: Sequence[str],
+    *,
+    claim: str,
+    figure: str,
+) -> tuple[Verdict | None, dict[str, Any]]:
+    """Verdict on "the others do not differ significantly from ``reference``".
+
+    Rule: :func:`~jax_infodiscard.experiments.analyses.verdicts.no_change`
+    over the two-level results of every network (mean over ``layers`` of
+    the per-image difference): held if every mean over seeds lies within 2
+    two-level standard errors of 0, did not hold if a change replicates
+    (beyond 2 SE, every seed on one side), else inconclusive (also with one
+    seed). An absence holds more easily with few images and seeds: read it
+    with the spread. The first seed alone: held if no network's mean is
+    beyond 2 SE over its images, else did not hold.
+    """
+    v, numbers = delta_verdict(
+        groups,
+        reference,
+        quantity,
+        layers,
+        expect="positive",
+        claim=claim,
+        figure=figure,
+    )
+    if v is None or not numbers or "RU not measured" in v.measured:
+        return v, numbers
+    results = [
+        V.replicated([V.SeedFigure(**f) for f in n["seeds"]], expect="positive")
+        for n in numbers.values()
+    ]
+    outcome = V.no_change(results)
+    firsts = [r.seeds[0] for r in results]
+    if any(f.n < 2 for f in firsts):
+        alone = "inconclusive"
+    elif all(f.outcome == "inconclusive" for f in firsts):
+        alone = "held"
+    else:
+        alone = "did not hold"
+    for n in numbers.values():
+        n["outcome"] = outcome
+    rule = (
+        f"per-image difference of {quantity} (mean over the layers); over "
+        "seeds: the mean of the seed means within 2 SE over seeds of 0 for every "
+        "compared network: held; a change beyond 2 SE with every seed on one "
+        "side: did not hold; else (or one seed) inconclusive"
+    )
+    return dataclasses.replace(v, outcome=outcome, rule=rule, alone=alone), numbers

@@ -15,7 +15,6 @@ import numpy as np
 from jax_infodiscard.experiments.analyses import Verdict
 from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.analyses.measuring import Measured
-from jax_infodiscard.training.decoder import LEARNED_NOTHING
 
 __all__ = [
     "SEED_RULE",
@@ -232,8 +231,9 @@ def delta_verdict(
         return verdict(
             claim,
             figure,
-            "RU not measured: the RU decoders learned nothing (held-out MSE "
-            f">= {LEARNED_NOTHING} x the image variance) at {', '.join(unlearned)}",
+            "RU not measured: the RU decoders do not recover the image (their "
+            "verdict is 'undertrained' or 'no recoverable information') at "
+            f"{', '.join(unlearned)}",
             "inconclusive",
             "RU is solved only where the decoder learned something",
         ), numbers

@@ -40,7 +40,8 @@ def diagnostics_table(
     which came from a gradient-based solver. ``labels`` name the rows'
     networks (default: their names, e.g. with the seed added); the first row
     of a network gives its test accuracy (``info["test_accuracy"]``) where
-    known; RU reads "not solved" where the layer's decoder learned nothing.
+    known; RU reads "not solved" where the layer's decoder does not recover
+    the image (its verdict is not ``"recovers"``).
     """
     labels = [m.name for m in measured] if labels is None else list(labels)
     lines = [
@@ -57,7 +58,7 @@ def diagnostics_table(
             for q in ("cid", "concentration", "ru"):
                 v = m.values(q)
                 if q == "ru" and layer in not_solved:
-                    cells.append("not solved (decoder learned nothing)")
+                    cells.append("not solved (decoder does not recover the image)")
                 elif v is None or not np.isfinite(v[i]).any():
                     cells.append("")
                 else:

@@ -12,9 +12,9 @@ of a previous run unless ``overwrite``), writes ``results.json`` and
 rule) and marks the run complete.
 
 Sizes: ``scale="full"`` (the default command: three training seeds of
-every compared network, sized for about 30 minutes on a 2-core CPU where
-that fits), ``"fast"`` (``--fast``, a few minutes, one seed) and ``"toy"``
-(tests: seconds). Verdicts over seeds follow the two-level rule of
+every compared network; estimated costs in
+docs/results/seeds_cost_estimate.md), ``"fast"`` (``--fast``, one seed) and
+``"toy"`` (tests). Verdicts over seeds follow the two-level rule of
 :mod:`~jax_infodiscard.experiments.analyses.verdicts`: one seed never
 decides, and the report gives what the first seed alone said beside the
 replicated verdict. Each analysis module holds its design per scale (a frozen

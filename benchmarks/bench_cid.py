@@ -66,12 +66,15 @@ from jax_infodiscard.experiments.demo import DemoConfig
 TARGETS = {
     "corr_mean_min": 0.95,
     "gap_max": 0.02,
-    "passes_max": 300,
+    "passes_max": 800,
     "speedup_min": 10.0,
     "ref_corr_min": 0.98,
     "ref_gap_max": 0.01,
 }
-"""Issue 9's targets: default on the trained convnet, every layer."""
+"""Issue 20's targets: default on the trained convnet, every conv layer whose
+references agree (``ref_corr_min``), passes on average over those layers (and
+at most 1,200 at the deepest conv layer); issue 9's speed-up over the torch
+loop at equal accuracy."""
 
 ENTROPY_CONSTANT = 0.5 * math.log(2.0 * math.pi * math.e)
 
@@ -210,6 +213,9 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
             # The damping schedule is in the config (``damping_time``), so
             # references of the older constant-damping solver are not reused.
             "version": jid.__version__,
+            # Column norms: exact (basis or colouring) where that is cheaper
+            # than the probes, since issue 20; earlier references used probes.
+            "norms": "exact-when-cheaper",
         },
         sort_keys=True,
     )
@@ -331,10 +337,25 @@ def budget_stats(r: np.ndarray, se: np.ndarray, tol: float) -> dict:
 
 
 # ------------------------------------------------------------------ methods
+OLD_DEFAULT = {
+    "probes": 256,
+    "steps": 96,
+    "samples": 8,
+    "tol": None,
+    "rtol": None,
+    "level_steps": 4,
+    "safeguard": "always",
+}
+"""The default before issue 20's passes work (``CIDConfig`` fields). Its maps
+are those of that solver; its ``passes`` are 128 fewer than it spent then (the
+regime diagnostics now reuse the level's draws: 4 x 16 x 2 passes instead of
+4 x 32 x 2), which does not change any map."""
+
+
 def method_configs(quick: bool) -> dict:
     """The JAX configurations measured (names -> ``CIDConfig``)."""
     d = jid.CIDConfig()
-    cfgs = {"default": d}
+    cfgs = {"default": d, "old default": d.replace(**OLD_DEFAULT)}
     steps = (24, 48) if quick else (24, 48, 2 * d.steps)
     for s in steps:
         cfgs[f"steps={s}"] = d.replace(steps=s)
@@ -588,6 +609,10 @@ def bench_model(name: str, args, report: dict) -> None:
         steps=args.ref_steps,
         samples=args.ref_samples,
         budget_samples=args.ref_budget_samples,
+        tol=None,
+        rtol=None,
+        level_steps=4,
+        safeguard="always",
     )
     refs, agree, ref_info = (
         {},
@@ -687,6 +712,22 @@ def bench_model(name: str, args, report: dict) -> None:
                 ),
                 "mean_cid": float(res.mean.mean()),
                 "ref_mean_cid": float(refs[layer].reshape(len(images), -1).mean()),
+                # The result's own error bars against what the references say.
+                "mean_se": float(np.sqrt(np.mean(np.square(res.mean_se)))),
+                "gap_over_mean_se": float(
+                    np.sqrt(
+                        np.mean(
+                            np.square(
+                                (
+                                    res.mean[0]
+                                    - refs[layer].reshape(len(images), -1).mean(1)
+                                )
+                                / np.maximum(res.mean_se[0], 1e-12)
+                            )
+                        )
+                    )
+                ),
+                "reproducibility": float(res.reproducibility.mean()),
             }
             rows.append(row)
             print_row(row)
@@ -755,11 +796,16 @@ def bench_model(name: str, args, report: dict) -> None:
                 f"speedup {'>=' if e['lower_bound'] else ''}{e['speedup']:.1f}x"
             )
     if name == "trained":
-        out["targets"] = check_targets(rows, out.get("equal_accuracy"), layers)
+        agree_corr = {
+            l: v["agreement"]["corr_mean"] for l, v in ref_info["layers"].items()
+        }
+        out["targets"] = check_targets(
+            rows, out.get("equal_accuracy"), layers, agree_corr
+        )
         print("targets:", json.dumps(out["targets"], indent=None))
 
 
-def check_targets(rows, eq, layers) -> dict:
+def check_targets(rows, eq, layers, agree) -> dict:
     t = TARGETS
     res = {"layers": {}}
     for layer in layers:
@@ -771,8 +817,17 @@ def check_targets(rows, eq, layers) -> dict:
             "gap_ok": r["gap_max"] <= t["gap_max"],
             "budget_within_tol": r["budget_within_tol"],
             "passes": r["passes"],
-            "passes_ok": r["passes"] <= t["passes_max"],
         }
+    # Issue 20: passes averaged over the conv layers whose references agree.
+    agreeing = [
+        l for l in layers if l != "logits" and agree.get(l, 0.0) >= t["ref_corr_min"]
+    ]
+    if agreeing:
+        mean_passes = float(np.mean([res["layers"][l]["passes"] for l in agreeing]))
+        res["agreeing_conv_layers"] = agreeing
+        res["mean_passes_agreeing"] = mean_passes
+        res["mean_passes_ok"] = mean_passes <= t["passes_max"]
+        res["deepest_passes_ok"] = res["layers"][agreeing[-1]]["passes"] <= 1200
     if eq:
         res["speedup"] = eq["all"]["speedup"]
         res["speedup_ok"] = eq["all"]["speedup"] >= t["speedup_min"]

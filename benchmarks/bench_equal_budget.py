@@ -117,7 +117,10 @@ def main(argv=None) -> None:
             corr = np.mean([B.correlation(u, r) for r in refs], axis=0)
             rows[name] = {
                 "config": fields,
-                "passes": int(np.asarray(res.passes).ravel()[0]),
+                "passes": float(np.mean(res.passes)),
+                "passes_per_image": np.asarray(res.passes).ravel().tolist(),
+                "mean_se": np.asarray(res.mean_se).ravel().tolist(),
+                "reproducibility": np.asarray(res.reproducibility).ravel().tolist(),
                 "seconds": seconds,
                 "held_budget_as_solved": r_raw.tolist(),
                 "held_budget_levelled": r_lev.tolist(),
@@ -126,7 +129,7 @@ def main(argv=None) -> None:
                 "corr": corr.tolist(),
             }
             print(
-                f"  {name:14s} passes {rows[name]['passes']:6d} "
+                f"  {name:14s} passes {rows[name]['passes']:6.0f} "
                 f"budget as solved {np.round(r_raw, 3)} "
                 f"mean CID - reference at equal budget {np.round(gap, 3)} "
                 f"(mean {gap.mean():+.3f}) corr {np.round(corr, 3)}",

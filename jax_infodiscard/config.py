@@ -20,6 +20,9 @@ METHODS: tuple[str, ...] = ("optimize", "linear")
 BudgetCenter = Literal["input", "mean"]
 BUDGET_CENTERS: tuple[str, ...] = ("input", "mean")
 
+Safeguard = Literal["auto", "always", "never"]
+SAFEGUARDS: tuple[str, ...] = ("auto", "always", "never")
+
 LayerStrategy = Literal["auto", "vmap", "per_layer"]
 LAYER_STRATEGIES: tuple[str, ...] = ("auto", "vmap", "per_layer")
 
@@ -44,13 +47,20 @@ class CIDConfig:
       probes: vector-Jacobian products for the Jacobian column norms ``a_i``
         (Rademacher probes); a layer with at most this many feature entries
         uses the exact basis instead.
-      steps: fixed-point iterations of ``optimize`` (the cap with ``tol``).
+      steps: fixed-point iterations of ``optimize`` (the cap with adaptive
+        stopping, ``tol`` or ``rtol``).
       tol: adaptive stopping, nats of ``log sigma``: a layer of an image
         stops iterating once the root mean square over its entries of the
         Monte-Carlo standard error of ``log sigma`` (``core.solver.stopped``)
-        falls below ``tol``; its answer is then the fixed point of the
-        averaged ``dr/ds``. ``None``: every map runs ``steps`` iterations.
+        is at most ``tol``; its answer is then the fixed point of the
+        averaged ``dr/ds``. ``None``: no absolute condition.
         ``passes`` counts what each map ran.
+      rtol: adaptive stopping, relative: that root mean square must also be
+        at most ``rtol`` times the map's standard deviation over entries
+        (two runs then correlate to about ``1 - rtol^2``). ``None``: no
+        relative condition; with ``tol`` also ``None`` every map runs
+        ``steps`` iterations. Maps far from linear
+        (``core.solver.FAR_FROM_LINEAR``) always run ``steps`` iterations.
       samples: noise draws per iteration (antithetic pairs; even).
       step_size: initial damping ``omega_0`` of the iterations, in ``(0, 1]``;
         iteration ``t`` moves ``omega_0 / (1 + t / damping_time)`` of the way
@@ -62,6 +72,14 @@ class CIDConfig:
       budget_samples: held draws (antithetic pairs; even) for the final budget,
         the RU map and the regime diagnostics.
       budget_tol: ``converged`` means ``|log(budget / beta)| < budget_tol``.
+      level_steps: evaluations of the held draws by the secant that levels
+        the answer to the budget (the first at the unshifted answer; >= 2).
+      safeguard: the early-window candidate of ``optimize``
+        (``core.solver``): ``"always"``, ``"never"`` or ``"auto"``, only for
+        a chunk of images where the closed form spent more than
+        ``core.solver.FAR_FROM_LINEAR`` times the budget at the first
+        iteration (a layer far from linear; on layers closer to linear it
+        never changed a map, docs/accuracy.md).
       per_channel: one sigma per input unit ``(H, W, C)`` instead of one per
         pixel shared by its channels ``(H, W)``.
       max_sigma: cap on sigma (input units). A pixel the layer ignores has an
@@ -86,14 +104,17 @@ class CIDConfig:
     beta: float = 1.5e-4
     method: Method = "optimize"
     budget_center: BudgetCenter = "input"
-    probes: int = 256
+    probes: int = 128
     steps: int = 96
     tol: float | None = None
+    rtol: float | None = 0.25
     samples: int = 8
     step_size: float = 0.3
     damping_time: float | None = 4.8
-    budget_samples: int = 32
+    budget_samples: int = 24
     budget_tol: float = 0.05
+    level_steps: int = 3
+    safeguard: Safeguard = "auto"
     per_channel: bool = False
     max_sigma: float = 10.0
     min_sigma: float = 1e-6
@@ -142,8 +163,9 @@ def _validate(cfg: CIDConfig) -> None:
         )
     check_int("probes", cfg.probes)
     check_int("steps", cfg.steps, minimum=1)
-    if cfg.tol is not None:
-        check_number("tol", cfg.tol, positive=True)
+    for name in ("tol", "rtol"):
+        if getattr(cfg, name) is not None:
+            check_number(name, getattr(cfg, name), positive=True)
     for name in ("samples", "budget_samples"):
         v = check_int(name, getattr(cfg, name), minimum=2)
         if v % 2:
@@ -152,6 +174,11 @@ def _validate(cfg: CIDConfig) -> None:
     if cfg.damping_time is not None:
         check_number("damping_time", cfg.damping_time, positive=True)
     check_number("budget_tol", cfg.budget_tol, positive=True)
+    check_int("level_steps", cfg.level_steps, minimum=2)
+    if cfg.safeguard not in SAFEGUARDS:
+        raise ValueError(
+            f"safeguard must be one of {SAFEGUARDS}, got {cfg.safeguard!r}"
+        )
     if not isinstance(cfg.per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {cfg.per_channel!r}")
     check_number("min_sigma", cfg.min_sigma, positive=True)

@@ -29,32 +29,34 @@ def regime(
     u: Array,
     entropy: Array,
     budget: Array,
-    keys: Array,
-    num_draws: int,
+    eps: Array,
+    iterations: int,
     log_bounds: tuple[float, float],
 ) -> tuple[dict[str, Array], int]:
     """``linearity`` and ``entropy_gain`` ``(L,)`` of one image, and their cost.
+
+    The closed form is levelled on the draws that levelled the solution
+    (common random numbers: ``entropy_gain`` is a paired difference, and the
+    diagnostics draw nothing new).
 
     Args:
       problem: the problem.
       u_lin: the closed form ``(L, *S)``.
       u: the solution ``(L, *S)``.
       entropy: the solution's entropy map ``(L, *S)`` (nats, no constant).
-      budget: the solution's budget ``(L,)``.
-      keys: per-layer keys ``(L,)`` (diagnostic draws use their own salt).
-      num_draws: held draws per evaluation.
+      budget: the solution's budget ``(L,)`` on ``eps``.
+      eps: held draws ``(L, N, H, W, C)`` (the solution's level draws).
+      iterations: secant evaluations of the level (:func:`solver.level`).
       log_bounds: ``(log min_sigma, log max_sigma)``.
 
     Returns:
       ``({"linearity", "entropy_gain"}, passes)``.
     """
-    eps = solver.layer_draws(
-        keys, solver.SALT_DIAGNOSTICS, 0, num_draws, problem.x.shape
-    )
-    lv = solver.level(problem, u_lin, eps, budget, log_bounds)
+    num_draws = eps.shape[1]
+    lv = solver.level(problem, u_lin, eps, budget, log_bounds, iterations)
     c, r_lin = lv.c, lv.r0
     rescaled = solver.shift(u_lin, c, log_bounds)
-    passes = solver.LEVEL_ITERATIONS * num_draws * solver.DRAW_PASSES
+    passes = iterations * num_draws * solver.DRAW_PASSES
     if problem.entropy is None:
         ent_lin = rescaled
     else:

@@ -107,6 +107,9 @@ class Static:
     log_bounds: tuple[float, float]
     probe_batch: int | None = None
     tol: float | None = None
+    rtol: float | None = None
+    level_steps: int = 3
+    safeguard: bool = True
 
     @classmethod
     def of(
@@ -132,6 +135,9 @@ class Static:
             log_bounds=(math.log(cfg.min_sigma), math.log(cfg.max_sigma)),
             probe_batch=probe_batch,
             tol=cfg.tol,
+            rtol=cfg.rtol,
+            level_steps=cfg.level_steps,
+            safeguard=cfg.safeguard != "never",
         )
 
 
@@ -212,6 +218,7 @@ def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, c
         total_steps=st.steps,
         log_bounds=st.log_bounds,
         tol=st.tol,
+        rtol=st.rtol,
     )
     if unroll:
         for _ in range(num_steps):
@@ -229,7 +236,7 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     ndim = ctx.u_lin.ndim
     if method.iterate:
         u = s.acc / jnp.maximum(s.count, 1).astype(jnp.float32)
-        if st.tol is not None:  # stopped layers: the averaged fixed point
+        if _adaptive(st):  # stopped layers: the averaged fixed point
             stop = s.done.reshape(s.done.shape + (1,) * (ndim - 1))
             u = jnp.where(stop, solver.fixed_point(problem, s, st.log_bounds), u)
         log_lam = -s.log_mu
@@ -243,27 +250,30 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         per_step = st.samples * (solver.DRAW_PASSES + extra_backward)
         passes = passes + s.steps_run * per_step
     level_se = jnp.zeros(ctx.scale.shape, jnp.float32)
+    level_passes = st.level_steps * m * solver.DRAW_PASSES
     if method.level:
-        c, r, share, _, log_r_se = solver.level(problem, u, eps, beta, st.log_bounds)
+        c, r, share, _, log_r_se = solver.level(
+            problem, u, eps, beta, st.log_bounds, st.level_steps
+        )
         level_se = 0.5 * log_r_se
         u = solver.shift(u, c, st.log_bounds)
         log_lam = log_lam + 2.0 * c
-        passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
+        passes = passes + level_passes
     if st.metric.entropy is not None or not method.level:
         r, share, entropy = solver.measure(problem, u, eps)
         passes = passes + m * solver.DRAW_PASSES
     else:
         entropy = u
     start, stop = solver.early_window(st.steps)
-    if method.iterate and method.level and stop <= st.steps:
+    if st.safeguard and method.iterate and method.level and stop <= st.steps:
         # The safeguard of solver.py: the early window's average, levelled on
         # the same draws, replaces the answer where it has more entropy.
         u2 = s.early / float(stop - start)
         c2, r2, share2, _, log_r_se2 = solver.level(
-            problem, u2, eps, beta, st.log_bounds
+            problem, u2, eps, beta, st.log_bounds, st.level_steps
         )
         u2 = solver.shift(u2, c2, st.log_bounds)
-        passes = passes + solver.LEVEL_ITERATIONS * m * solver.DRAW_PASSES
+        passes = passes + level_passes
         if st.metric.entropy is None:
             entropy2 = u2
         else:
@@ -278,7 +288,14 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         level_se = jnp.where(take, 0.5 * log_r_se2, level_se)
     errors = _error_bars(st, problem, ctx, s, u, entropy, level_se, method.iterate)
     diag, diag_passes = diagnostics.regime(
-        problem, ctx.u_lin, u, entropy, r, ctx.keys, m, st.log_bounds
+        problem,
+        ctx.u_lin,
+        u,
+        entropy,
+        r,
+        solver.pairs_subset(eps, _diagnostic_draws(m)),
+        st.level_steps,
+        st.log_bounds,
     )
     axes = tuple(range(1, ndim))
     return {
@@ -294,6 +311,16 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
         **errors,
         **diag,
     }
+
+
+def _adaptive(st: Static | CIDConfig) -> bool:
+    """Whether adaptive stopping is on (``tol`` or ``rtol`` set)."""
+    return st.tol is not None or st.rtol is not None
+
+
+def _diagnostic_draws(budget_samples: int) -> int:
+    """Held draws of the regime diagnostics: half the level's (even, >= 2)."""
+    return max(2, budget_samples // 4 * 2)
 
 
 def _error_bars(st: Static, problem, ctx: Context, s, u, entropy, level_se, iterate):
@@ -423,12 +450,13 @@ def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
     CPU: a host loop over compiled chunks of ``cfg.step_chunk`` (default
     measured) unrolled iterations. Accelerators: one compiled loop
     (``cfg.step_chunk`` iterations per call if given, else all of them, or
-    chunks of ``_TOL_STEP_CHUNK`` with adaptive stopping, ``cfg.tol``). The
-    host loop stops once every map of the chunk has stopped.
+    chunks of ``_TOL_STEP_CHUNK`` with adaptive stopping, ``cfg.tol`` or
+    ``cfg.rtol``). The host loop stops once every map of the chunk has
+    stopped.
     """
     if _backend() == "cpu":
         return (cfg.step_chunk or _CPU_STEP_CHUNK), True
-    if cfg.tol is not None:
+    if _adaptive(cfg):
         return (cfg.step_chunk or _TOL_STEP_CHUNK), False
     return (cfg.step_chunk or cfg.steps), False
 
@@ -444,8 +472,11 @@ def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
                 fn, extra, images, ctx, state, beta, st=st, num_steps=n, unroll=unroll
             )
             done += n
-            if st.tol is not None and bool(np.all(np.asarray(state.done))):
+            if _adaptive(st) and bool(np.all(np.asarray(state.done))):
                 break
+        if cfg.safeguard == "auto":
+            far = np.asarray(state.start_ratio) > solver.FAR_FROM_LINEAR
+            st = dataclasses.replace(st, safeguard=bool(np.any(far)))
     return _finish_program(fn, extra, images, ctx, state, beta, st=st)
 
 

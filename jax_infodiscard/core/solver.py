@@ -24,11 +24,16 @@ averaged gradients (a dual-averaging scheme):
   ``omega_t = step_size / (1 + t / damping_time)`` (:func:`damping`);
 * the answer is the average of the iterates over the second half (Polyak),
   moved by one constant in ``log sigma`` until held draws meet the budget;
+  with adaptive stopping (:func:`stopped`) a map stops once the Monte-Carlo
+  error of its averaged ``dr/ds`` is small, absolutely or against the map's
+  spread, and answers the fixed point of that average (:func:`fixed_point`);
 * safeguard: the average of an early window of iterates (``early_window``)
   is levelled to the budget on the same draws too, and the one of the two
   with the larger entropy is returned (per layer). On layers far from linear
   (logits of a trained net) the long run can settle on a worse point than an
-  early one, whose averaged ``dr/ds`` still remembers the linear model.
+  early one, whose averaged ``dr/ds`` still remembers the linear model. The
+  engine runs it only where the closed form overspent the budget at the
+  first iteration (``State.start_ratio``; ``CIDConfig.safeguard``).
 
 Averaging the gradient rather than taking the logarithm of each noisy estimate
 keeps the scheme unbiased: a per-iteration Newton step on ``log(q / mean q)``
@@ -58,13 +63,20 @@ Deviations = Callable[[Array], tuple[tuple[Any, ...], Any]]
 Entropy = Callable[[Array, Any], Array]
 
 # Salts for fold_in on a layer's key: every random quantity has its own.
-SALT_PROBES, SALT_STEPS, SALT_BUDGET, SALT_DIAGNOSTICS = 1, 2, 3, 4
+SALT_PROBES, SALT_STEPS, SALT_BUDGET = 1, 2, 3
 
 # Floor on the averaged gradient, relative to the linear model's: a pixel
 # whose estimated dr/ds is tiny or negative moves at most sqrt(50)x above
 # its linear sigma per fixed point (and never above max_sigma).
 _Q_FLOOR = 0.02
-LEVEL_ITERATIONS = 4
+FAR_FROM_LINEAR = 30.0
+"""A map whose first iteration, at the closed form, spent more than this
+multiple of the budget (``State.start_ratio``) is far from linear: its
+``dr/ds`` moves with sigma, so the averaged fixed point drifts for long, and
+the adaptive stopping rule (:func:`stopped`), which measures noise, does not
+stop it; the engine runs the early-window safeguard for it
+(``CIDConfig.safeguard="auto"``). On the trained demo convnet conv1-conv5 sit
+below (about 1-20) and the logits above (docs/accuracy.md)."""
 DRAW_PASSES = 2
 """Model passes per noise draw: the network at ``x'`` (forward, or forward and
 backward in an iteration) and the linearised network (JVP, or JVP and its
@@ -115,11 +127,19 @@ class State(NamedTuple):
       early: sum of the iterates of the early window ``(L, *S)``
         (:func:`early_window`).
       m2: averaged square of the per-iteration ``dr/ds`` estimates, with the
-        weights of ``q`` ``(L, *S)``.
+        weights of ``q`` ``(L, *S)``: ``(m2 - q^2) v`` is the variance of
+        ``q`` with the drift of the iterates counted as noise (the stopping
+        rule's, :func:`stopped`).
+      g_last: the last per-iteration estimate of ``dr/ds`` ``(L, *S)``.
+      d2: averaged half squared difference of successive per-iteration
+        estimates of ``dr/ds``, with the weights of ``q`` ``(L, *S)``: their
+        variance, blind to a slow drift of the iterates.
       v: sum of the squared averaging weights of ``q`` since its last restart
-        ``(L,)``: ``Var(q) ~ (m2 - q^2) v`` (:func:`pixel_se`).
+        ``(L,)``: ``Var(q) ~ d2 v`` (:func:`pixel_se`).
       done: the layer stopped (adaptive stopping, :func:`stopped`) ``(L,)``.
       steps_run: iterations the layer ran ``(L,)`` int32.
+      start_ratio: the budget of the first iteration (at the closed form)
+        over ``beta`` ``(L,)``: a first, noisy ``linearity``.
     """
 
     t: Array
@@ -131,9 +151,12 @@ class State(NamedTuple):
     count: Array
     early: Array
     m2: Array
+    g_last: Array
+    d2: Array
     v: Array
     done: Array
     steps_run: Array
+    start_ratio: Array
 
 
 def damping(t, step_size: float, damping_time: float | None):
@@ -192,6 +215,17 @@ def layer_draws(keys: Array, salt: int, index, num: int, shape) -> Array:
         return antithetic(k, num, shape)
 
     return jax.vmap(one)(keys)
+
+
+def pairs_subset(eps: Array, num: int) -> Array:
+    """The first ``num / 2`` antithetic pairs of draws ``(L, N, ...)`` (``num`` even).
+
+    >>> d = antithetic(jax.random.key(0), 6, (1,))[None]
+    >>> bool((pairs_subset(d, 4)[0, :2] == -pairs_subset(d, 4)[0, 2:]).all())
+    True
+    """
+    half, keep = eps.shape[1] // 2, num // 2
+    return jnp.concatenate([eps[:, :keep], eps[:, half : half + keep]], axis=1)
 
 
 def sigma_full(u: Array) -> Array:
@@ -319,9 +353,12 @@ def init_state(a: Array, scale: Array, beta: Array, u0: Array) -> State:
         count=jnp.int32(0),
         early=jnp.zeros_like(u0),
         m2=jnp.square(a / _expand(scale, u0.ndim)),
+        g_last=a / _expand(scale, u0.ndim),
+        d2=jnp.zeros_like(u0),
         v=jnp.ones((num_layers,), jnp.float32),
         done=jnp.zeros((num_layers,), bool),
         steps_run=jnp.zeros((num_layers,), jnp.int32),
+        start_ratio=jnp.ones((num_layers,), jnp.float32),
     )
 
 
@@ -340,6 +377,7 @@ def step(
     total_steps: int,
     log_bounds: tuple[float, float],
     tol: float | None = None,
+    rtol: float | None = None,
 ) -> State:
     """One averaged fixed-point iteration (see the module docstring).
 
@@ -356,7 +394,9 @@ def step(
       log_bounds: ``(log min_sigma, log max_sigma)``.
       tol: adaptive stopping (:func:`stopped`): a layer whose root mean
         square :func:`pixel_se` fell below ``tol`` keeps its state from then
-        on (``None``: every layer runs every iteration).
+        on (``None``: no absolute condition).
+      rtol: adaptive stopping, relative condition (:func:`stopped`); with
+        ``tol`` and ``rtol`` both ``None`` every layer runs every iteration.
 
     Returns:
       The next state.
@@ -371,7 +411,7 @@ def step(
         total_steps=total_steps,
         log_bounds=log_bounds,
     )
-    if tol is None:
+    if tol is None and rtol is None:
         return new._replace(steps_run=state.steps_run + 1)
     frozen = state.done
 
@@ -382,19 +422,42 @@ def step(
 
     new = State(*(keep(o, n) for o, n in zip(state, new, strict=True)))
     new = new._replace(steps_run=state.steps_run + (~frozen).astype(jnp.int32))
-    return new._replace(done=frozen | stopped(problem, new, tol, total_steps))
+    done = stopped(problem, new, tol, rtol, total_steps, log_bounds)
+    return new._replace(done=frozen | done)
 
 
-def stopped(problem: Problem, state: State, tol: float, total_steps: int) -> Array:
-    """Adaptive stopping rule ``(L,)``: RMS of :func:`pixel_se` below ``tol``.
+def stopped(
+    problem: Problem,
+    state: State,
+    tol: float | None,
+    rtol: float | None,
+    total_steps: int,
+    log_bounds: tuple[float, float],
+) -> Array:
+    """Adaptive stopping rule ``(L,)``.
 
-    Checked after the burn-in of the averaged ``dr/ds``
-    (:func:`averaging_weight`) and four more iterations, so that the spread
-    of the per-iteration estimates is measured on at least four of them.
+    With ``e`` the root mean square over entries of :func:`pixel_se` (drift
+    counted, so that a map whose iterates still move does not stop) and
+    ``d`` the standard deviation over entries of the fixed point's ``log
+    sigma`` (:func:`fixed_point`), a map stops once ``e <= tol`` (absolute,
+    nats) and ``e <= rtol d`` (relative: the map's noise is at most a share
+    ``rtol^2`` of its variance over entries, so two runs correlate to about
+    ``1 - rtol^2``); a ``None`` condition is not checked. Checked after the
+    burn-in of the averaged ``dr/ds`` (:func:`averaging_weight`) and four
+    more iterations, so that the spread of the per-iteration estimates is
+    measured on at least four of them. A map far from linear
+    (:data:`FAR_FROM_LINEAR`) never stops early.
     """
-    se = pixel_se(problem, state)
-    rms = jnp.sqrt(jnp.mean(jnp.square(se), axis=tuple(range(1, se.ndim))))
-    return (state.t >= total_steps // 4 + 4) & (rms < tol)
+    axes = tuple(range(1, state.u.ndim))
+    se = pixel_se(problem, state, drift=True)
+    rms = jnp.sqrt(jnp.mean(jnp.square(se), axis=axes))
+    ok = (state.t >= total_steps // 4 + 4) & (state.start_ratio <= FAR_FROM_LINEAR)
+    if tol is not None:
+        ok = ok & (rms <= tol)
+    if rtol is not None:
+        spread = jnp.std(fixed_point(problem, state, log_bounds), axis=axes)
+        ok = ok & (rms <= rtol * spread)
+    return ok
 
 
 def fixed_point(problem: Problem, state: State, log_bounds) -> Array:
@@ -438,6 +501,7 @@ def _step(
     g_q = g / (2.0 * s)
     q = (1.0 - w) * state.q + w * g_q
     m2 = (1.0 - w) * state.m2 + w * jnp.square(g_q)
+    d2 = (1.0 - w) * state.d2 + w * 0.5 * jnp.square(g_q - state.g_last)
     v = jnp.square(1.0 - w) * state.v + jnp.square(w)
     if problem.entropy is None:
         e = state.e
@@ -467,9 +531,12 @@ def _step(
         count=state.count + tail.astype(jnp.int32),
         early=state.early + jnp.where(window, u, 0.0),
         m2=m2,
+        g_last=g_q,
+        d2=d2,
         v=v,
         done=state.done,
         steps_run=state.steps_run,
+        start_ratio=jnp.where(state.t == 0, r / problem.beta, state.start_ratio),
     )
 
 
@@ -490,20 +557,25 @@ def on_floor(problem: Problem, q: Array) -> Array:
     return jnp.mean(low.astype(jnp.float32), axis=tuple(range(1, q.ndim)))
 
 
-def pixel_se(problem: Problem, state: State) -> Array:
+def pixel_se(problem: Problem, state: State, drift: bool = False) -> Array:
     """Monte-Carlo standard error of ``log sigma`` per entry ``(L, *S)``.
 
     See docs/design.md ("Regime", Monte-Carlo error). With ``q`` the weighted
-    mean of the per-iteration estimates ``g_t`` of ``dr/ds``, ``m2`` that of
-    their squares and ``v`` the sum of the squared weights,
-    ``Var(q) ~ (m2 - q^2) v`` (iterations treated as independent), and
+    mean of the per-iteration estimates ``g_t`` of ``dr/ds``, ``d2`` that of
+    ``0.5 (g_t - g_{t-1})^2`` and ``v`` the sum of the squared weights,
+    ``Var(q) ~ d2 v`` (draws independent across iterations; successive
+    differences do not count the slow drift of the iterates as noise), and
     ``u = log sigma ~ -0.5 log q + const`` gives ``se = 0.5 sqrt(Var(q)) / q``
     (``q`` floored as in the iterations).
+    With ``drift=True`` the spread is ``m2 - q^2`` instead: the estimates'
+    spread about their average, which also counts the drift of ``dr/ds``
+    while the iterates still move (a bound for the stopping rule, which must
+    not stop a map that has not settled; the reported error bars use the
+    successive differences).
     Zero where the estimates do not vary (a linear network).
     """
-    var = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) * _expand(
-        state.v, state.q.ndim
-    )
+    spread = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) if drift else state.d2
+    var = spread * _expand(state.v, state.q.ndim)
     return 0.5 * jnp.sqrt(var) / floored_q(problem, state.q)
 
 
@@ -543,7 +615,7 @@ def level(
     eps: Array,
     target: Array,
     log_bounds: tuple[float, float],
-    iterations: int = LEVEL_ITERATIONS,
+    iterations: int,
 ) -> Level:
     """The constant ``c (L,)`` with ``r(u + c) = target`` on the draws ``eps``.
 

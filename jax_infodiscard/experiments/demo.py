@@ -791,7 +791,9 @@ def _regime_warnings(m: Measurement) -> list[str]:
                 f"reproducible at this beta (reproducibility < "
                 f"{REPRODUCIBILITY_THRESHOLD}: another key gives a visibly "
                 "different map); they are greyed out, their mean with its "
-                "Monte-Carlo error (±MC) still stands"
+                "Monte-Carlo error (±MC) still stands. For a reproducible "
+                "picture use the small-noise limit, method='linear' "
+                "(docs/accuracy.md)"
             )
     return warnings_
 

@@ -503,7 +503,6 @@ def make_dataset(
     Deterministic: the same ``(num_examples, seed, config)`` gives the same
     bytes, and a smaller ``num_examples`` gives a prefix of a larger one.
     Labels are balanced within each block of :data:`BLOCK_SIZE` examples.
-    About 10,000 32x32 images per second or better on one CPU core.
 
     Args:
         num_examples: Number of images ``N >= 1``.

@@ -17,29 +17,6 @@ H, W, C, M = 6, 5, 2, 7
 
 _XLA_ENV = "JAX_INFODISCARD_TEST_XLA_CACHE"
 
-# XLA:CPU spends most of a test's time optimising the machine code of small
-# programs that run once (LLVM's passes), not running them. The tests ask for
-# a cheaper backend optimisation (level 1 of 0-3); XLA's HLO passes still
-# run, so a program computes the same thing, up to the last bits of
-# floating-point rounding, which the tests' tolerances absorb. (Level 0 was
-# tried and rejected: the demo test's briefly trained network then gave NaN
-# logit gradients.) ``JID_TEST_XLA_OPTIMIZE=1`` keeps XLA's default, e.g. to
-# time a test at the optimisation users get.
-_FAST_COMPILE = ("--xla_backend_optimization_level=1",)
-
-
-def _fast_compile_flags() -> None:
-    """Adds :data:`_FAST_COMPILE` to ``XLA_FLAGS`` (a flag the user set wins).
-
-    Runs before JAX starts its backend (which reads the variable once);
-    xdist workers run it too, and child processes of tests inherit it.
-    """
-    if os.environ.get("JID_TEST_XLA_OPTIMIZE"):
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    extra = [f for f in _FAST_COMPILE if f.split("=")[0] not in flags]
-    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-
 
 def pytest_configure(config):
     """One persistent compilation cache for the run, shared by the xdist workers.
@@ -54,7 +31,6 @@ def pytest_configure(config):
     through the environment) and removed at the end; a user's own
     ``JAX_COMPILATION_CACHE_DIR`` is kept.
     """
-    _fast_compile_flags()
     from jax_infodiscard.experiments.cache import enable_compilation_cache
 
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get(

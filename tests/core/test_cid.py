@@ -496,8 +496,7 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
     )
     env = dict(
         os.environ,
-        XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
-        + " --xla_force_host_platform_device_count=4",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
     )
     proc = subprocess.run(

@@ -529,7 +529,7 @@ def _demo_parser(sub) -> None:
     _add_output(d, "out/demo")
     _add_model(d)
     _add_cid(d)
-    _add_fast(d, "about 4 min on an idle 2-core CPU; each phase prints its estimate")
+    _add_fast(d, "each phase prints its estimate; timings: docs/benchmarks.md")
     d.add_argument("--no-ru", action="store_true", help="skip RU (no decoders)")
     d.add_argument(
         "--ru-unlearned",
@@ -587,7 +587,7 @@ def _evaluate_parser(sub) -> None:
     _add_model(e)
     _add_dataset(e, annotated, " (boxes needed: annotated sets only)")
     _add_cid(e)
-    _add_fast(e, "about 3.5 min on 2 CPU cores")
+    _add_fast(e, "timings: docs/benchmarks.md")
     _add_num_images(e, EvaluateConfig, "test images explained")
     _add_common(e)
     e.set_defaults(func=_evaluate)
@@ -725,7 +725,7 @@ def _analyze_parser(sub) -> None:
     _add_dataset(a, DATASET_NAMES)
     _add_image_size(a, _default(AnalysisOptions, "image_size"))
     _add_cid(a)
-    _add_fast(a, "a few minutes on 2 CPU cores")
+    _add_fast(a, "timings: docs/reproducing.md")
     a.add_argument(
         "--design",
         type=_json_object,

@@ -249,8 +249,9 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, chunk_size: int) -> Any:
 
     Each chunk is one call of a compiled program that adds ``fn(chunk)`` into
     the running sum, whose buffer is donated; the loop over chunks runs in
-    Python. XLA:CPU runs convolution gradients 5-25x slower inside
-    ``lax.scan``/``while_loop`` bodies than at top level (jax-ml/jax#12868),
+    Python. XLA:CPU runs convolution gradients much slower inside
+    ``lax.scan``/``while_loop`` bodies than at top level (jax-ml/jax#12868;
+    measured in docs/benchmarks.md, "Known limits on CPU"),
     whereas one dispatch per chunk costs microseconds, and on GPU the chunks
     still queue asynchronously. Memory is bounded by one chunk. All full
     chunks share one program (the chunk start is a traced argument); a shorter

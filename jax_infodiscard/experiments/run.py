@@ -590,119 +590,98 @@ def _on_process_0(action, message: str):
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What every phase of :func:`_run` reads: the folder, settings and model."""
+
+    folder: RunFolder
+    config: DatasetRunConfig
+    total: int
+    fn: Any
+    layers: Sequence[str]
+    decoders: Decoders | None
+    stores: dict[str, ArrayStore]
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.total / self.config.shard_size)
+
+
 def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
+    """The phases of a run: open the stores, list the work, compute, merge."""
     pid, nproc = distributed.process_index(), distributed.process_count()
-    shard = config.shard_size
-    damaged: list[int] = []
-    num_shards = math.ceil(total / shard)
     t_start = time.perf_counter()
-    masks_exist = dataset_has_masks(config.dataset)
     stores = {"cid": ArrayStore(folder.path / "cid.zarr")}
     if decoders is not None:
         stores["ru"] = ArrayStore(folder.path / "ru.zarr")
-    if pid == 0:
-        for metric, store in stores.items():
-            store.write_attrs(
-                {
-                    "metric": metric,
-                    "layers": list(layers),
-                    "dataset": config.dataset,
-                    "split": config.split,
-                    "num_images": total,
-                    "shard_size": shard,
-                    "beta": (config.cid if metric == "cid" else config.ru).beta,
-                    "seed": config.seed,
-                    "key": "image i: jax.random.fold_in(jax.random.key(seed), i)",
-                }
-            )
-            folder.record(f"{metric}.zarr")
-        folder.record(SHARDS)
-        (folder.path / SHARDS).mkdir(exist_ok=True)
-        damaged = _verify_shards(folder.path, stores)
+    job = _Job(folder, config, total, fn, layers, decoders, stores)
+    damaged = _prepare_stores(job) if pid == 0 else []
+    mine = _my_shards(job)
+    my_images = _compute_shards(job, mine, progress)
+    elapsed = time.perf_counter() - t_start
+    # 5. Process 0 merges once every process has finished.
+    distributed.barrier("jax_infodiscard-run-end")
+    if pid != 0:
+        return {}
+    return _merge(job, my_images, elapsed, damaged, nproc)
 
-    # 4. Every process lists the finished shards, then takes its share.
+
+def _prepare_stores(job: _Job) -> list[int]:
+    """Process 0: the stores' attributes, the shard folder; returns damaged shards."""
+    config, folder = job.config, job.folder
+    for metric, store in job.stores.items():
+        store.write_attrs(
+            {
+                "metric": metric,
+                "layers": list(job.layers),
+                "dataset": config.dataset,
+                "split": config.split,
+                "num_images": job.total,
+                "shard_size": config.shard_size,
+                "beta": (config.cid if metric == "cid" else config.ru).beta,
+                "seed": config.seed,
+                "key": "image i: jax.random.fold_in(jax.random.key(seed), i)",
+            }
+        )
+        folder.record(f"{metric}.zarr")
+    folder.record(SHARDS)
+    (folder.path / SHARDS).mkdir(exist_ok=True)
+    return _verify_shards(folder.path, job.stores)
+
+
+def _my_shards(job: _Job) -> list[int]:
+    """4. Every process lists the finished shards, then takes its share."""
+    pid, nproc = distributed.process_index(), distributed.process_count()
     distributed.barrier("jax_infodiscard-run-list")
-    done = _done_shards(folder.path)
-    todo = [s for s in range(num_shards) if s not in done]
+    done = _done_shards(job.folder.path)
+    todo = [s for s in range(job.num_shards) if s not in done]
     mine = todo[pid::nproc]
     distributed.barrier("jax_infodiscard-run-start")
+    return mine
 
-    images = _Images(config, total)
-    base_key = jax.random.key(config.seed)
+
+def _compute_shards(job: _Job, mine: list[int], progress: bool) -> int:
+    """Computes and writes the shards ``mine``; returns their number of images."""
+    pid, nproc = distributed.process_index(), distributed.process_count()
+    shard, total = job.config.shard_size, job.total
+    images = _Images(job.config, total)
+    base_key = jax.random.key(job.config.seed)
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     my_images = sum(min(shard, total - s * shard) for s in mine)
     bar = tqdm(
         total=my_images,
         unit="img",
-        desc=f"CID{'+RU' if decoders else ''}"
+        desc=f"CID{'+RU' if job.decoders else ''}"
         + (f" [process {pid}/{nproc}]" if nproc > 1 else ""),
         disable=not progress,
         smoothing=0.1,
     )
     for s in mine:
-        t0 = time.perf_counter()
-        start, stop = s * shard, min((s + 1) * shard, total)
-        count = stop - start
-        ex = images.get(start, stop)
-        batch = np.asarray(ex.images)
-        if count < shard:  # same shapes for every shard: no recompilation
-            pad = np.repeat(batch[-1:], shard - count, axis=0)
-            batch = np.concatenate([batch, pad])
-        batch = jnp.asarray(batch)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
-            jnp.arange(start, start + shard, dtype=jnp.uint32)
-        )
-        masks = None if not masks_exist or ex.masks is None else np.asarray(ex.masks)
-        solvers = {
-            "cid": partial(solve, "cid", fn, key=keys, layers=layers, config=config.cid)
-        }
-        if decoders is not None:
-            solvers["ru"] = partial(
-                solve,
-                "ru",
-                fn,
-                key=keys,
-                layers=layers,
-                config=config.ru,
-                decoders={n: decoders.fns[n] for n in layers},
-            )
-        checksums: dict[str, dict[str, str]] = {}
-        failures: list[dict] = []
         try:
-            for metric, solve_batch in solvers.items():
-                res, failed, records = _solve(solve_batch, batch, count, start)
-                fields = _result_fields(res)
-                _failed_fields(fields, failed)
-                failures += [r | {"metric": metric} for r in records]
-                conc = concentration_or_nan(fields["pixel"][:, :count], masks)
-                if conc is not None:
-                    fields["concentration"] = conc
-                checksums[metric] = _write_result(
-                    stores[metric], fields, start, count, total, shard
-                )
-            label = stores["cid"].array(
-                "label", (total,), np.int32, (shard,), ["image"]
-            )
-            labels = np.asarray(ex.labels, np.int32)
-            stores["cid"].write(label, "label", slice(start, stop), labels)
-            checksums["cid"]["label"] = _digest(labels)
-            if pause:
-                time.sleep(pause)
-            io.write_json(
-                _marker(folder.path, s),
-                {
-                    "shard": s,
-                    "start": start,
-                    "stop": stop,
-                    "process": pid,
-                    "seconds": time.perf_counter() - t0,
-                    "checksums": checksums,
-                    "failures": failures,
-                },
-            )
+            count, failures = _compute_shard(job, s, images, base_key, pause)
         except (OSError, ValueError) as e:
             if is_disk_full(e) and "--resume" not in str(e):
-                raise disk_full(_written(e, folder.path)) from e
+                raise disk_full(_written(e, job.folder.path)) from e
             raise
         if failures:
             first = failures[0]
@@ -710,18 +689,93 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
                 f"run: {len(failures)} map(s) of shard {s} failed and are NaN in "
                 f"the store (first: {first['metric']} layer {first['layer']!r}, "
                 f"image {first['image']}: {first['cause']}); see "
-                f"{_marker(folder.path, s)}",
+                f"{_marker(job.folder.path, s)}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         bar.update(count)
     bar.close()
-    elapsed = time.perf_counter() - t_start
+    return my_images
 
-    # 5. Process 0 merges once every process has finished.
-    distributed.barrier("jax_infodiscard-run-end")
-    if pid != 0:
-        return {}
+
+def _shard_solvers(job: _Job, keys: jax.Array) -> dict:
+    """``{metric: solve(batch)}`` for CID and, with decoders, RU."""
+    config, fn, layers = job.config, job.fn, job.layers
+    solvers = {
+        "cid": partial(solve, "cid", fn, key=keys, layers=layers, config=config.cid)
+    }
+    if job.decoders is not None:
+        solvers["ru"] = partial(
+            solve,
+            "ru",
+            fn,
+            key=keys,
+            layers=layers,
+            config=config.ru,
+            decoders={n: job.decoders.fns[n] for n in layers},
+        )
+    return solvers
+
+
+def _compute_shard(job: _Job, s: int, images, base_key, pause: float):
+    """Solves shard ``s``, writes its arrays and then its marker.
+
+    Returns ``(count, failures)``: its number of real (unpadded) images and
+    the records of its failed maps.
+    """
+    t0 = time.perf_counter()
+    shard, total, stores = job.config.shard_size, job.total, job.stores
+    start, stop = s * shard, min((s + 1) * shard, total)
+    count = stop - start
+    ex = images.get(start, stop)
+    batch = np.asarray(ex.images)
+    if count < shard:  # same shapes for every shard: no recompilation
+        pad = np.repeat(batch[-1:], shard - count, axis=0)
+        batch = np.concatenate([batch, pad])
+    batch = jnp.asarray(batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
+        jnp.arange(start, start + shard, dtype=jnp.uint32)
+    )
+    masks_exist = dataset_has_masks(job.config.dataset)
+    masks = None if not masks_exist or ex.masks is None else np.asarray(ex.masks)
+    checksums: dict[str, dict[str, str]] = {}
+    failures: list[dict] = []
+    for metric, solve_batch in _shard_solvers(job, keys).items():
+        res, failed, records = _solve(solve_batch, batch, count, start)
+        fields = _result_fields(res)
+        _failed_fields(fields, failed)
+        failures += [r | {"metric": metric} for r in records]
+        conc = concentration_or_nan(fields["pixel"][:, :count], masks)
+        if conc is not None:
+            fields["concentration"] = conc
+        checksums[metric] = _write_result(
+            stores[metric], fields, start, count, total, shard
+        )
+    label = stores["cid"].array("label", (total,), np.int32, (shard,), ["image"])
+    labels = np.asarray(ex.labels, np.int32)
+    stores["cid"].write(label, "label", slice(start, stop), labels)
+    checksums["cid"]["label"] = _digest(labels)
+    if pause:
+        time.sleep(pause)
+    io.write_json(
+        _marker(job.folder.path, s),
+        {
+            "shard": s,
+            "start": start,
+            "stop": stop,
+            "process": distributed.process_index(),
+            "seconds": time.perf_counter() - t0,
+            "checksums": checksums,
+            "failures": failures,
+        },
+    )
+    return count, failures
+
+
+def _merge(job: _Job, my_images: int, elapsed: float, damaged, nproc) -> dict:
+    """Process 0: checks every shard's marker, writes results, report, manifest."""
+    folder, config, total = job.folder, job.config, job.total
+    num_shards = job.num_shards
     done = _done_shards(folder.path)
     missing = sorted(set(range(num_shards)) - done)
     if missing:
@@ -744,7 +798,7 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
         "num_images": total,
         "dataset": config.dataset,
         "split": config.split,
-        "layers": _summary(stores, layers),
+        "layers": _summary(job.stores, job.layers),
         "processes": nproc,
         "computed_now": my_images,
         "seconds_now": elapsed,
@@ -755,12 +809,16 @@ def _run(folder, config, total, fn, layers, decoders, progress) -> dict:
     report = (
         f"# run: {config.dataset}/{config.split}, {total} images\n\n"
         f"Per-layer means over all images, computed from the pixel maps "
-        f"(stores: {', '.join(f'{m}.zarr' for m in stores)}).\n\n"
+        f"(stores: {', '.join(f'{m}.zarr' for m in job.stores)}).\n\n"
         f"{format_summary(summary)}\n" + _failure_report(failures)
     )
     folder.write_text("report.md", report)
     folder.complete(
-        shards={"total": num_shards, "size": shard, "by_process": by_process},
+        shards={
+            "total": num_shards,
+            "size": config.shard_size,
+            "by_process": by_process,
+        },
         summary=summary["layers"],
     )
     return summary

@@ -341,7 +341,7 @@ class SubpixelConvTranspose(nnx.Module):
     convolution to ``4 * out_features`` channels followed by
     :func:`depth_to_space`. ``kernel_size=1`` is exactly a 2x2 stride-2
     transposed convolution, ``kernel_size=2`` a 4x4 one (up to the alignment
-    of the zero padding at the border). Under XLA:CPU this runs 4-8x faster
+    of the zero padding at the border). Under XLA:CPU this runs faster
     than ``nnx.ConvTranspose`` (which dilates the input with zeros).
 
     Args:

@@ -93,7 +93,7 @@ class MaxPool(nnx.Module):
     """Non-overlapping ``window x window`` max pooling.
 
     Written as a reshape and a max reduction: on XLA:CPU its gradient is
-    about five times faster than that of ``reduce_window``
+    faster than that of ``reduce_window``
     (``nnx.max_pool``). ``H`` and ``W`` must be multiples of ``window``.
     """
 

@@ -175,7 +175,67 @@ def pixel_maps_figure(
     images = np.asarray(images)
     n_all = images.shape[0]
     n = n_all if max_images is None else min(max_images, n_all)
-    num_layers = len(layers)
+    arrays = _checked_maps(images, maps, layers)
+    unreliable = {k: np.asarray(v, dtype=object) for k, v in (unreliable or {}).items()}
+    blocks = [(name, norm) for name in arrays for norm in (True, False)]
+    widths, kinds = _grid_columns(blocks, len(layers))
+    fig, grid, (left, bottom, fig_w, fig_h) = _figure_grid(
+        n, widths, bool(column_notes), caption
+    )
+    # NaN marks maps that were not computed (e.g. RU at a layer whose decoder
+    # learned nothing); they are drawn blank with their reason.
+    scales = {
+        name: (float(np.nanmin(m)), float(np.nanmax(m)))
+        if not np.isnan(m).all()
+        else (0.0, 1.0)
+        for name, m in arrays.items()
+    }
+    for col, kind in enumerate(kinds):
+        if kind[0] == "gap":
+            continue
+        if kind[0] == "cbar":
+            _, name, norm = kind
+            _colour_bar(fig, fig.add_subplot(grid[:, col]), name, norm, scales[name])
+            continue
+        for b in range(n):
+            ax = fig.add_subplot(grid[b, col])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if kind[0] == "image":
+                masks_b = None if masks is None else masks[b]
+                _image_cell(ax, images[b], masks_b, b == 0)
+                text, colour = _row_label(b, labels, predictions, class_names)
+                ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=2)
+                continue
+            _, name, norm, l = kind
+            reason = ""
+            if name in unreliable:
+                reason = str(unreliable[name][l, b] or "")
+            _map_cell(ax, arrays[name][l, b], norm, scales[name], reason)
+            if b == 0:
+                tag = "norm." if norm else "nats"
+                title = f"{name} {layers[l]} ({tag})"
+                notes = (column_notes or {}).get(name)
+                if notes is not None:
+                    title += f"\n{notes[l]}"
+                ax.set_title(title, fontsize=6.5)
+    if caption:
+        fig.text(
+            left / fig_w,
+            (bottom - 0.4) / fig_h,
+            caption,
+            ha="left",
+            va="top",
+            fontsize=7.5,
+        )
+    return fig
+
+
+def _checked_maps(
+    images: np.ndarray, maps: Mapping[str, np.ndarray], layers: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``{name: (L, B, H, W) float map}`` (channels averaged); checks shapes."""
+    n_all, num_layers = images.shape[0], len(layers)
     arrays = {}
     for name, m in maps.items():
         m = np.asarray(m, dtype=float)
@@ -187,10 +247,11 @@ def pixel_maps_figure(
                 f" = {(num_layers, n_all, *images.shape[1:3])}"
             )
         arrays[name] = m
-    unreliable = {k: np.asarray(v, dtype=object) for k, v in (unreliable or {}).items()}
-    blocks = [(name, norm) for name in arrays for norm in (True, False)]
+    return arrays
 
-    # Grid columns: image | per block: L maps, colour bar, spacer.
+
+def _grid_columns(blocks, num_layers: int) -> tuple[list[float], list[tuple]]:
+    """Grid columns' width ratios and kinds: image | per block: maps, bar, gap."""
     widths, kinds = [1.0], [("image",)]
     for bi, (name, norm) in enumerate(blocks):
         widths += [1.0] * num_layers + [0.07]
@@ -199,10 +260,17 @@ def pixel_maps_figure(
         if bi < len(blocks) - 1:
             widths.append(0.55)
             kinds.append(("gap",))
-    # Sizes in inches: a map is `side` wide and high; room for the titles
-    # above, the class labels under each image, and the caption.
+    return widths, kinds
+
+
+def _figure_grid(n: int, widths: list[float], notes: bool, caption: str):
+    """The figure and its grid of ``n`` rows; also ``(left, bottom, w, h)``.
+
+    Sizes in inches: a map is ``side`` wide and high; room for the titles
+    above, the class labels under each image, and the caption.
+    """
     side, wspace, hspace = 1.1, 0.08, 0.38
-    left, right, top = 0.1, 0.9, 0.5 + 0.12 * bool(column_notes)
+    left, right, top = 0.1, 0.9, 0.5 + 0.12 * notes
     caption_lines = caption.count("\n") + 1 if caption else 0
     bottom = 0.45 + 0.14 * caption_lines
     grid_w = side * sum(widths) + wspace * side * sum(widths) / len(widths) * (
@@ -222,95 +290,62 @@ def pixel_maps_figure(
         bottom=bottom / fig_h,
         top=1 - top / fig_h,
     )
+    return fig, grid, (left, bottom, fig_w, fig_h)
 
-    # NaN marks maps that were not computed (e.g. RU at a layer whose decoder
-    # learned nothing); they are drawn blank with their reason.
-    scales = {
-        name: (float(np.nanmin(m)), float(np.nanmax(m)))
-        if not np.isnan(m).all()
-        else (0.0, 1.0)
-        for name, m in arrays.items()
-    }
-    for col, kind in enumerate(kinds):
-        if kind[0] == "gap":
-            continue
-        if kind[0] == "cbar":
-            _, name, norm = kind
-            cax = fig.add_subplot(grid[:, col])
-            mappable = ScalarMappable(_colour_norm(scales[name], norm), _MAP_CMAP[norm])
-            cb = fig.colorbar(mappable, cax=cax)
-            cb.ax.tick_params(labelsize=6)
-            if norm:
-                cb.set_ticks([0, 0.5, 1])
-                cb.set_label(
-                    f"{name}, normalised per map\n0 = the map's min, 1 = its max",
-                    fontsize=7,
-                )
-            else:
-                cb.set_label(f"{name} (nats per pixel), one scale", fontsize=7)
-            continue
-        for b in range(n):
-            ax = fig.add_subplot(grid[b, col])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if kind[0] == "image":
-                ax.imshow(np.clip(images[b], 0, 1))
-                if masks is not None:
-                    ax.contour(
-                        np.asarray(masks[b]).astype(float),
-                        levels=[0.5],
-                        colors="w",
-                        linewidths=0.8,
-                    )
-                text, colour = _row_label(b, labels, predictions, class_names)
-                ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=2)
-                if b == 0:
-                    ax.set_title("image\n(mask outline)", fontsize=7)
-                continue
-            _, name, norm, l = kind
-            m = arrays[name][l, b]
-            reason = ""
-            if name in unreliable:
-                reason = str(unreliable[name][l, b] or "")
-            shown = normalise(m) if norm else m
-            ax.imshow(
-                shown,
-                cmap="gray" if reason else _MAP_CMAP[norm],
-                norm=_colour_norm(scales[name], norm),
-                alpha=0.45 if reason else None,
-            )
-            if reason:
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(_FLAG_COLOR)
-                    spine.set_linewidth(1.5)
-                ax.text(
-                    0.5,
-                    0.5,
-                    textwrap.fill(reason, 16),
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="center",
-                    fontsize=5.5,
-                    color=_FLAG_COLOR,
-                    bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
-                )
-            if b == 0:
-                tag = "norm." if norm else "nats"
-                title = f"{name} {layers[l]} ({tag})"
-                notes = (column_notes or {}).get(name)
-                if notes is not None:
-                    title += f"\n{notes[l]}"
-                ax.set_title(title, fontsize=6.5)
-    if caption:
-        fig.text(
-            left / fig_w,
-            (bottom - 0.4) / fig_h,
-            caption,
-            ha="left",
-            va="top",
-            fontsize=7.5,
+
+def _colour_bar(fig, cax, name: str, norm: bool, scale: tuple[float, float]):
+    """The colour bar of a block: normalised maps or one scale in nats."""
+    mappable = ScalarMappable(_colour_norm(scale, norm), _MAP_CMAP[norm])
+    cb = fig.colorbar(mappable, cax=cax)
+    cb.ax.tick_params(labelsize=6)
+    if norm:
+        cb.set_ticks([0, 0.5, 1])
+        cb.set_label(
+            f"{name}, normalised per map\n0 = the map's min, 1 = its max",
+            fontsize=7,
         )
-    return fig
+    else:
+        cb.set_label(f"{name} (nats per pixel), one scale", fontsize=7)
+
+
+def _image_cell(ax, image: np.ndarray, mask, first_row: bool) -> None:
+    """An image ``(H, W, C)`` with its mask ``(H, W)`` outlined (if any)."""
+    ax.imshow(np.clip(image, 0, 1))
+    if mask is not None:
+        ax.contour(
+            np.asarray(mask).astype(float),
+            levels=[0.5],
+            colors="w",
+            linewidths=0.8,
+        )
+    if first_row:
+        ax.set_title("image\n(mask outline)", fontsize=7)
+
+
+def _map_cell(ax, m: np.ndarray, norm: bool, scale, reason: str) -> None:
+    """One ``(H, W)`` map; with a ``reason`` greyed out, framed and labelled."""
+    shown = normalise(m) if norm else m
+    ax.imshow(
+        shown,
+        cmap="gray" if reason else _MAP_CMAP[norm],
+        norm=_colour_norm(scale, norm),
+        alpha=0.45 if reason else None,
+    )
+    if reason:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(_FLAG_COLOR)
+            spine.set_linewidth(1.5)
+        ax.text(
+            0.5,
+            0.5,
+            textwrap.fill(reason, 16),
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=5.5,
+            color=_FLAG_COLOR,
+            bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
+        )
 
 
 def plot_pixel_maps(

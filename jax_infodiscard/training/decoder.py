@@ -484,9 +484,9 @@ def _train_step(
 
     The step is a single compiled call (the Python loop around it costs well
     under a millisecond per step): XLA:CPU runs the gradient convolutions
-    15-25x slower inside ``lax.fori_loop``/``lax.scan`` bodies than at top level
-    (jax-ml/jax#12868), so the training loop is deliberately not a compiled
-    loop.
+    much slower inside ``lax.fori_loop``/``lax.scan`` bodies than at top level
+    (jax-ml/jax#12868; measured in docs/benchmarks.md, "Known limits on CPU"),
+    so the training loop is deliberately not a compiled loop.
     """
     tx = _optimizer(config)
     k_idx, k_noise = jax.random.split(jax.random.fold_in(key, step))
@@ -930,9 +930,9 @@ def train_decoders(
     likewise shares each batch's forward pass. The decoders share no
     parameter, so each is trained as it would be alone on the same batches;
     what is shared is the forward pass of the feature network, the
-    compilation and the per-step dispatch. On the demo's convnet (four
-    layers, 2 CPU cores) this takes about half the time of four separate
-    :func:`train_decoder` runs (``benchmarks/bench_decoders.py``).
+    compilation and the per-step dispatch, so it takes less time than
+    separate :func:`train_decoder` runs (measured by
+    ``benchmarks/bench_decoders.py``, see docs/benchmarks.md, "RU decoders").
 
     All layers use one ``config`` (one batch size and step count) and one
     train/held-out split of ``images``. The first layer's decoder is

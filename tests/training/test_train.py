@@ -377,7 +377,7 @@ def test_resume_false_replaces_the_old_run(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_constant_schedule_run_can_be_extended(tmp_path):
-    """~30-50 s on 2 shared cores: two step configurations compile."""
+    """Slow: two step configurations compile."""
     data = toy_data(64)
     constant = dataclasses.replace(RESUME, schedule="constant", epochs=2)
     train("convnet", data, None, constant, checkpoint_dir=tmp_path, **CONVNET)

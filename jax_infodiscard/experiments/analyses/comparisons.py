@@ -141,6 +141,63 @@ def verdict(
     return Verdict(claim, figure, measured, outcome, rule, alone, first_seed)
 
 
+def correlation_verdict(
+    x: Sequence[Sequence[float]],
+    y: Sequence[Sequence[float]],
+    seeds: Sequence[int],
+    *,
+    claim: str,
+    figure: str,
+    between: str,
+    items: str,
+    detail: str,
+) -> tuple[Verdict, dict]:
+    """Verdict on a claimed positive rank correlation over networks, per seed.
+
+    ``x[i]`` and ``y[i]`` hold the two quantities of every network for the
+    seed ``seeds[i]``; Spearman's rho is taken per seed and judged by
+    :func:`verdicts.correlation_outcome` (inconclusive with fewer than 3
+    networks), the first seed alone too. ``between`` names the two
+    quantities for the rule, ``items`` the networks (plural noun), and
+    ``detail`` follows the coefficients in the measured text.
+
+    Returns ``(verdict, numbers)``, numbers being ``{"spearman_per_seed",
+    "seeds", "outcome", "alone"}``.
+
+    >>> v, n = correlation_verdict([[1, 2, 3]] * 2, [[1, 2, 4], [0, 3, 5]], [0, 1],
+    ...     claim="c", figure="f", between="a and b", items="nets", detail="d")
+    >>> v.outcome, v.alone, n["spearman_per_seed"]
+    ('held', 'held', [1.0, 1.0])
+    >>> v.measured
+    'Spearman ρ seed 0: +1.00, seed 1: +1.00 over 3 nets; d'
+    """
+    rhos = [spearman(a, b) for a, b in zip(x, y, strict=True)]
+    count = len(x[0]) if len(x) else 0
+    enough = count >= 3
+    outcome = V.correlation_outcome(rhos, min_items=enough)
+    alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
+    numbers = {
+        "spearman_per_seed": rhos,
+        "seeds": list(seeds),
+        "outcome": outcome,
+        "alone": alone,
+    }
+    coefficients = ", ".join(
+        f"seed {s}: {r:+.2f}" for s, r in zip(seeds, rhos, strict=True)
+    )
+    return verdict(
+        claim,
+        figure,
+        f"Spearman ρ {coefficients} over {count} {items}; {detail}",
+        outcome,
+        f"Spearman ρ over the {items} between {between}, per seed: held if "
+        "every seed's ρ > 0 and their mean ≥ 0.8, did not hold if every seed's "
+        f"ρ ≤ 0, else inconclusive (also with one seed or fewer than 3 {items})",
+        alone,
+        seeds[0],
+    ), numbers
+
+
 SEED_RULE = (
     "over seeds: the mean of the seed means beyond 2 SE over seeds (the "
     "spread of the seed means, at least the per-image SE, MC error of the "

@@ -35,7 +35,6 @@ from jax_infodiscard.experiments.analyses import (
     register,
     report,
 )
-from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.rundir import RunFolder
 from jax_infodiscard.models import model_fn
 from jax_infodiscard.models.surgery import kernel_sparsity, mask_updates, prune
@@ -166,42 +165,25 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         )
         verdicts.append(v)
     # 3. Across networks, the last layer's CID and the robustness rank alike.
-    rhos = []
-    for i in range(len(seeds)):
-        cid_last = [float(np.mean(ms[i].at("cid", last))) for ms in groups.values()]
-        rob = [rs[i] for rs in robustness.values()]
-        rhos.append(comparisons.spearman(cid_last, rob))
-    enough = len(groups) >= 3
-    outcome = V.correlation_outcome(rhos, min_items=enough)
-    alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
-    numbers["cid_vs_robustness"] = {
-        "spearman_per_seed": rhos,
-        "seeds": seeds,
-        "outcome": outcome,
-        "alone": alone,
-    }
-    verdicts.append(
-        comparisons.verdict(
-            f"A higher CID of the last layer ({last}) goes with a higher "
-            "adversarial robustness",
-            "App. F.2, Table 3",
-            "Spearman ρ "
-            + ", ".join(f"seed {s}: {r:+.2f}" for s, r in zip(seeds, rhos, strict=True))
-            + f" over {len(groups)} networks; robustness (mean minimal L2 norm to "
-            f"the top-{sz.top_k} boundaries, per seed): "
-            + "; ".join(
-                f"{n}: {', '.join(f'{r:.4f}' for r in rs)}"
-                for n, rs in robustness.items()
-            ),
-            outcome,
-            "Spearman ρ over the networks between mean last-layer CID and "
-            "robustness, per seed: held if every seed's ρ > 0 and their mean ≥ "
-            "0.8, did not hold if every seed's ρ ≤ 0, else inconclusive (also "
-            "with one seed or fewer than 3 networks)",
-            alone,
-            seeds[0],
-        )
+    v, numbers["cid_vs_robustness"] = comparisons.correlation_verdict(
+        [
+            [float(np.mean(ms[i].at("cid", last))) for ms in groups.values()]
+            for i in range(len(seeds))
+        ],
+        [[rs[i] for rs in robustness.values()] for i in range(len(seeds))],
+        seeds,
+        claim=f"A higher CID of the last layer ({last}) goes with a higher "
+        "adversarial robustness",
+        figure="App. F.2, Table 3",
+        between="mean last-layer CID and robustness",
+        items="networks",
+        detail=f"robustness (mean minimal L2 norm to the top-{sz.top_k} "
+        "boundaries, per seed): "
+        + "; ".join(
+            f"{n}: {', '.join(f'{r:.4f}' for r in rs)}" for n, rs in robustness.items()
+        ),
     )
+    verdicts.append(v)
     return report.finish(
         folder,
         options,

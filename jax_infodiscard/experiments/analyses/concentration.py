@@ -36,7 +36,6 @@ from jax_infodiscard.experiments.analyses import (
     register,
     report,
 )
-from jax_infodiscard.experiments.analyses import verdicts as V
 from jax_infodiscard.experiments.rundir import RunFolder
 
 
@@ -163,41 +162,23 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             )
         )
         # 3. Accuracy and concentration rank alike over the networks.
-        rhos = []
-        for i in range(len(seeds)):
-            acc = [models[n][i].accuracy for n in groups]
-            conc = [float(np.nanmean(part(groups[n][i], "high"))) for n in groups]
-            rhos.append(comparisons.spearman(acc, conc))
-        enough = len(groups) >= 3
-        outcome = V.correlation_outcome(rhos, min_items=enough)
-        alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
-        numbers["accuracy_vs_concentration"] = {
-            "spearman_per_seed": rhos,
-            "seeds": seeds,
-            "outcome": outcome,
-            "alone": alone,
-        }
         accuracy = "; ".join(
             f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in models[n])}" for n in groups
         )
-        verdicts.append(
-            comparisons.verdict(
-                "A network with a higher accuracy has a higher concentration",
-                "Sec. 3.1, Fig. 3a",
-                "Spearman ρ "
-                + ", ".join(
-                    f"seed {s}: {r:+.2f}" for s, r in zip(seeds, rhos, strict=True)
-                )
-                + f" over {len(groups)} nets; test accuracy per seed {accuracy}",
-                outcome,
-                "Spearman ρ over the nets between test accuracy and the mean "
-                "concentration of the high third, per seed: held if every seed's "
-                "ρ > 0 and their mean ≥ 0.8, did not hold if every seed's ρ ≤ 0, "
-                "else inconclusive (also with one seed or fewer than 3 nets)",
-                alone,
-                seeds[0],
-            )
+        v, numbers["accuracy_vs_concentration"] = comparisons.correlation_verdict(
+            [[models[n][i].accuracy for n in groups] for i in range(len(seeds))],
+            [
+                [float(np.nanmean(part(groups[n][i], "high"))) for n in groups]
+                for i in range(len(seeds))
+            ],
+            seeds,
+            claim="A network with a higher accuracy has a higher concentration",
+            figure="Sec. 3.1, Fig. 3a",
+            between="test accuracy and the mean concentration of the high third",
+            items="nets",
+            detail=f"test accuracy per seed {accuracy}",
         )
+        verdicts.append(v)
     else:
         verdicts.append(
             comparisons.verdict(

@@ -66,9 +66,8 @@ class CIDConfig:
         iteration ``t`` moves ``omega_0 / (1 + t / damping_time)`` of the way
         to the fixed point (``core.solver.damping``).
       damping_time: iterations after which the damping has halved (> 0), or
-        ``None`` for a constant damping. The decay settles the iterates:
-        measured at the logits of a trained convnet, 0.5 nats per pixel more
-        entropy than a constant damping at equal budget (README "Methods").
+        ``None`` for a constant damping. The decay settles the iterates far
+        from linear (docs/usage.md, "Methods").
       budget_samples: held draws (antithetic pairs; even) for the final budget,
         the RU map and the regime diagnostics.
       budget_tol: ``converged`` means ``|log(budget / beta)| < budget_tol``.
@@ -90,7 +89,8 @@ class CIDConfig:
         (``None``: the engine plans the largest chunk that fits the memory).
       step_chunk: iterations per compiled call. On CPU the iterations run as a
         host loop over compiled chunks of this many unrolled steps (XLA:CPU
-        runs convolution gradients inside compiled loops 15-25x slower); on
+        runs convolution gradients inside compiled loops many times slower:
+        docs/benchmarks.md); on
         accelerators all iterations run in one compiled loop. ``None``: the
         measured default for the backend.
       layer_strategy: ``"vmap"`` (all layers in one program), ``"per_layer"``

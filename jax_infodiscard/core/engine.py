@@ -8,8 +8,9 @@ the engine runs three compiled programs over a chunk of images, each
    form and the solver state;
 2. ``steps``: the iterations of ``optimize``. On CPU they run as a host loop
    over compiled chunks of ``step_chunk`` unrolled iterations (XLA:CPU runs
-   convolution gradients inside compiled loops 15-25x slower than at top
-   level); on accelerators all iterations run in one compiled loop;
+   convolution gradients inside compiled loops many times slower than at top
+   level: docs/benchmarks.md); on accelerators all iterations run in one
+   compiled loop;
 3. ``finish``: the level that meets the budget on held draws, the maps and
    the regime diagnostics.
 

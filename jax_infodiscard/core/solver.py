@@ -168,14 +168,11 @@ def damping(t, step_size: float, damping_time: float | None):
     iterations move fast from the linear start, later ones less and less, so
     that the iterates settle instead of oscillating about the fixed point.
     With a constant damping (``damping_time=None``) the oscillation biases the
-    averaged ``dr/ds`` wherever it is convex in ``sigma``: at the logits of
-    the trained demo convnet a constant 0.3 ended 0.5 nats per pixel below
-    this schedule at equal held-out budget (``benchmarks/bench_equal_budget.py``),
-    while conv1-conv5 did not move. The schedule counts iterations, not a
-    fraction of the run: one that decays over the run's length
-    (``damping_time = steps / 20``) left a 24-step solve far from the fixed
-    point (25% median sigma error on the quadratic oracle; 0.045 nats per
-    pixel short at conv3 of the trained demo convnet).
+    averaged ``dr/ds`` wherever it is convex in ``sigma`` (measured at the
+    logits of the trained demo convnet, docs/usage.md, "Methods"). The
+    schedule counts iterations, not a fraction of the run: one that decays
+    over the run's length (``damping_time = steps / 20``) left short solves
+    far from the fixed point (docs/benchmarks.md, "Short solves").
 
     >>> [round(float(damping(t, 0.3, 4.8)), 3) for t in (0, 48, 95)]
     [0.3, 0.027, 0.014]

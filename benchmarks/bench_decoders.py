@@ -65,7 +65,12 @@ from jax_infodiscard.training.decoder import (
 )
 
 OLD_DEFAULT = dict(
-    steps=300, width=16, batch_size=32, learning_rate=3e-3, readout_kernel=0
+    steps=300,
+    width=16,
+    batch_size=32,
+    learning_rate=3e-3,
+    readout_kernel=0,
+    dense_readout=False,
 )
 """The demo's decoder settings before this benchmark (issue 12)."""
 
@@ -73,8 +78,12 @@ OLD_DEFAULT = dict(
 NEW_DEFAULT = dict(learning_rate=1e-2)
 """The demo's decoder settings since (changes from OLD_DEFAULT)."""
 
-READOUT = dict(learning_rate=1e-2, readout_kernel=3)
-"""The demo's decoder settings since issue 21: a closed-form ridge readout."""
+LOCAL_READOUT = dict(learning_rate=1e-2, readout_kernel=3)
+"""The demo's decoder settings of issue 21's first stage: a closed-form local
+ridge readout."""
+
+READOUT = dict(learning_rate=1e-2, readout_kernel=3, dense_readout=True)
+"""The demo's decoder settings since: local and dense ridge readouts."""
 
 
 def runs(
@@ -82,11 +91,13 @@ def runs(
 ) -> list[tuple[str, str, dict, int]]:
     """``(label, mode, changes from OLD_DEFAULT, seed)`` in the order run."""
     if grid == "readout":
-        # Issue 21: the decoder with its ridge readout against the decoder
-        # without, at each budget; the readout alone is every run's step 0.
+        # Issue 21: the decoder with its local and dense ridge readouts,
+        # with the local one only, and without, at each budget; the readouts
+        # alone are each run's step 0 (``--only`` picks runs).
         out = []
         for n in steps:
             out.append((f"readout s{n}", "joint", {**READOUT, "steps": n}, 0))
+            out.append((f"local s{n}", "joint", {**LOCAL_READOUT, "steps": n}, 0))
             out.append((f"no readout s{n}", "joint", {**NEW_DEFAULT, "steps": n}, 0))
         return out
     if grid == "batch":
@@ -167,6 +178,8 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
         "mse_over_constant": {name: m.mse_over_constant for name, m in metrics.items()},
         "verdict": {name: m.verdict for name, m in metrics.items()},
         "ridge_penalty": {name: m.ridge_penalty for name, m in metrics.items()},
+        "dense_penalty": {name: m.dense_penalty for name, m in metrics.items()},
+        "kept_readout": {name: m.kept_readout for name, m in metrics.items()},
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
@@ -178,7 +191,16 @@ def print_row(label: str, row: dict, ref: dict | None, layers) -> None:
     print(
         f"{label:>15s} {row['mode']:>8s} {cfg['steps']:5d} {cfg['width']:3d} "
         f"{cfg['batch_size']:3d} {cfg['learning_rate']:7.0e} "
-        + " ".join(f"{row['mse_over_var'][n]:6.3f}" for n in layers)
+        + " ".join(
+            f"{row['mse_over_var'][n]:6.3f}"
+            + ("" if row["ridge_over_var"][n] is None else "/")
+            + (
+                ""
+                if row["ridge_over_var"][n] is None
+                else f"{row['ridge_over_var'][n]:.3f}"
+            )
+            for n in layers
+        )
         + f" {row['seconds']:7.1f} {ratio:>5s} {row['fixed_s']:6.1f} "
         f"{1e3 * row['step_s']:6.0f}  {row['load_before'][0]:4.1f}/"
         f"{row['load_after'][0]:4.1f}",
@@ -311,7 +333,8 @@ def main(argv=None) -> dict:
     }
     print(
         f"{trained.path.name}: test accuracy {trained.accuracy:.1%}; {num_images} "
-        f"decoder images; held-out MSE / image variance per layer; time ratio "
+        f"decoder images; held-out MSE / image variance per layer (decoder/readout "
+        "alone); time ratio "
         "to the first reference; fixed = compile + statistics + evaluation"
     )
     print(

@@ -25,6 +25,7 @@ from jax_infodiscard.models.decoder import (
     SubpixelConvTranspose,
     create_decoder,
     decoder_fn,
+    dense_readout_shape,
     depth_to_space,
     num_upsampling_blocks,
     readout_geometry,
@@ -887,6 +888,54 @@ def test_decoder_starts_as_its_ridge_readout():
     np.testing.assert_allclose(np.diag(centre), 1.0, atol=0.12)
     np.testing.assert_allclose(centre - np.diag(np.diag(centre)), 0.0, atol=0.1)
     assert np.abs(w[0, 0]).max() < 0.1 * np.abs(w[1, 1]).max()
+
+
+def mirrored(x):
+    # Each 2x2 pixel block sits at the point-mirrored feature position: a 3x3
+    # neighbourhood of feature positions misses it at the border, the whole
+    # feature does not.
+    return {"mirror": space_to_depth(x[:, ::-1, ::-1], 2)}
+
+
+def test_dense_readout_reads_what_the_local_one_misses():
+    assert dense_readout_shape((4, 4, 12), (8, 8, 3)) == (192, 192)
+    assert dense_readout_shape((12,), (8, 8, 3)) is None  # dense already
+    assert dense_readout_shape((32, 32, 128), (32, 32, 3)) is None  # > 2**26
+    images = smooth_images(160, size=8)
+    ratios = {}
+    for dense in (False, True):
+        decs, metrics = train_decoders(
+            mirrored,
+            "mirror",
+            images,
+            dataclasses.replace(READOUT, dense_readout=dense),
+            key=jax.random.key(0),
+            progress=False,
+        )
+        m = metrics["mirror"]
+        ratios[dense] = m.ridge_mse / m.constant_mse
+        assert (decs["mirror"].dense is not None) == dense
+        assert (m.dense_penalty is not None) == dense
+        assert m.ridge_mse == pytest.approx(m.heldout_mse, rel=1e-5)  # the start
+    assert ratios[False] > 0.3, ratios  # the corners are out of reach
+    assert ratios[True] < 0.05, ratios
+
+
+def test_training_never_ends_worse_than_the_readout():
+    # A learning rate far too high wrecks the residual network; the decoder
+    # falls back to its readout (head zero) and says so.
+    images = smooth_images(96, size=8)
+    cfg = dataclasses.replace(
+        READOUT, steps=30, learning_rate=0.3, schedule="constant", log_every=10
+    )
+    decs, metrics = train_decoders(
+        two_layer_features, "pool", images, cfg, key=jax.random.key(2), progress=False
+    )
+    m = metrics["pool"]
+    assert m.kept_readout
+    assert m.heldout_mse == pytest.approx(m.ridge_mse, rel=1e-6)
+    assert not np.any(np.asarray(decs["pool"].head.kernel[...]))
+    assert DecoderMetrics.from_dict(m.to_dict()) == m
 
 
 def test_trained_decoder_keeps_its_readout_and_round_trips(tmp_path):

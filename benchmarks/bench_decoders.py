@@ -26,16 +26,19 @@ run minus the steps after the first).
   key, last; times are reported as ratios to the first reference, and the two
   references give the run-to-run spread of the MSE ratios and of the times.
 
-* ``--grid readout`` (issue 21): per layer, the decoder with its closed-form
-  ridge readout (``readout_kernel=3``) and without, at each budget of
-  ``--steps``; the readout alone (the decoder before training), the mean
-  image's error and the verdict of each decoder; and, unless ``--no-dense``,
-  the dense ridge baseline (:func:`dense_ridge`). ``--model vgg11`` for
-  VGG-11 (docs/decoders.md).
+* ``--grid readout`` (issue 21): per layer, at each budget of ``--steps``,
+  the decoder with its closed-form local and dense ridge readouts (the
+  default, ``readout s{N}``), with the local readout only (``local s{N}``)
+  and without readout (``no readout s{N}``); the readout alone (the decoder
+  before training), the mean image's error and the verdict of each decoder;
+  and, unless ``--no-dense``, the dense ridge baseline
+  (:func:`dense_ridge`). ``--only`` picks runs by label. ``--model vgg11``
+  for VGG-11 (docs/decoders.md).
 
 Usage::
 
     python benchmarks/bench_decoders.py --grid readout --steps 300,1000,3000 \
+        --only "readout s300,readout s1000,readout s3000" \
         --out docs/results/bench_decoders_readout.json
     python benchmarks/bench_decoders.py --quick     # 5-15 minutes
     python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json

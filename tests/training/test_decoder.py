@@ -1010,12 +1010,10 @@ def _dense_ridge_ratio(fit_f, fit_x, held_f, held_x) -> float:
 def test_decoders_at_the_demo_budget_stay_near_the_dense_ridge_baseline(
     trained_convnet,
 ):
-    # Issue 21's target is every decoder within 0.02 of a dense ridge
-    # regression from the whole standardised feature, at 300 steps. Not met
-    # yet (docs/decoders.md: conv3 0.60 against 0.50 on the demo convnet;
-    # here conv5 0.68 against 0.53), so this guards the measured distance:
-    # never more than 0.2 above it, and training never worse than the
-    # decoder's own ridge readout.
+    # Issue 21: at the demo's budget (300 steps) every decoder is within 0.02
+    # of a dense ridge regression from the whole standardised feature (its
+    # penalty the best on the held-out images: optimistic for the baseline),
+    # or better; and training never ends worse than the decoder's readout.
     from jax_infodiscard.data import load_synthetic
 
     fn, _ = trained_convnet
@@ -1034,5 +1032,6 @@ def test_decoders_at_the_demo_budget_stay_near_the_dense_ridge_baseline(
         m = metrics[name]
         f = np.asarray(feats[name], np.float64).reshape(len(images), -1)
         ridge = _dense_ridge_ratio(f[:1000], x[:1000], f[1000:], x[1000:])
-        assert m.mse_over_variance <= ridge + 0.2, (name, m.mse_over_variance, ridge)
-        assert m.heldout_mse <= m.ridge_mse * 1.01, name  # training never hurts
+        print(name, m.mse_over_variance, ridge, m.ridge_mse / m.image_variance)
+        assert m.mse_over_variance <= ridge + 0.02, (name, m.mse_over_variance, ridge)
+        assert m.heldout_mse <= m.ridge_mse, name  # training never hurts

@@ -132,6 +132,13 @@ def runs(
     ]
 
 
+def _step_seconds(metrics) -> float:
+    """Seconds per steady-state step (0 for a run of one step, which times
+    none: ``--steps 1`` gives the readouts alone)."""
+    rate = metrics.steps_per_second
+    return 1.0 / rate if rate > 0 else 0.0
+
+
 def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
     """Trains the decoders of ``layers`` once; returns the row of the report."""
     jax.clear_caches()
@@ -142,7 +149,7 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
         _, metrics = train_decoders(
             fn, layers, images, cfg, key=jax.random.fold_in(key, 100), progress=False
         )
-        step_s = 1.0 / metrics[layers[0]].steps_per_second
+        step_s = _step_seconds(metrics[layers[0]])
         step_parts = {"all": step_s}
     else:
         metrics, step_parts = {}, {}
@@ -155,7 +162,7 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
                 key=jax.random.fold_in(key, 100 + i),
                 progress=False,
             )
-            step_parts[name] = 1.0 / metrics[name].steps_per_second
+            step_parts[name] = _step_seconds(metrics[name])
         step_s = sum(step_parts.values())
     seconds = time.perf_counter() - t0
     steps_s = (cfg.steps - 1) * step_s

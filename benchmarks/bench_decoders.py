@@ -26,16 +26,19 @@ run minus the steps after the first).
   key, last; times are reported as ratios to the first reference, and the two
   references give the run-to-run spread of the MSE ratios and of the times.
 
-* ``--grid readout`` (issue 21): per layer, the decoder with its closed-form
-  ridge readout (``readout_kernel=3``) and without, at each budget of
-  ``--steps``; the readout alone (the decoder before training), the mean
-  image's error and the verdict of each decoder; and, unless ``--no-dense``,
-  the dense ridge baseline (:func:`dense_ridge`). ``--model vgg11`` for
-  VGG-11 (docs/decoders.md).
+* ``--grid readout`` (issue 21): per layer, at each budget of ``--steps``,
+  the decoder with its closed-form local and dense ridge readouts (the
+  default, ``readout s{N}``), with the local readout only (``local s{N}``)
+  and without readout (``no readout s{N}``); the readout alone (the decoder
+  before training), the mean image's error and the verdict of each decoder;
+  and, unless ``--no-dense``, the dense ridge baseline
+  (:func:`dense_ridge`). ``--only`` picks runs by label. ``--model vgg11``
+  for VGG-11 (docs/decoders.md).
 
 Usage::
 
     python benchmarks/bench_decoders.py --grid readout --steps 300,1000,3000 \
+        --only "readout s300,readout s1000,readout s3000" \
         --out docs/results/bench_decoders_readout.json
     python benchmarks/bench_decoders.py --quick     # 5-15 minutes
     python benchmarks/bench_decoders.py --out docs/results/bench_decoders.json
@@ -65,7 +68,12 @@ from jax_infodiscard.training.decoder import (
 )
 
 OLD_DEFAULT = dict(
-    steps=300, width=16, batch_size=32, learning_rate=3e-3, readout_kernel=0
+    steps=300,
+    width=16,
+    batch_size=32,
+    learning_rate=3e-3,
+    readout_kernel=0,
+    dense_readout=False,
 )
 """The demo's decoder settings before this benchmark (issue 12)."""
 
@@ -73,8 +81,12 @@ OLD_DEFAULT = dict(
 NEW_DEFAULT = dict(learning_rate=1e-2)
 """The demo's decoder settings since (changes from OLD_DEFAULT)."""
 
-READOUT = dict(learning_rate=1e-2, readout_kernel=3)
-"""The demo's decoder settings since issue 21: a closed-form ridge readout."""
+LOCAL_READOUT = dict(learning_rate=1e-2, readout_kernel=3)
+"""The demo's decoder settings of issue 21's first stage: a closed-form local
+ridge readout."""
+
+READOUT = dict(learning_rate=1e-2, readout_kernel=3, dense_readout=True)
+"""The demo's decoder settings since: local and dense ridge readouts."""
 
 
 def runs(
@@ -82,11 +94,13 @@ def runs(
 ) -> list[tuple[str, str, dict, int]]:
     """``(label, mode, changes from OLD_DEFAULT, seed)`` in the order run."""
     if grid == "readout":
-        # Issue 21: the decoder with its ridge readout against the decoder
-        # without, at each budget; the readout alone is every run's step 0.
+        # Issue 21: the decoder with its local and dense ridge readouts,
+        # with the local one only, and without, at each budget; the readouts
+        # alone are each run's step 0 (``--only`` picks runs).
         out = []
         for n in steps:
             out.append((f"readout s{n}", "joint", {**READOUT, "steps": n}, 0))
+            out.append((f"local s{n}", "joint", {**LOCAL_READOUT, "steps": n}, 0))
             out.append((f"no readout s{n}", "joint", {**NEW_DEFAULT, "steps": n}, 0))
         return out
     if grid == "batch":
@@ -118,6 +132,13 @@ def runs(
     ]
 
 
+def _step_seconds(metrics) -> float:
+    """Seconds per steady-state step (0 for a run of one step, which times
+    none: ``--steps 1`` gives the readouts alone)."""
+    rate = metrics.steps_per_second
+    return 1.0 / rate if rate > 0 else 0.0
+
+
 def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
     """Trains the decoders of ``layers`` once; returns the row of the report."""
     jax.clear_caches()
@@ -128,7 +149,7 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
         _, metrics = train_decoders(
             fn, layers, images, cfg, key=jax.random.fold_in(key, 100), progress=False
         )
-        step_s = 1.0 / metrics[layers[0]].steps_per_second
+        step_s = _step_seconds(metrics[layers[0]])
         step_parts = {"all": step_s}
     else:
         metrics, step_parts = {}, {}
@@ -141,7 +162,7 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
                 key=jax.random.fold_in(key, 100 + i),
                 progress=False,
             )
-            step_parts[name] = 1.0 / metrics[name].steps_per_second
+            step_parts[name] = _step_seconds(metrics[name])
         step_s = sum(step_parts.values())
     seconds = time.perf_counter() - t0
     steps_s = (cfg.steps - 1) * step_s
@@ -167,6 +188,8 @@ def one_run(fn, layers, images, cfg, mode: str, seed: int) -> dict:
         "mse_over_constant": {name: m.mse_over_constant for name, m in metrics.items()},
         "verdict": {name: m.verdict for name, m in metrics.items()},
         "ridge_penalty": {name: m.ridge_penalty for name, m in metrics.items()},
+        "dense_penalty": {name: m.dense_penalty for name, m in metrics.items()},
+        "kept_readout": {name: m.kept_readout for name, m in metrics.items()},
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
@@ -178,7 +201,16 @@ def print_row(label: str, row: dict, ref: dict | None, layers) -> None:
     print(
         f"{label:>15s} {row['mode']:>8s} {cfg['steps']:5d} {cfg['width']:3d} "
         f"{cfg['batch_size']:3d} {cfg['learning_rate']:7.0e} "
-        + " ".join(f"{row['mse_over_var'][n]:6.3f}" for n in layers)
+        + " ".join(
+            f"{row['mse_over_var'][n]:6.3f}"
+            + ("" if row["ridge_over_var"][n] is None else "/")
+            + (
+                ""
+                if row["ridge_over_var"][n] is None
+                else f"{row['ridge_over_var'][n]:.3f}"
+            )
+            for n in layers
+        )
         + f" {row['seconds']:7.1f} {ratio:>5s} {row['fixed_s']:6.1f} "
         f"{1e3 * row['step_s']:6.0f}  {row['load_before'][0]:4.1f}/"
         f"{row['load_after'][0]:4.1f}",
@@ -311,7 +343,8 @@ def main(argv=None) -> dict:
     }
     print(
         f"{trained.path.name}: test accuracy {trained.accuracy:.1%}; {num_images} "
-        f"decoder images; held-out MSE / image variance per layer; time ratio "
+        f"decoder images; held-out MSE / image variance per layer (decoder/readout "
+        "alone); time ratio "
         "to the first reference; fixed = compile + statistics + evaluation"
     )
     print(

@@ -451,6 +451,7 @@ def _builder(metadata: Mapping[str, Any]) -> Decoder:
         width=int(config.get("width", 32)),
         # Checkpoints of earlier releases have no readout.
         readout_kernel=int(config.get("readout_kernel", 0)),
+        dense_readout=bool(config.get("dense_readout", False)),
         rngs=nnx.Rngs(0),
     )
 
@@ -600,7 +601,9 @@ def _matches(
 ) -> bool:
     try:
         # Checkpoints of earlier releases have no readout.
-        saved_config = DecoderConfig(**{"readout_kernel": 0, **metadata["config"]})
+        saved_config = DecoderConfig(
+            **{"readout_kernel": 0, "dense_readout": False, **metadata["config"]}
+        )
     except (KeyError, TypeError, ValueError):
         return False
     return (

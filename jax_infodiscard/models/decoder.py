@@ -56,6 +56,14 @@ Architecture, for one feature of shape ``feature_shape`` and an image of shape
   (:func:`readout_inputs`, :func:`depth_to_space`); for a vector feature it
   is a dense map to every pixel. Features at a non-integer stride, or whose
   readout would be too large (:func:`readout_geometry`), get no readout.
+* **Dense readout** (``dense_readout=True`` with a readout, the default of
+  :class:`~jax_infodiscard.training.decoder.DecoderConfig`): for a spatial
+  feature, a second fixed linear map from the whole normalised feature
+  ``(h w c,)`` to the whole image ``(H W C,)`` is added to the local readout
+  (solved in closed form on what the local readout misses): the local map
+  reads the neighbourhood, the dense one what a pixel owes to the rest of the
+  feature. Skipped when it would hold more than 2**26 weights
+  (:func:`dense_readout_shape`).
 
 No normalisation layer depends on the batch, so the reconstruction of one
 image never depends on the other images of its batch.
@@ -92,6 +100,7 @@ __all__ = [
     "SubpixelConvTranspose",
     "create_decoder",
     "decoder_fn",
+    "dense_readout_shape",
     "depth_to_space",
     "num_upsampling_blocks",
     "readout_geometry",
@@ -110,6 +119,7 @@ _MAX_VECTOR_UPSAMPLING = 3
 
 _MAX_READOUT_INPUTS = 4608  # k*k*c of a local readout (3 x 3 x 512)
 _MAX_DENSE_READOUT = 2**24  # d * H * W * C weights of a dense readout
+_MAX_SPATIAL_DENSE = 2**26  # h * w * c * H * W * C weights of a dense readout
 
 
 class FeatureStat(nnx.Variable):
@@ -304,6 +314,28 @@ def readout_geometry(
     return k * k * c, stride * stride * channels
 
 
+def dense_readout_shape(
+    feature_shape: Sequence[int], image_shape: Sequence[int]
+) -> tuple[int, int] | None:
+    """``(h * w * c, H * W * C)`` of the dense readout of a spatial feature,
+    or ``None``: for a vector feature (whose readout is dense already) and
+    when it would hold more than 2**26 weights.
+
+    >>> dense_readout_shape((16, 16, 32), (32, 32, 3))
+    (8192, 3072)
+    >>> dense_readout_shape((10,), (32, 32, 3)) is None
+    True
+    """
+    feature_shape = _check_feature_shape(feature_shape)
+    height, width, channels = _check_image_shape(image_shape)
+    if len(feature_shape) == 1:
+        return None
+    inputs, outputs = math.prod(feature_shape), height * width * channels
+    if inputs * outputs > _MAX_SPATIAL_DENSE:
+        return None
+    return inputs, outputs
+
+
 def readout_inputs(features: Array, inputs: int) -> Array:
     """The inputs of a linear readout with ``inputs`` rows (from
     :func:`readout_geometry`): ``(B, d)`` unchanged, or ``(B, h, w, k * k *
@@ -414,6 +446,8 @@ class Decoder(nnx.Module):
         readout_kernel: ``k`` of the linear readout (see
             :func:`readout_geometry`; odd); 0 builds no readout (the
             architecture of earlier releases).
+        dense_readout: add a dense readout to the local one of a spatial
+            feature (:func:`dense_readout_shape`; only with a readout).
         rngs: ``nnx.Rngs`` used for parameter initialisation.
 
     Attributes:
@@ -440,6 +474,7 @@ class Decoder(nnx.Module):
         num_blocks: int = 6,
         width: int = 32,
         readout_kernel: int = 0,
+        dense_readout: bool = False,
         rngs: nnx.Rngs,
     ):
         self.feature_shape = _check_feature_shape(feature_shape)
@@ -482,6 +517,16 @@ class Decoder(nnx.Module):
             self.feature_shape, self.image_shape, self.readout_kernel
         )
         self.readout_shape = geometry
+        self.dense_shape = (
+            dense_readout_shape(self.feature_shape, self.image_shape)
+            if dense_readout and geometry is not None
+            else None
+        )
+        self.dense = (
+            None
+            if self.dense_shape is None
+            else Readout(jnp.zeros(self.dense_shape, jnp.float32))
+        )
         if geometry is None:
             self.readout = None
             self.readout_bias = None
@@ -532,7 +577,11 @@ class Decoder(nnx.Module):
         out = inputs @ self.readout[...]
         if out.ndim == 2:
             return out.reshape(out.shape[0], *self.image_shape)
-        return depth_to_space(out, self.image_shape[0] // self.feature_shape[0])
+        out = depth_to_space(out, self.image_shape[0] // self.feature_shape[0])
+        if self.dense is None:
+            return out
+        flat = normalised.reshape(normalised.shape[0], -1)
+        return out + (flat @ self.dense[...]).reshape(out.shape)
 
     def normalise(self, features: Array) -> Array:
         """Features ``(B, *feature_shape)`` centred and scaled per channel."""
@@ -549,6 +598,7 @@ class Decoder(nnx.Module):
         "num_blocks",
         "width",
         "readout_kernel",
+        "dense_readout",
     ),
 )
 def _init_state(
@@ -559,6 +609,7 @@ def _init_state(
     num_blocks: int,
     width: int,
     readout_kernel: int = 0,
+    dense_readout: bool = False,
 ) -> nnx.State:
     # XLA's RngBitGenerator compiles several times faster on a CPU than the
     # default threefry for the dozens of initializer draws of a decoder.
@@ -569,6 +620,7 @@ def _init_state(
         num_blocks=num_blocks,
         width=width,
         readout_kernel=readout_kernel,
+        dense_readout=dense_readout,
         rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")),
     )
     return nnx.state(decoder)
@@ -581,6 +633,7 @@ def create_decoder(
     num_blocks: int = 6,
     width: int = 32,
     readout_kernel: int = 0,
+    dense_readout: bool = False,
     key: Array,
 ) -> Decoder:
     """Builds a :class:`Decoder` with one compiled initialisation.
@@ -599,6 +652,7 @@ def create_decoder(
         width: channels of the residual blocks.
         readout_kernel: ``k`` of the linear readout (0: none); its weights
             start at zero.
+        dense_readout: add the dense readout (see :class:`Decoder`).
         key: PRNG key of the initialisation.
 
     Returns:
@@ -616,6 +670,7 @@ def create_decoder(
         num_blocks=int(num_blocks),
         width=int(width),
         readout_kernel=int(readout_kernel),
+        dense_readout=bool(dense_readout),
     )
     abstract = nnx.eval_shape(
         lambda: Decoder(
@@ -624,6 +679,7 @@ def create_decoder(
             num_blocks=kwargs["num_blocks"],
             width=kwargs["width"],
             readout_kernel=kwargs["readout_kernel"],
+            dense_readout=kwargs["dense_readout"],
             rngs=nnx.Rngs(0),
         )
     )

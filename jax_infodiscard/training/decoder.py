@@ -57,6 +57,7 @@ from jax_infodiscard.models.decoder import (
     Decoder,
     create_decoder,
     decoder_fn,
+    dense_readout_shape,
     depth_to_space,
     readout_geometry,
     readout_inputs,
@@ -68,7 +69,12 @@ from jax_infodiscard.training.optimizer import (
     learning_rate,
     optimizer,
 )
-from jax_infodiscard.training.ridge import RidgeStats, choose_ridge, ridge_weights
+from jax_infodiscard.training.ridge import (
+    RidgeStats,
+    choose_dual_ridge,
+    choose_ridge,
+    ridge_weights,
+)
 from jax_infodiscard.types import Array, PRNGKey
 
 __all__ = [
@@ -221,6 +227,11 @@ class DecoderConfig:
         ridge_images: at most this many training images give the readout's
             ridge statistics (four fifths fit it, one fifth chooses its
             penalty, then it is refitted on all of them).
+        dense_readout: add to the local readout of a spatial feature a dense
+            one (whole feature to whole image, ridge regression in its dual
+            form on what the local readout misses;
+            :func:`jax_infodiscard.models.decoder.dense_readout_shape`);
+            only with a readout (``readout_kernel > 0``).
 
     Example:
         >>> cfg = DecoderConfig(steps=500, width=16)
@@ -242,6 +253,7 @@ class DecoderConfig:
     log_every: int = 50
     readout_kernel: int = 3
     ridge_images: int = 2048
+    dense_readout: bool = True
 
     def __post_init__(self):
         for name in (
@@ -270,6 +282,10 @@ class DecoderConfig:
         validation.check_number(
             "holdout_fraction", self.holdout_fraction, minimum=0, below=1
         )
+        if not isinstance(self.dense_readout, bool):
+            raise ValueError(
+                f"dense_readout must be a bool, got {self.dense_readout!r}"
+            )
 
     @property
     def training_noise_std(self) -> float:
@@ -309,6 +325,10 @@ class DecoderMetrics:
             recorded.
         ridge_penalty: the readout's ridge penalty (chosen by held-out error);
             ``None`` without a readout.
+        dense_penalty: the dense readout's penalty; ``None`` without one.
+        kept_readout: training ended worse than the readout alone on the
+            held-out images, so the decoder was reset to its readout (its
+            head set to zero): a decoder never ends worse than its start.
     """
 
     layer: str
@@ -324,6 +344,8 @@ class DecoderMetrics:
     ridge_mse: float | None = None
     constant_mse: float | None = None
     ridge_penalty: float | None = None
+    dense_penalty: float | None = None
+    kept_readout: bool = False
 
     @property
     def eval_mse(self) -> float:
@@ -696,17 +718,24 @@ def _solve_readouts(
     noise_std: float,
     batch_size: int,
     image_shape: tuple[int, int, int],
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    dense: tuple[str, ...] = (),
+) -> dict[str, tuple[Any, ...]]:
     """Per layer of ``geometry``: the ridge readout's weights ``(inputs,
-    outputs)``, its intercept ``(H, W, C)`` and its penalty, from one pass
-    over ``images`` (the first four fifths fit, the last fifth chooses the
-    penalty; then refitted on all). Inputs and targets are centred per
-    readout position, so the intercept is the mean image minus the readout
-    of the mean feature."""
+    outputs)``, its intercept ``(H, W, C)``, its penalty, and the dense
+    readout's weights ``(h w c, H W C)`` and penalty (``None, None`` for a
+    layer not in ``dense``), from one pass over ``images`` (the first four
+    fifths fit, the last fifth chooses the penalty; then refitted on all).
+    Inputs and targets are centred per readout position, so the intercept is
+    the mean image minus the readout of the mean feature. The dense readout
+    is then solved, in its dual form (:func:`choose_dual_ridge`), on the
+    residual of the local one on the same noisy images; its intercept is
+    added to the local one's."""
     layers = tuple(geometry)
     n_fit = max(1, (4 * images.shape[0]) // 5)
+    device_stats = {n: (jnp.asarray(m), jnp.asarray(s)) for n, (m, s) in stats.items()}
+    parts = (("fit", images[:n_fit]), ("val", images[n_fit:]))
     raw = {}
-    for part, imgs in (("fit", images[:n_fit]), ("val", images[n_fit:])):
+    for part, imgs in parts:
         batches = jax.device_get(
             [
                 _ridge_moments(
@@ -715,10 +744,7 @@ def _solve_readouts(
                     mask,
                     jax.random.fold_in(key, part == "val"),
                     i,
-                    {
-                        n: (jnp.asarray(m), jnp.asarray(s))
-                        for n, (m, s) in stats.items()
-                    },
+                    device_stats,
                     jnp.asarray(pixel_mean),
                     layers=layers,
                     noise_std=noise_std,
@@ -759,6 +785,73 @@ def _solve_readouts(
                 "returns NaN/inf values for some training images"
             )
         out[name] = (weights.astype(np.float32), bias.astype(np.float32), penalty)
+    dense = tuple(name for name in layers if name in dense)
+    if dense and n_fit < images.shape[0]:
+        local = {n: (jnp.asarray(out[n][0]), jnp.asarray(out[n][1])) for n in dense}
+        rows = {n: ([], []) for n in dense}
+        for part, imgs in parts:
+            for i, x, mask in _padded_batches(imgs, batch_size):
+                batch = jax.device_get(
+                    _dense_rows(
+                        feature_fn,
+                        x,
+                        jax.random.fold_in(key, part == "val"),
+                        i,
+                        device_stats,
+                        local,
+                        layers=dense,
+                        noise_std=noise_std,
+                        inputs=tuple(geometry[n][0] for n in dense),
+                    )
+                )
+                real = int(mask.sum())
+                for n in dense:
+                    rows[n][0].append(batch[n][0][:real])
+                    rows[n][1].append(batch[n][1][:real])
+        for name in dense:
+            inputs, residual = (np.concatenate(r) for r in rows.pop(name))
+            weights, intercept, penalty, _ = choose_dual_ridge(inputs, residual, n_fit)
+            del inputs, residual
+            bias = out[name][1] + intercept.reshape(image_shape).astype(np.float32)
+            if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+                raise ValueError(
+                    f"the dense readout of layer {name!r} is not finite: "
+                    "feature_fn returns NaN/inf values for some training images"
+                )
+            out[name] = (out[name][0], bias, out[name][2], weights, penalty)
+    return {n: (*o, None, None) if len(o) == 3 else o for n, o in out.items()}
+
+
+@partial(jax.jit, static_argnames=("layers", "noise_std", "inputs"))
+def _dense_rows(
+    feature_fn: Partial,
+    x: Array,
+    key: PRNGKey,
+    index: int,
+    stats: dict[str, tuple[Array, Array]],
+    local: dict[str, tuple[Array, Array]],
+    *,
+    layers: tuple[str, ...],
+    noise_std: float,
+    inputs: tuple[int, ...],
+) -> dict[str, tuple[Array, Array]]:
+    """Per layer, for one batch (the noise of :func:`_ridge_moments`): the
+    flattened normalised noisy features ``(B, h w c)`` and what the local
+    readout ``(weights, intercept)`` misses of the noisy images,
+    ``(B, H W C)``."""
+    x_noisy = _noisy(jax.random.fold_in(key, index), x, noise_std)
+    features = feature_fn(x_noisy)
+    out = {}
+    for name, d in zip(layers, inputs, strict=True):
+        mean, scale = stats[name]
+        f = (features[name].astype(jnp.float32) - mean) / scale
+        weights, bias = local[name]
+        pred = readout_inputs(f, d) @ weights
+        pred = depth_to_space(pred, x.shape[1] // f.shape[1]) + bias
+        out[name] = (
+            f.reshape(f.shape[0], -1),
+            (x_noisy - pred).reshape(x.shape[0], -1),
+        )
     return out
 
 
@@ -942,6 +1035,11 @@ def train_decoders(
     each decoder differs from the one a separate run would train (same
     quality, not the same numbers).
 
+    With a readout, a decoder whose held-out MSE after training is above its
+    readout's (the decoder before training) is reset to the readout (its
+    head set to zero; ``DecoderMetrics.kept_readout``): no decoder ends
+    worse on the held-out images than its closed-form start.
+
     Args:
         feature_fn: pure feature function ``feature_fn(images (B, H, W, C)) ->
             {layer: (B, ...)}`` (as in :func:`train_decoder`); it must return
@@ -1013,6 +1111,32 @@ def train_decoders(
     train_mse, heldout_mse = _final_mse(
         decoders, feature_fn, eval_train, eval_hold, k_eval, config, eval_batch
     )
+    # Never end worse than the start: where training lost to the readout
+    # alone on the held-out images, reset the head (the readout is then the
+    # whole output, exactly the decoder before training).
+    kept = tuple(
+        name
+        for name in layers
+        if name in ridge_mse
+        and name in heldout_mse
+        and heldout_mse[name] > ridge_mse[name]
+    )
+    if kept:
+        for name in kept:
+            head = decoders[name].head
+            head.kernel[...] = jnp.zeros_like(head.kernel[...])
+            head.bias[...] = jnp.zeros_like(head.bias[...])
+        again = _final_mse(
+            {n: decoders[n] for n in kept},
+            feature_fn,
+            eval_train,
+            eval_hold,
+            k_eval,
+            config,
+            eval_batch,
+        )
+        train_mse.update(again[0])
+        heldout_mse.update(again[1])
     image_variance = float(
         np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
     )
@@ -1032,6 +1156,8 @@ def train_decoders(
             ridge_mse=ridge_mse.get(name),
             constant_mse=constant_mse,
             ridge_penalty=readouts[name][2] if name in readouts else None,
+            dense_penalty=readouts[name][4] if name in readouts else None,
+            kept_readout=name in kept,
         )
         for i, name in enumerate(layers)
     }
@@ -1070,7 +1196,8 @@ def _init_decoders(
     decoder of layer ``i`` is initialised with ``fold_in(k_init, i)`` (the
     first with ``k_init`` itself); ``initial`` maps each layer with a readout
     to its decoder function before training (the readout alone),
-    ``readouts`` to ``(kernel, bias, penalty)``, and ``pixel_mean`` is the
+    ``readouts`` to ``(kernel, bias, penalty, dense kernel, dense penalty)``
+    (the last two ``None`` without a dense readout), and ``pixel_mean`` is the
     mean training image ``(H, W, C)``."""
     noise_std = config.training_noise_std
     k_init, k_stats = keys
@@ -1103,6 +1230,12 @@ def _init_decoders(
             noise_std=noise_std,
             batch_size=eval_batch,
             image_shape=image_shape,
+            dense=tuple(
+                name
+                for name in geometry
+                if config.dense_readout
+                and dense_readout_shape(feature_shapes[name], image_shape)
+            ),
         )
         if geometry
         else {}
@@ -1115,6 +1248,7 @@ def _init_decoders(
             num_blocks=config.num_blocks,
             width=config.width,
             readout_kernel=config.readout_kernel,
+            dense_readout=config.dense_readout,
             key=k_init if i == 0 else jax.random.fold_in(k_init, i),
         )
         mean, scale = stats[name]
@@ -1125,6 +1259,8 @@ def _init_decoders(
         if name in readouts:
             decoder.readout[...] = jnp.asarray(readouts[name][0])
             decoder.readout_bias[...] = jnp.asarray(readouts[name][1])
+            if decoder.dense is not None and readouts[name][3] is not None:
+                decoder.dense[...] = jnp.asarray(readouts[name][3])
             initial[name] = decoder_fn(decoder, allow_untrained=True)
         graphdef, params[name], rest[name] = nnx.split(decoder, nnx.Param, ...)
         graphdefs.append(graphdef)

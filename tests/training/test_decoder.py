@@ -25,6 +25,7 @@ from jax_infodiscard.models.decoder import (
     SubpixelConvTranspose,
     create_decoder,
     decoder_fn,
+    dense_readout_shape,
     depth_to_space,
     num_upsampling_blocks,
     readout_geometry,
@@ -889,6 +890,54 @@ def test_decoder_starts_as_its_ridge_readout():
     assert np.abs(w[0, 0]).max() < 0.1 * np.abs(w[1, 1]).max()
 
 
+def mirrored(x):
+    # Each 2x2 pixel block sits at the point-mirrored feature position: a 3x3
+    # neighbourhood of feature positions misses it at the border, the whole
+    # feature does not.
+    return {"mirror": space_to_depth(x[:, ::-1, ::-1], 2)}
+
+
+def test_dense_readout_reads_what_the_local_one_misses():
+    assert dense_readout_shape((4, 4, 12), (8, 8, 3)) == (192, 192)
+    assert dense_readout_shape((12,), (8, 8, 3)) is None  # dense already
+    assert dense_readout_shape((32, 32, 128), (32, 32, 3)) is None  # > 2**26
+    images = smooth_images(160, size=8)
+    ratios = {}
+    for dense in (False, True):
+        decs, metrics = train_decoders(
+            mirrored,
+            "mirror",
+            images,
+            dataclasses.replace(READOUT, dense_readout=dense),
+            key=jax.random.key(0),
+            progress=False,
+        )
+        m = metrics["mirror"]
+        ratios[dense] = m.ridge_mse / m.constant_mse
+        assert (decs["mirror"].dense is not None) == dense
+        assert (m.dense_penalty is not None) == dense
+        assert m.ridge_mse == pytest.approx(m.heldout_mse, rel=1e-5)  # the start
+    assert ratios[False] > 0.3, ratios  # the corners are out of reach
+    assert ratios[True] < 0.05, ratios
+
+
+def test_training_never_ends_worse_than_the_readout():
+    # A learning rate far too high wrecks the residual network; the decoder
+    # falls back to its readout (head zero) and says so.
+    images = smooth_images(96, size=8)
+    cfg = dataclasses.replace(
+        READOUT, steps=30, learning_rate=0.3, schedule="constant", log_every=10
+    )
+    decs, metrics = train_decoders(
+        two_layer_features, "pool", images, cfg, key=jax.random.key(2), progress=False
+    )
+    m = metrics["pool"]
+    assert m.kept_readout
+    assert m.heldout_mse == pytest.approx(m.ridge_mse, rel=1e-6)
+    assert not np.any(np.asarray(decs["pool"].head.kernel[...]))
+    assert DecoderMetrics.from_dict(m.to_dict()) == m
+
+
 def test_trained_decoder_keeps_its_readout_and_round_trips(tmp_path):
     images = smooth_images(96, size=8)
     cfg = dataclasses.replace(READOUT, steps=60, log_every=20)
@@ -961,12 +1010,10 @@ def _dense_ridge_ratio(fit_f, fit_x, held_f, held_x) -> float:
 def test_decoders_at_the_demo_budget_stay_near_the_dense_ridge_baseline(
     trained_convnet,
 ):
-    # Issue 21's target is every decoder within 0.02 of a dense ridge
-    # regression from the whole standardised feature, at 300 steps. Not met
-    # yet (docs/decoders.md: conv3 0.60 against 0.50 on the demo convnet;
-    # here conv5 0.68 against 0.53), so this guards the measured distance:
-    # never more than 0.2 above it, and training never worse than the
-    # decoder's own ridge readout.
+    # Issue 21: at the demo's budget (300 steps) every decoder is within 0.02
+    # of a dense ridge regression from the whole standardised feature (its
+    # penalty the best on the held-out images: optimistic for the baseline),
+    # or better; and training never ends worse than the decoder's readout.
     from jax_infodiscard.data import load_synthetic
 
     fn, _ = trained_convnet
@@ -985,5 +1032,6 @@ def test_decoders_at_the_demo_budget_stay_near_the_dense_ridge_baseline(
         m = metrics[name]
         f = np.asarray(feats[name], np.float64).reshape(len(images), -1)
         ridge = _dense_ridge_ratio(f[:1000], x[:1000], f[1000:], x[1000:])
-        assert m.mse_over_variance <= ridge + 0.2, (name, m.mse_over_variance, ridge)
-        assert m.heldout_mse <= m.ridge_mse * 1.01, name  # training never hurts
+        print(name, m.mse_over_variance, ridge, m.ridge_mse / m.image_variance)
+        assert m.mse_over_variance <= ridge + 0.02, (name, m.mse_over_variance, ridge)
+        assert m.heldout_mse <= m.ridge_mse, name  # training never hurts

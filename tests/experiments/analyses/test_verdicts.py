@@ -276,3 +276,17 @@ def test_the_report_gives_each_seed_the_spreads_and_what_the_first_seed_said():
     record = json.loads(json.dumps(solver_record(options)))
     assert record["beta"] == 0.002
     assert set(record) == {f.name for f in dataclasses.fields(options.cid)}
+
+
+def test_a_rank_correlation_at_the_threshold_holds():
+    # Over 4 networks Spearman's rho takes the exact value 0.8 (one swap),
+    # which the floating-point computation returns as 0.7999999999999999:
+    # the compression rerun's seed 0 (rho = +0.80) read "inconclusive".
+    from jax_infodiscard.experiments.analyses.comparisons import spearman
+
+    rho = spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
+    assert rho == pytest.approx(0.8, abs=1e-12)
+    assert correlation_outcome([rho], min_seeds=1) == "held"
+    assert correlation_outcome([rho, rho]) == "held"
+    assert correlation_outcome([0.79], min_seeds=1) == "inconclusive"
+    assert correlation_outcome([rho, rho, -0.4]) == "inconclusive"

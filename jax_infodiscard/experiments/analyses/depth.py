@@ -159,6 +159,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             label: m.summary() for label, m in zip(labels, measured, strict=True)
         },
         "comparisons": numbers,
+        "solver": report.solver_record(options),
         "seconds": {**timer.seconds, "total_s": timer.total()},
     }
     notes = "\n\n".join(

@@ -10,6 +10,8 @@ the mean CID by more than two standard errors of the per-image differences.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,6 +123,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         "test_accuracy": trained.accuracy,
         "num_images": int(images.shape[0]),
         "beta": res.beta,
+        "solver": dataclasses.asdict(options.cid),
         "layers": per_layer,
         "steps": [
             {"from": a, "to": b, "outcome": o, "mean": m, "sem": s}

@@ -25,6 +25,7 @@ __all__ = [
     "diagnostics_table",
     "finish",
     "setting_text",
+    "solver_record",
 ]
 
 
@@ -70,6 +71,19 @@ def diagnostics_table(
     return "\n".join(lines)
 
 
+def solver_record(options: AnalysisOptions) -> dict[str, Any]:
+    """Every field of the CID solver configuration that ran (JSON-able), for
+    ``results.json`` under ``"solver"``: the solver's defaults change between
+    versions, so a result names the configuration that produced it.
+
+    >>> from jax_infodiscard.experiments.analyses import AnalysisOptions
+    >>> r = solver_record(AnalysisOptions())
+    >>> r["method"], r["beta"] == AnalysisOptions().cid.beta
+    ('optimize', True)
+    """
+    return dataclasses.asdict(cid_config(options))
+
+
 def setting_text(
     options: AnalysisOptions, *, images: int, seeds: Sequence[int], extra: str = ""
 ) -> str:
@@ -80,7 +94,8 @@ def setting_text(
         f"{options.image_size} px; {images} test images analysed; training "
         f"seeds {list(seeds)}. Solver: method `{cfg.method}`, beta = {cfg.beta:g}, "
         f"steps = {cfg.steps}, probes = {cfg.probes}, layer strategy "
-        f"`{cfg.layer_strategy}`. {extra}".strip()
+        f"`{cfg.layer_strategy}` (every field: `solver` in results.json). "
+        f"{extra}".strip()
     )
 
 
@@ -136,6 +151,7 @@ def finish(
         },
         "comparisons": dict(numbers),
         **dict(results or {}),
+        "solver": solver_record(options),
         "seconds": {**timer.seconds, "total_s": timer.total()},
     }
     notes = "\n\n".join(

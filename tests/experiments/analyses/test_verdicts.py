@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -207,3 +208,85 @@ def test_analyses_fold_in_the_mc_error_where_results_carry_one():
         [f["mc"] for f in numbers["b"]["seeds"]], 0.2 / math.sqrt(8)
     )
     assert noisy.outcome == "inconclusive"
+
+
+def test_the_report_gives_each_seed_the_spreads_and_what_the_first_seed_said():
+    # A claim that seed 3 alone holds (a large effect) and seeds 4, 5 do not
+    # show: the report must label the seeds as trained, give the between-
+    # and within-seed SDs and the agreement, and put "seed 3 alone said:
+    # held" beside the replicated "inconclusive".
+    import json
+    from types import SimpleNamespace as NS
+
+    from jax_infodiscard.experiments.analyses import (
+        AnalysisOptions,
+        comparisons,
+        measuring,
+        verdict_table,
+    )
+    from jax_infodiscard.experiments.analyses.report import solver_record
+
+    layers = ("l1",)
+    shifts = {3: 0.30, 4: 0.001, 5: -0.002}
+
+    def net(name, values, seed):
+        ones = np.ones((1, 8))
+        cid = NS(
+            mean=np.asarray(values, float)[None],
+            linearity=ones,
+            entropy_gain=0 * ones,
+            converged=ones > 0,
+        )
+        return measuring.Measured(name, layers, cid, info={"seed": seed})
+
+    groups = {
+        "a": [net("a", np.zeros(8), s) for s in shifts],
+        "b": [net("b", images_with(d, 0.01, seed=s), s) for s, d in shifts.items()],
+    }
+    v, numbers = comparisons.delta_verdict(
+        groups, "a", "cid", layers, expect="positive", claim="b more", figure="F"
+    )
+    assert (v.outcome, v.alone, v.first_seed) == ("inconclusive", "held", 3)
+    row = numbers["b"]
+    assert [f["seed"] for f in row["seeds"]] == [3, 4, 5]
+    means = np.array(list(shifts.values()))
+    np.testing.assert_allclose([f["mean"] for f in row["seeds"]], means)
+    np.testing.assert_allclose(row["between_sd"], means.std(ddof=1))
+    np.testing.assert_allclose(row["within_sd"], 0.01 * math.sqrt(8))
+    assert (row["agree"], row["beyond"], row["alone"]) == (2, 1, "held")
+    for text in (
+        "seed 3: +0.300 ± 0.010",
+        "seed 4: +0.001 ± 0.010",
+        "seed 5: -0.002 ± 0.010",
+        f"between-seed SD {means.std(ddof=1):.3f}",
+        f"within-seed SD {0.01 * math.sqrt(8):.3f}",
+        "2 of 3 seeds agree in sign",
+    ):
+        assert text in v.measured, text
+    header, _, line = verdict_table([v]).splitlines()
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[3:5] == ["verdict", "seed 3 alone said"]
+    assert [c.strip() for c in line.strip("|").split("|")][3:5] == [
+        "**inconclusive**",
+        "held",
+    ]
+    # The solver configuration that ran is recorded in full, user changes kept.
+    options = AnalysisOptions()
+    options = dataclasses.replace(options, cid=options.cid.replace(beta=0.002))
+    record = json.loads(json.dumps(solver_record(options)))
+    assert record["beta"] == 0.002
+    assert set(record) == {f.name for f in dataclasses.fields(options.cid)}
+
+
+def test_a_rank_correlation_at_the_threshold_holds():
+    # Over 4 networks Spearman's rho takes the exact value 0.8 (one swap),
+    # which the floating-point computation returns as 0.7999999999999999:
+    # the compression rerun's seed 0 (rho = +0.80) read "inconclusive".
+    from jax_infodiscard.experiments.analyses.comparisons import spearman
+
+    rho = spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])
+    assert rho == pytest.approx(0.8, abs=1e-12)
+    assert correlation_outcome([rho], min_seeds=1) == "held"
+    assert correlation_outcome([rho, rho]) == "held"
+    assert correlation_outcome([0.79], min_seeds=1) == "inconclusive"
+    assert correlation_outcome([rho, rho, -0.4]) == "inconclusive"

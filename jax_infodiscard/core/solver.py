@@ -69,6 +69,13 @@ SALT_PROBES, SALT_STEPS, SALT_BUDGET = 1, 2, 3
 # whose estimated dr/ds is tiny or negative moves at most sqrt(50)x above
 # its linear sigma per fixed point (and never above max_sigma).
 _Q_FLOOR = 0.02
+SE_CAP = 0.25 * math.log(1.0 / _Q_FLOOR)
+"""Cap on the standard error of one entry's ``log sigma`` (nats). Where the
+averaged ``dr/ds`` sits at or below the floor, its spread is large against
+the floored value and the first-order error ``0.5 sd(q) / q`` explodes; the
+entry itself moves at most ``0.5 log(1 / _Q_FLOOR)`` between the floor and
+the linear model's ``dr/ds``, and a standard deviation is at most half a
+range."""
 FAR_FROM_LINEAR = 30.0
 """A map whose first iteration, at the closed form, spent more than this
 multiple of the budget (``State.start_ratio``) is far from linear: its
@@ -573,7 +580,8 @@ def pixel_se(problem: Problem, state: State, drift: bool = False) -> Array:
     """
     spread = jnp.maximum(state.m2 - jnp.square(state.q), 0.0) if drift else state.d2
     var = spread * _expand(state.v, state.q.ndim)
-    return 0.5 * jnp.sqrt(var) / floored_q(problem, state.q)
+    se = 0.5 * jnp.sqrt(var) / floored_q(problem, state.q)
+    return jnp.minimum(se, SE_CAP)
 
 
 def shift(u: Array, c: Array, log_bounds: tuple[float, float]) -> Array:

@@ -191,10 +191,14 @@ def test_two_keys_give_the_same_maps_on_a_trained_net(trained_convnet):
     a = jid.cid(fn, images[:2], jax.random.key(1), layers=layers, config=_VMAP)
     b = jid.cid(fn, images[:2], jax.random.key(2), layers=layers, config=_VMAP)
     assert float(a.linearity.max()) > 2.0, "the test net is nearly linear"
+    # The default stops a map once its noise is at most rtol^2 of its
+    # variance over pixels: two keys correlate to about 1 - rtol^2.
+    floor = 1.0 - _VMAP.rtol**2 - 0.03
     for l in range(2):
         for i in range(2):
-            assert _corr(a.pixel[l, i], b.pixel[l, i]) >= 0.95
-    np.testing.assert_allclose(a.mean, b.mean, atol=0.04)
+            assert _corr(a.pixel[l, i], b.pixel[l, i]) >= floor
+    diff = np.abs(a.mean - b.mean)
+    assert np.all(diff <= 3 * np.hypot(a.mean_se, b.mean_se) + 0.01), diff
 
 
 def test_randomness_is_keyed_by_layer_name(convnet, small_images):

@@ -471,13 +471,21 @@ def fixed_point(problem: Problem, state: State, log_bounds) -> Array:
     afterwards on held draws): the target of the iterations at the averaged
     ``q``, whose error is :func:`pixel_se`.
     """
-    target = 0.5 * (
-        jnp.log(jnp.maximum(state.e, _E_FLOOR))
-        - math.log(2.0)
-        - _expand(state.log_mu, state.u.ndim)
-        - jnp.log(floored_q(problem, state.q))
-    )
+    target = _target(state.e, state.log_mu, floored_q(problem, state.q))
     return jnp.clip(target, *log_bounds)
+
+
+def _target(e: Array, log_mu: Array, q: Array) -> Array:
+    """The fixed point ``log sigma_i = 0.5 log((s dH/ds)_i / (2 mu q_i))``.
+
+    ``e`` and ``q`` are ``(L, *S)`` (``q`` floored), ``log_mu`` is ``(L,)``.
+    """
+    return 0.5 * (
+        jnp.log(jnp.maximum(e, _E_FLOOR))
+        - math.log(2.0)
+        - _expand(log_mu, e.ndim)
+        - jnp.log(q)
+    )
 
 
 def _step(
@@ -514,12 +522,7 @@ def _step(
         e = (1.0 - w) * state.e + w * 0.5 * ge  # s dH/ds = 0.5 dH/du
     log_mu = state.log_mu + jnp.log(r / problem.beta)
     q_c = floored_q(problem, q)
-    target = 0.5 * (
-        jnp.log(jnp.maximum(e, _E_FLOOR))
-        - math.log(2.0)
-        - _expand(log_mu, u.ndim)
-        - jnp.log(q_c)
-    )
+    target = _target(e, log_mu, q_c)
     omega = damping(state.t, step_size, damping_time)
     u = jnp.clip((1.0 - omega) * u + omega * target, *log_bounds)
     tail = state.t >= total_steps - max(1, total_steps // 2)

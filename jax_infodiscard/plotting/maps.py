@@ -352,7 +352,7 @@ def _map_cell(ax, m: np.ndarray, norm: bool, scale, reason: str) -> None:
 
 def _flag_text(ax, text: str, **kwargs) -> None:
     """``text`` across the middle of ``ax``, in the flag colour on white
-    (``kwargs``: more :meth:`~matplotlib.axes.Axes.text` options)."""
+    (``kwargs``: more options of ``ax.text``)."""
     ax.text(
         0.5,
         0.5,

@@ -229,144 +229,229 @@ def _sub_jaxpr(params):
     return None
 
 
+# A primitive's rule maps the reaches of its inputs to those of its outputs:
+# ``rule(eqn, ins, in_shapes, out_shapes)`` returns one Value per output, or
+# None where it has no exact rule for these arguments (then `_universal`).
+def _out(out_shapes) -> tuple[int, ...]:
+    """The first output's shape (``()`` for a primitive without outputs)."""
+    return out_shapes[0] if out_shapes else ()
+
+
+def _rule_elementwise(eqn, ins, in_shapes, out_shapes):
+    """Same-shape (or scalar) operands: the output entry joins theirs."""
+    out = _out(out_shapes)
+    shapes = [s for s, v in zip(in_shapes, ins, strict=True) if v is not None]
+    if all(s in (out, ()) for s in shapes):
+        return [_join(ins, out)] * len(out_shapes)
+    return None
+
+
+def _rule_broadcast_in_dim(eqn, ins, in_shapes, out_shapes):
+    """Kept axes move to their broadcast position; size-1 axes are fixed."""
+    out = _out(out_shapes)
+    dims = eqn.params["broadcast_dimensions"]
+    moves = {
+        a: (dims[a], 1, 0, 0)
+        for a in range(len(in_shapes[0]))
+        if in_shapes[0][a] == out[dims[a]]
+    }
+    return [_join([_move(ins[0], in_shapes[0], moves), *ins[1:]], out)]
+
+
+def _rule_reshape(eqn, ins, in_shapes, out_shapes):
+    """An axis that stays whole or splits keeps its reach (outer axis)."""
+    if eqn.params.get("dimensions") is None and len(ins) == 1:
+        return [
+            _move(ins[0], in_shapes[0], _reshape_moves(in_shapes[0], _out(out_shapes)))
+        ]
+    return None
+
+
+def _rule_squeeze(eqn, ins, in_shapes, out_shapes):
+    """The remaining axes are renumbered."""
+    gone = {a % len(in_shapes[0]) for a in eqn.params["dimensions"]}
+    kept = [a for a in range(len(in_shapes[0])) if a not in gone]
+    return [_move(ins[0], in_shapes[0], _renumber(kept))]
+
+
+def _rule_transpose(eqn, ins, in_shapes, out_shapes):
+    """Each axis moves to its place in the permutation."""
+    perm = eqn.params["permutation"]
+    return [_move(ins[0], in_shapes[0], {a: (j, 1, 0, 0) for j, a in enumerate(perm)})]
+
+
+def _rule_reduction(eqn, ins, in_shapes, out_shapes):
+    """Reduced axes fold into a fixed window; the others are renumbered."""
+    if len(ins) != 1:
+        return None
+    kept = [a for a in range(len(in_shapes[0])) if a not in set(eqn.params["axes"])]
+    return [_move(ins[0], in_shapes[0], _renumber(kept))] * len(out_shapes)
+
+
+def _rule_conv(eqn, ins, in_shapes, out_shapes):
+    """Spatial axes of the image operand move by stride, padding and kernel span."""
+    if ins[1] is not None:
+        return None
+    p = eqn.params
+    lhs, rhs, outspec = p["dimension_numbers"]
+    moves = {}
+    for k in range(len(lhs) - 2):
+        if p["lhs_dilation"][k] != 1:
+            continue
+        pad = int(p["padding"][k][0])
+        span = (in_shapes[1][rhs[2 + k]] - 1) * int(p["rhs_dilation"][k])
+        moves[lhs[2 + k]] = (
+            outspec[2 + k],
+            int(p["window_strides"][k]),
+            -pad,
+            span - pad,
+        )
+    return [_move(ins[0], in_shapes[0], moves)]
+
+
+def _rule_windowed(eqn, ins, in_shapes, out_shapes):
+    """Windowed reductions: every axis moves by its window; other operands fixed."""
+    p = eqn.params
+    out = _out(out_shapes)
+    rank = len(out)
+    moves = _window_moves(
+        rank,
+        p["window_dimensions"],
+        p["window_strides"],
+        p["padding"],
+        p.get("base_dilation") or (1,) * rank,
+        p.get("window_dilation") or (1,) * rank,
+    )
+    moved = [
+        _move(v, s, moves) if s == in_shapes[0] else _all_fixed(v, s)
+        for v, s in zip(ins, in_shapes, strict=True)
+    ]
+    return [_join(moved, out)] * len(out_shapes)
+
+
+def _rule_dot_general(eqn, ins, in_shapes, out_shapes):
+    """Batch then free axes of each operand move; contracted axes are fixed."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    nb = len(lb)
+    lfree = [a for a in range(len(in_shapes[0])) if a not in (*lc, *lb)]
+    rfree = [a for a in range(len(in_shapes[1])) if a not in (*rc, *rb)]
+    lm = {a: (i, 1, 0, 0) for i, a in enumerate(lb)}
+    lm |= {a: (nb + k, 1, 0, 0) for k, a in enumerate(lfree)}
+    rm = {a: (i, 1, 0, 0) for i, a in enumerate(rb)}
+    rm |= {a: (nb + len(lfree) + k, 1, 0, 0) for k, a in enumerate(rfree)}
+    moved = [_move(ins[0], in_shapes[0], lm), _move(ins[1], in_shapes[1], rm)]
+    return [_join(moved, _out(out_shapes))]
+
+
+def _rule_pad(eqn, ins, in_shapes, out_shapes):
+    """Axes without interior padding shift by the low padding."""
+    moves = {
+        a: (a, 1, -int(lo), -int(lo))
+        for a, (lo, _, interior) in enumerate(eqn.params["padding_config"])
+        if interior == 0
+    }
+    return [_join([_move(ins[0], in_shapes[0], moves), ins[1]], _out(out_shapes))]
+
+
+def _rule_slice(eqn, ins, in_shapes, out_shapes):
+    """Each axis shifts by its start and scales by its stride."""
+    p = eqn.params
+    strides = p["strides"] or (1,) * len(_out(out_shapes))
+    moves = {
+        a: (a, int(st), int(s), int(s))
+        for a, (s, st) in enumerate(zip(p["start_indices"], strides, strict=True))
+    }
+    return [_move(ins[0], in_shapes[0], moves)]
+
+
+def _rule_dynamic_slice(eqn, ins, in_shapes, out_shapes):
+    """A slice at constant (clamped) starts; traced starts have no exact rule."""
+    if not all(v is None for v in ins[1:]):
+        return None
+    starts = [getattr(x, "val", None) for x in eqn.invars[1:]]
+    if not all(s is not None for s in starts):
+        return None
+    moves = {}
+    for a, (s, size) in enumerate(zip(starts, eqn.params["slice_sizes"], strict=True)):
+        s = min(max(int(s), 0), in_shapes[0][a] - int(size))  # lax clamps
+        moves[a] = (a, 1, s, s)
+    return [_move(ins[0], in_shapes[0], moves)]
+
+
+def _rule_concatenate(eqn, ins, in_shapes, out_shapes):
+    """Each operand shifts by its offset along the joined axis."""
+    d = eqn.params["dimension"]
+    offsets = np.cumsum([0] + [s[d] for s in in_shapes])
+    moved = [
+        _move(
+            v,
+            s,
+            {a: (a, 1, 0, 0) for a in range(len(s)) if a != d}
+            | {d: (d, 1, -int(o), -int(o))},
+        )
+        for v, s, o in zip(ins, in_shapes, offsets, strict=False)
+    ]
+    return [_join(moved, _out(out_shapes))]
+
+
+def _rule_split(eqn, ins, in_shapes, out_shapes):
+    """Each piece shifts by its offset along the split axis."""
+    d = eqn.params["axis"]
+    offsets = np.cumsum([0, *eqn.params["sizes"]])
+    rank = len(in_shapes[0])
+    return [
+        _move(
+            ins[0],
+            in_shapes[0],
+            {a: (a, 1, 0, 0) for a in range(rank) if a != d}
+            | {d: (d, 1, int(o), int(o))},
+        )
+        for o in offsets[:-1]
+    ]
+
+
+def _rule_call(eqn, ins, in_shapes, out_shapes):
+    """A call primitive: its inner jaxpr is evaluated reach by reach."""
+    sub = _sub_jaxpr(eqn.params)
+    if sub is not None:
+        jaxpr, consts = sub
+        if len(jaxpr.invars) == len(ins) and len(jaxpr.outvars) == len(out_shapes):
+            return _eval(jaxpr, consts, ins)
+    return None
+
+
+_RULES = {
+    **dict.fromkeys(_ELEMENTWISE, _rule_elementwise),
+    **dict.fromkeys(_REDUCTIONS, _rule_reduction),
+    **dict.fromkeys(_WINDOWED, _rule_windowed),
+    **dict.fromkeys(_CALLS, _rule_call),
+    "broadcast_in_dim": _rule_broadcast_in_dim,
+    "reshape": _rule_reshape,
+    "squeeze": _rule_squeeze,
+    "transpose": _rule_transpose,
+    "conv_general_dilated": _rule_conv,
+    "dot_general": _rule_dot_general,
+    "pad": _rule_pad,
+    "slice": _rule_slice,
+    "dynamic_slice": _rule_dynamic_slice,
+    "concatenate": _rule_concatenate,
+    "split": _rule_split,
+}
+
+
 def _rule(eqn, ins: list[Value]) -> list[Value]:
+    """The reaches of ``eqn``'s outputs from those of its inputs ``ins``."""
     name = eqn.primitive.name
     if name == "custom_lin":
         # A custom_vjp function under jvp: traceable, but it fails when run.
         raise NotImplementedError("a custom_vjp function has no forward-mode rule")
-    p = eqn.params
     in_shapes = [_shape(x) for x in eqn.invars]
     out_shapes = [_shape(x) for x in eqn.outvars]
     if all(v is None for v in ins):
         return [None] * len(out_shapes)
-    out = out_shapes[0] if out_shapes else ()
-
-    if name in _ELEMENTWISE:
-        shapes = [s for s, v in zip(in_shapes, ins, strict=True) if v is not None]
-        if all(s in (out, ()) for s in shapes):
-            return [_join(ins, out)] * len(out_shapes)
-    elif name == "broadcast_in_dim":
-        dims = p["broadcast_dimensions"]
-        moves = {
-            a: (dims[a], 1, 0, 0)
-            for a in range(len(in_shapes[0]))
-            if in_shapes[0][a] == out[dims[a]]
-        }
-        return [_join([_move(ins[0], in_shapes[0], moves), *ins[1:]], out)]
-    elif name == "reshape" and p.get("dimensions") is None and len(ins) == 1:
-        return [_move(ins[0], in_shapes[0], _reshape_moves(in_shapes[0], out))]
-    elif name == "squeeze":
-        gone = {a % len(in_shapes[0]) for a in p["dimensions"]}
-        kept = [a for a in range(len(in_shapes[0])) if a not in gone]
-        return [_move(ins[0], in_shapes[0], _renumber(kept))]
-    elif name == "transpose":
-        perm = p["permutation"]
-        return [
-            _move(ins[0], in_shapes[0], {a: (j, 1, 0, 0) for j, a in enumerate(perm)})
-        ]
-    elif name in _REDUCTIONS and len(ins) == 1:
-        kept = [a for a in range(len(in_shapes[0])) if a not in set(p["axes"])]
-        return [_move(ins[0], in_shapes[0], _renumber(kept))] * len(out_shapes)
-    elif name == "conv_general_dilated" and ins[1] is None:
-        lhs, rhs, outspec = p["dimension_numbers"]
-        moves = {}
-        for k in range(len(lhs) - 2):
-            if p["lhs_dilation"][k] != 1:
-                continue
-            pad = int(p["padding"][k][0])
-            span = (in_shapes[1][rhs[2 + k]] - 1) * int(p["rhs_dilation"][k])
-            moves[lhs[2 + k]] = (
-                outspec[2 + k],
-                int(p["window_strides"][k]),
-                -pad,
-                span - pad,
-            )
-        return [_move(ins[0], in_shapes[0], moves)]
-    elif name in _WINDOWED:
-        rank = len(out)
-        moves = _window_moves(
-            rank,
-            p["window_dimensions"],
-            p["window_strides"],
-            p["padding"],
-            p.get("base_dilation") or (1,) * rank,
-            p.get("window_dilation") or (1,) * rank,
-        )
-        moved = [
-            _move(v, s, moves) if s == in_shapes[0] else _all_fixed(v, s)
-            for v, s in zip(ins, in_shapes, strict=True)
-        ]
-        return [_join(moved, out)] * len(out_shapes)
-    elif name == "dot_general":
-        (lc, rc), (lb, rb) = p["dimension_numbers"]
-        nb = len(lb)
-        lfree = [a for a in range(len(in_shapes[0])) if a not in (*lc, *lb)]
-        rfree = [a for a in range(len(in_shapes[1])) if a not in (*rc, *rb)]
-        lm = {a: (i, 1, 0, 0) for i, a in enumerate(lb)}
-        lm |= {a: (nb + k, 1, 0, 0) for k, a in enumerate(lfree)}
-        rm = {a: (i, 1, 0, 0) for i, a in enumerate(rb)}
-        rm |= {a: (nb + len(lfree) + k, 1, 0, 0) for k, a in enumerate(rfree)}
-        return [
-            _join(
-                [_move(ins[0], in_shapes[0], lm), _move(ins[1], in_shapes[1], rm)],
-                out,
-            )
-        ]
-    elif name == "pad":
-        moves = {
-            a: (a, 1, -int(lo), -int(lo))
-            for a, (lo, _, interior) in enumerate(p["padding_config"])
-            if interior == 0
-        }
-        return [_join([_move(ins[0], in_shapes[0], moves), ins[1]], out)]
-    elif name == "slice":
-        strides = p["strides"] or (1,) * len(out)
-        moves = {
-            a: (a, int(st), int(s), int(s))
-            for a, (s, st) in enumerate(zip(p["start_indices"], strides, strict=True))
-        }
-        return [_move(ins[0], in_shapes[0], moves)]
-    elif name == "dynamic_slice" and all(v is None for v in ins[1:]):
-        starts = [getattr(x, "val", None) for x in eqn.invars[1:]]
-        if all(s is not None for s in starts):
-            moves = {}
-            for a, (s, size) in enumerate(zip(starts, p["slice_sizes"], strict=True)):
-                s = min(max(int(s), 0), in_shapes[0][a] - int(size))  # lax clamps
-                moves[a] = (a, 1, s, s)
-            return [_move(ins[0], in_shapes[0], moves)]
-    elif name == "concatenate":
-        d = p["dimension"]
-        offsets = np.cumsum([0] + [s[d] for s in in_shapes])
-        moved = [
-            _move(
-                v,
-                s,
-                {a: (a, 1, 0, 0) for a in range(len(s)) if a != d}
-                | {d: (d, 1, -int(o), -int(o))},
-            )
-            for v, s, o in zip(ins, in_shapes, offsets, strict=False)
-        ]
-        return [_join(moved, out)]
-    elif name == "split":
-        d = p["axis"]
-        offsets = np.cumsum([0, *p["sizes"]])
-        rank = len(in_shapes[0])
-        return [
-            _move(
-                ins[0],
-                in_shapes[0],
-                {a: (a, 1, 0, 0) for a in range(rank) if a != d}
-                | {d: (d, 1, int(o), int(o))},
-            )
-            for o in offsets[:-1]
-        ]
-    elif name in _CALLS:
-        sub = _sub_jaxpr(p)
-        if sub is not None:
-            jaxpr, consts = sub
-            if len(jaxpr.invars) == len(ins) and len(jaxpr.outvars) == len(out_shapes):
-                return _eval(jaxpr, consts, ins)
-    return _universal(ins, in_shapes, out_shapes)
+    rule = _RULES.get(name)
+    outs = None if rule is None else rule(eqn, ins, in_shapes, out_shapes)
+    return _universal(ins, in_shapes, out_shapes) if outs is None else outs
 
 
 def _eval(jaxpr, consts: list[Value], args: list[Value]) -> list[Value]:

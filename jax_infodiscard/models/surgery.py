@@ -322,6 +322,37 @@ def _consumer(model: nnx.Module, layer: str) -> str:
     raise ValueError(f"no ConvBN or Dense stage follows {layer!r}")
 
 
+def _refitted_consumer(nxt, num_filters, old_channels, consumer, layer, rngs):
+    """The stage ``consumer`` rebuilt to read ``num_filters`` channels instead
+    of ``old_channels``: a ``ConvBN`` gets a fresh kernel (its BatchNorm is
+    kept), a ``Dense`` a fresh kernel of ``per_channel * num_filters`` inputs
+    (its bias is kept); new weights are drawn from ``rngs``."""
+    if isinstance(nxt, ConvBN):
+        fresh = ConvBN(
+            num_filters,
+            nxt.conv.out_features,
+            kernel=nxt.conv.kernel_size[0],
+            stride=_stride(nxt.conv),
+            relu=nxt.relu,
+            rngs=rngs,
+        )
+        fresh.bn = nxt.bn  # same output channels: keep the BatchNorm
+        return fresh
+    linear = nxt.linear
+    per_channel, rest = divmod(linear.in_features, old_channels)
+    if rest:
+        raise ValueError(
+            f"stage {consumer!r} takes {linear.in_features} inputs, not a "
+            f"multiple of the {old_channels} channels of {layer!r}"
+        )
+    fresh = Dense(
+        per_channel * num_filters, linear.out_features, relu=nxt.relu, rngs=rngs
+    )
+    if linear.bias is not None:
+        fresh.linear.bias[...] = linear.bias[...]
+    return fresh
+
+
 def damage(
     model: nnx.Module,
     layer: str,
@@ -397,30 +428,9 @@ def damage(
                 rngs=rngs,
             ),
         )
-        nxt = getattr(out, consumer)
-        if isinstance(nxt, ConvBN):
-            fresh = ConvBN(
-                num_filters,
-                nxt.conv.out_features,
-                kernel=nxt.conv.kernel_size[0],
-                stride=_stride(nxt.conv),
-                relu=nxt.relu,
-                rngs=rngs,
-            )
-            fresh.bn = nxt.bn  # same output channels: keep the BatchNorm
-        else:
-            linear = nxt.linear
-            per_channel, rest = divmod(linear.in_features, old_channels)
-            if rest:
-                raise ValueError(
-                    f"stage {consumer!r} takes {linear.in_features} inputs, not a "
-                    f"multiple of the {old_channels} channels of {layer!r}"
-                )
-            fresh = Dense(
-                per_channel * num_filters, linear.out_features, relu=nxt.relu, rngs=rngs
-            )
-            if linear.bias is not None:
-                fresh.linear.bias[...] = linear.bias[...]
+        fresh = _refitted_consumer(
+            getattr(out, consumer), num_filters, old_channels, consumer, layer, rngs
+        )
         setattr(out, consumer, fresh)
     record = (
         *dict(out.model_kwargs).get("damage", ()),

@@ -196,29 +196,21 @@ def pixel_maps_figure(
         if kind[0] == "cbar":
             _, name, norm = kind
             _colour_bar(fig, fig.add_subplot(grid[:, col]), name, norm, scales[name])
-            continue
-        for b in range(n):
-            ax = fig.add_subplot(grid[b, col])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if kind[0] == "image":
-                masks_b = None if masks is None else masks[b]
-                _image_cell(ax, images[b], masks_b, b == 0)
-                text, colour = _row_label(b, labels, predictions, class_names)
-                ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=2)
-                continue
+        elif kind[0] == "image":
+            cells = _column_cells(fig, grid, col, n)
+            _image_column(cells, images, masks, labels, predictions, class_names)
+        else:
             _, name, norm, l = kind
-            reason = ""
-            if name in unreliable:
-                reason = str(unreliable[name][l, b] or "")
-            _map_cell(ax, arrays[name][l, b], norm, scales[name], reason)
-            if b == 0:
-                tag = "norm." if norm else "nats"
-                title = f"{name} {layers[l]} ({tag})"
-                notes = (column_notes or {}).get(name)
-                if notes is not None:
-                    title += f"\n{notes[l]}"
-                ax.set_title(title, fontsize=6.5)
+            notes = (column_notes or {}).get(name)
+            title = f"{name} {layers[l]} ({'norm.' if norm else 'nats'})"
+            if notes is not None:
+                title += f"\n{notes[l]}"
+            reasons = unreliable.get(name)
+            for b, ax in enumerate(_column_cells(fig, grid, col, n)):
+                reason = "" if reasons is None else str(reasons[l, b] or "")
+                _map_cell(ax, arrays[name][l, b], norm, scales[name], reason)
+                if b == 0:
+                    ax.set_title(title, fontsize=6.5)
     if caption:
         fig.text(
             left / fig_w,
@@ -229,6 +221,26 @@ def pixel_maps_figure(
             fontsize=7.5,
         )
     return fig
+
+
+def _column_cells(fig, grid, col: int, n: int):
+    """The ``n`` cells of grid column ``col``, top to bottom, without ticks
+    (each axes is added as it is yielded)."""
+    for b in range(n):
+        ax = fig.add_subplot(grid[b, col])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        yield ax
+
+
+def _image_column(cells, images, masks, labels, predictions, class_names) -> None:
+    """The image column: each row's image ``(H, W, C)``, its mask outline and
+    its label line (true and predicted class)."""
+    for b, ax in enumerate(cells):
+        masks_b = None if masks is None else masks[b]
+        _image_cell(ax, images[b], masks_b, b == 0)
+        text, colour = _row_label(b, labels, predictions, class_names)
+        ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=2)
 
 
 def _checked_maps(
@@ -335,17 +347,23 @@ def _map_cell(ax, m: np.ndarray, norm: bool, scale, reason: str) -> None:
         for spine in ax.spines.values():
             spine.set_edgecolor(_FLAG_COLOR)
             spine.set_linewidth(1.5)
-        ax.text(
-            0.5,
-            0.5,
-            textwrap.fill(reason, 16),
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            fontsize=5.5,
-            color=_FLAG_COLOR,
-            bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
-        )
+        _flag_text(ax, textwrap.fill(reason, 16), fontsize=5.5)
+
+
+def _flag_text(ax, text: str, **kwargs) -> None:
+    """``text`` across the middle of ``ax``, in the flag colour on white
+    (``kwargs``: more options of ``ax.text``)."""
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color=_FLAG_COLOR,
+        bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
+        **kwargs,
+    )
 
 
 def plot_pixel_maps(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from jax_infodiscard.plotting.maps import _FLAG_COLOR, _MAP_CMAP, normalise
+from jax_infodiscard.plotting.maps import _MAP_CMAP, _flag_text, normalise
 
 __all__ = ["show"]
 
@@ -147,18 +147,7 @@ def show(
         f"{metric} {layer}, {'normalised' if normalised else 'nats'}", fontsize=9
     )
     if reason:
-        ax_map.text(
-            0.5,
-            0.5,
-            reason,
-            transform=ax_map.transAxes,
-            ha="center",
-            va="center",
-            wrap=True,
-            fontsize=7,
-            color=_FLAG_COLOR,
-            bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1),
-        )
+        _flag_text(ax_map, reason, wrap=True, fontsize=7)
     for ax in (ax_image, ax_map):
         ax.set_xticks([])
         ax.set_yticks([])

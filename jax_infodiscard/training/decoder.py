@@ -707,6 +707,129 @@ def _centred(raw: tuple[np.ndarray, ...], count: float) -> RidgeStats:
     )
 
 
+def _ridge_sums(
+    feature_fn,
+    parts,
+    key,
+    device_stats,
+    pixel_mean,
+    *,
+    layers,
+    geometry,
+    noise_std,
+    batch_size,
+) -> dict:
+    """One pass over each part (``(("fit", images), ("val", images))``):
+    per part and layer, the five ridge moments summed over its batches in
+    float64 (noise keyed by ``fold_in(key, part == "val")``)."""
+    raw = {}
+    for part, imgs in parts:
+        batches = jax.device_get(
+            [
+                _ridge_moments(
+                    feature_fn,
+                    x,
+                    mask,
+                    jax.random.fold_in(key, part == "val"),
+                    i,
+                    device_stats,
+                    jnp.asarray(pixel_mean),
+                    layers=layers,
+                    noise_std=noise_std,
+                    inputs=tuple(geometry[n][0] for n in layers),
+                )
+                for i, x, mask in _padded_batches(imgs, batch_size)
+            ]
+        )
+        raw[part] = {
+            name: tuple(
+                np.sum([b[name][j] for b in batches], axis=0, dtype=np.float64)
+                for j in range(5)
+            )
+            for name in layers
+        }
+    return raw
+
+
+def _local_readout(name, fit_sums, val_sums, n_fit, n_val, pixel_mean, image_shape):
+    """One layer's ridge readout from its fit and validation moment sums:
+    the penalty chosen on the validation part, then weights ``(inputs,
+    outputs)`` refitted on both, and the intercept ``(H, W, C)`` (the mean
+    image minus the readout of the mean feature) in float32."""
+    fit = _centred(fit_sums, float(n_fit))
+    val = _centred(val_sums, float(n_val)) if n_val else fit
+    _, penalty, _ = choose_ridge(fit, val)
+    pooled = tuple(a + b for a, b in zip(fit_sums, val_sums, strict=True))
+    n = float(n_fit + n_val)
+    weights = ridge_weights(_centred(pooled, n), np.array([penalty]))[0]
+    mean_p, mean_t = pooled[3] / n, pooled[4] / n
+    bias = mean_t - mean_p @ weights  # (h, w, o) or (o,)
+    if bias.ndim == 1:
+        bias = bias.reshape(image_shape)
+    else:
+        factor = image_shape[0] // bias.shape[0]
+        bias = np.asarray(depth_to_space(bias[None], factor)[0])
+    bias = bias + pixel_mean
+    if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+        raise ValueError(
+            f"the ridge readout of layer {name!r} is not finite: feature_fn "
+            "returns NaN/inf values for some training images"
+        )
+    return weights.astype(np.float32), bias.astype(np.float32), penalty
+
+
+def _dense_readouts(
+    feature_fn,
+    parts,
+    key,
+    device_stats,
+    out,
+    dense,
+    *,
+    geometry,
+    noise_std,
+    batch_size,
+    n_fit,
+    image_shape,
+) -> None:
+    """Adds the dense readout (weights ``(h w c, H W C)``, penalty) of each
+    layer in ``dense`` to ``out``, solved in its dual form on the residual of
+    its local readout ``out[name]`` over the same noisy images; its intercept
+    is added to the local one's."""
+    local = {n: (jnp.asarray(out[n][0]), jnp.asarray(out[n][1])) for n in dense}
+    rows = {n: ([], []) for n in dense}
+    for part, imgs in parts:
+        for i, x, mask in _padded_batches(imgs, batch_size):
+            batch = jax.device_get(
+                _dense_rows(
+                    feature_fn,
+                    x,
+                    jax.random.fold_in(key, part == "val"),
+                    i,
+                    device_stats,
+                    local,
+                    layers=dense,
+                    noise_std=noise_std,
+                    inputs=tuple(geometry[n][0] for n in dense),
+                )
+            )
+            real = int(mask.sum())
+            for n in dense:
+                rows[n][0].append(batch[n][0][:real])
+                rows[n][1].append(batch[n][1][:real])
+    for name in dense:
+        inputs, residual = (np.concatenate(r) for r in rows.pop(name))
+        weights, intercept, penalty, _ = choose_dual_ridge(inputs, residual, n_fit)
+        del inputs, residual
+        bias = out[name][1] + intercept.reshape(image_shape).astype(np.float32)
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+            raise ValueError(
+                f"the dense readout of layer {name!r} is not finite: "
+                "feature_fn returns NaN/inf values for some training images"
+            )
+        out[name] = (out[name][0], bias, out[name][2], weights, penalty)
+
+
 def _solve_readouts(
     feature_fn: Partial,
     images: np.ndarray,
@@ -734,91 +857,45 @@ def _solve_readouts(
     n_fit = max(1, (4 * images.shape[0]) // 5)
     device_stats = {n: (jnp.asarray(m), jnp.asarray(s)) for n, (m, s) in stats.items()}
     parts = (("fit", images[:n_fit]), ("val", images[n_fit:]))
-    raw = {}
-    for part, imgs in parts:
-        batches = jax.device_get(
-            [
-                _ridge_moments(
-                    feature_fn,
-                    x,
-                    mask,
-                    jax.random.fold_in(key, part == "val"),
-                    i,
-                    device_stats,
-                    jnp.asarray(pixel_mean),
-                    layers=layers,
-                    noise_std=noise_std,
-                    inputs=tuple(geometry[n][0] for n in layers),
-                )
-                for i, x, mask in _padded_batches(imgs, batch_size)
-            ]
-        )
-        raw[part] = {
-            name: tuple(
-                np.sum([b[name][j] for b in batches], axis=0, dtype=np.float64)
-                for j in range(5)
-            )
-            for name in layers
-        }
+    raw = _ridge_sums(
+        feature_fn,
+        parts,
+        key,
+        device_stats,
+        pixel_mean,
+        layers=layers,
+        geometry=geometry,
+        noise_std=noise_std,
+        batch_size=batch_size,
+    )
     n_val = images.shape[0] - n_fit
-    out = {}
-    for name in layers:
-        fit = _centred(raw["fit"][name], float(n_fit))
-        val = _centred(raw["val"][name], float(n_val)) if n_val else fit
-        _, penalty, _ = choose_ridge(fit, val)
-        pooled = tuple(
-            a + b for a, b in zip(raw["fit"][name], raw["val"][name], strict=True)
+    out = {
+        name: _local_readout(
+            name,
+            raw["fit"][name],
+            raw["val"][name],
+            n_fit,
+            n_val,
+            pixel_mean,
+            image_shape,
         )
-        n = float(images.shape[0])
-        weights = ridge_weights(_centred(pooled, n), np.array([penalty]))[0]
-        mean_p, mean_t = pooled[3] / n, pooled[4] / n
-        bias = mean_t - mean_p @ weights  # (h, w, o) or (o,)
-        if bias.ndim == 1:
-            bias = bias.reshape(image_shape)
-        else:
-            factor = image_shape[0] // bias.shape[0]
-            bias = np.asarray(depth_to_space(bias[None], factor)[0])
-        bias = bias + pixel_mean
-        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
-            raise ValueError(
-                f"the ridge readout of layer {name!r} is not finite: feature_fn "
-                "returns NaN/inf values for some training images"
-            )
-        out[name] = (weights.astype(np.float32), bias.astype(np.float32), penalty)
+        for name in layers
+    }
     dense = tuple(name for name in layers if name in dense)
     if dense and n_fit < images.shape[0]:
-        local = {n: (jnp.asarray(out[n][0]), jnp.asarray(out[n][1])) for n in dense}
-        rows = {n: ([], []) for n in dense}
-        for part, imgs in parts:
-            for i, x, mask in _padded_batches(imgs, batch_size):
-                batch = jax.device_get(
-                    _dense_rows(
-                        feature_fn,
-                        x,
-                        jax.random.fold_in(key, part == "val"),
-                        i,
-                        device_stats,
-                        local,
-                        layers=dense,
-                        noise_std=noise_std,
-                        inputs=tuple(geometry[n][0] for n in dense),
-                    )
-                )
-                real = int(mask.sum())
-                for n in dense:
-                    rows[n][0].append(batch[n][0][:real])
-                    rows[n][1].append(batch[n][1][:real])
-        for name in dense:
-            inputs, residual = (np.concatenate(r) for r in rows.pop(name))
-            weights, intercept, penalty, _ = choose_dual_ridge(inputs, residual, n_fit)
-            del inputs, residual
-            bias = out[name][1] + intercept.reshape(image_shape).astype(np.float32)
-            if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
-                raise ValueError(
-                    f"the dense readout of layer {name!r} is not finite: "
-                    "feature_fn returns NaN/inf values for some training images"
-                )
-            out[name] = (out[name][0], bias, out[name][2], weights, penalty)
+        _dense_readouts(
+            feature_fn,
+            parts,
+            key,
+            device_stats,
+            out,
+            dense,
+            geometry=geometry,
+            noise_std=noise_std,
+            batch_size=batch_size,
+            n_fit=n_fit,
+            image_shape=image_shape,
+        )
     return {n: (*o, None, None) if len(o) == 3 else o for n, o in out.items()}
 
 
@@ -1006,6 +1083,83 @@ def _check_config(config: Any) -> None:
         raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")
 
 
+def _keep_readouts(
+    decoders, ridge_mse, mses, feature_fn, eval_images, k_eval, config, eval_batch
+) -> tuple[str, ...]:
+    """Never end worse than the start: where training lost to the readout
+    alone on the held-out images (held-out MSE above ``ridge_mse``), reset
+    the decoder's head to zero in place (the readout is then the whole
+    output, exactly the decoder before training) and re-measure its MSEs
+    into ``mses = (train_mse, heldout_mse)``. Returns the reset layers."""
+    train_mse, heldout_mse = mses
+    kept = tuple(
+        name
+        for name in decoders
+        if name in ridge_mse
+        and name in heldout_mse
+        and heldout_mse[name] > ridge_mse[name]
+    )
+    if kept:
+        for name in kept:
+            head = decoders[name].head
+            head.kernel[...] = jnp.zeros_like(head.kernel[...])
+            head.bias[...] = jnp.zeros_like(head.bias[...])
+        again = _final_mse(
+            {n: decoders[n] for n in kept},
+            feature_fn,
+            *eval_images,
+            k_eval,
+            config,
+            eval_batch,
+        )
+        train_mse.update(again[0])
+        heldout_mse.update(again[1])
+    return kept
+
+
+def _metrics(
+    layers,
+    config,
+    mses,
+    eval_images,
+    history,
+    steps_per_second,
+    seconds,
+    readouts,
+    kept,
+) -> dict[str, DecoderMetrics]:
+    """One :class:`DecoderMetrics` per layer of a joint run.
+
+    ``mses`` is ``(train_mse, heldout_mse, ridge_mse, constant_mse)`` (per
+    layer, the last one shared); ``eval_images`` ``(N, H, W, C)`` are the
+    evaluated train and held-out images (their pixel variance is the MSE
+    scale); ``history`` holds, per logged step, the losses of the layers
+    in order; ``seconds`` is the run's wall time.
+    """
+    train_mse, heldout_mse, ridge_mse, constant_mse = mses
+    image_variance = float(np.var(eval_images, dtype=np.float64))
+    return {
+        name: DecoderMetrics(
+            layer=name,
+            steps=config.steps,
+            noise_std=config.training_noise_std,
+            train_mse=train_mse[name],
+            heldout_mse=heldout_mse.get(name),
+            image_variance=image_variance,
+            loss_history=tuple(float(h[i]) for h in history),
+            steps_per_second=steps_per_second,
+            seconds=seconds,
+            trained_with=layers,
+            ridge_mse=ridge_mse.get(name),
+            constant_mse=constant_mse,
+            ridge_penalty=readouts[name][2] if name in readouts else None,
+            dense_penalty=readouts[name][4] if name in readouts else None,
+            kept_readout=name in kept,
+        )
+        for i, name in enumerate(layers)
+    }
+
+
 def train_decoders(
     feature_fn: Callable,
     layers: str | Sequence[str],
@@ -1111,56 +1265,27 @@ def train_decoders(
     train_mse, heldout_mse = _final_mse(
         decoders, feature_fn, eval_train, eval_hold, k_eval, config, eval_batch
     )
-    # Never end worse than the start: where training lost to the readout
-    # alone on the held-out images, reset the head (the readout is then the
-    # whole output, exactly the decoder before training).
-    kept = tuple(
-        name
-        for name in layers
-        if name in ridge_mse
-        and name in heldout_mse
-        and heldout_mse[name] > ridge_mse[name]
+    kept = _keep_readouts(
+        decoders,
+        ridge_mse,
+        (train_mse, heldout_mse),
+        feature_fn,
+        (eval_train, eval_hold),
+        k_eval,
+        config,
+        eval_batch,
     )
-    if kept:
-        for name in kept:
-            head = decoders[name].head
-            head.kernel[...] = jnp.zeros_like(head.kernel[...])
-            head.bias[...] = jnp.zeros_like(head.bias[...])
-        again = _final_mse(
-            {n: decoders[n] for n in kept},
-            feature_fn,
-            eval_train,
-            eval_hold,
-            k_eval,
-            config,
-            eval_batch,
-        )
-        train_mse.update(again[0])
-        heldout_mse.update(again[1])
-    image_variance = float(
-        np.var(np.concatenate([eval_train, eval_hold]), dtype=np.float64)
+    metrics = _metrics(
+        layers,
+        config,
+        (train_mse, heldout_mse, ridge_mse, constant_mse),
+        np.concatenate([eval_train, eval_hold]),
+        history,
+        steps_per_second,
+        time.perf_counter() - start_time,
+        readouts,
+        kept,
     )
-    seconds = time.perf_counter() - start_time
-    metrics = {
-        name: DecoderMetrics(
-            layer=name,
-            steps=config.steps,
-            noise_std=config.training_noise_std,
-            train_mse=train_mse[name],
-            heldout_mse=heldout_mse.get(name),
-            image_variance=image_variance,
-            loss_history=tuple(float(h[i]) for h in history),
-            steps_per_second=steps_per_second,
-            seconds=seconds,
-            trained_with=layers,
-            ridge_mse=ridge_mse.get(name),
-            constant_mse=constant_mse,
-            ridge_penalty=readouts[name][2] if name in readouts else None,
-            dense_penalty=readouts[name][4] if name in readouts else None,
-            kept_readout=name in kept,
-        )
-        for i, name in enumerate(layers)
-    }
     return decoders, metrics
 
 

@@ -835,19 +835,30 @@ def train(
             nnx.update(net, *state[:2])
             _finish_epoch(net, task, test, record, history, config)
             if directory is not None:
-                if replace:  # resume=False: the new run replaces the old one
-                    ckpt.delete_steps(directory, replace)
-                    replace = ()
-                ckpt.save_checkpoint(
-                    directory,
-                    net,
-                    metadata=_metadata(net, config, epoch + 1, history, identity),
-                    step=epoch + 1,
-                    extra=state[2],
-                    max_to_keep=config.keep_checkpoints,
+                replace = _save_epoch(
+                    directory, net, state, epoch, history, identity, config, replace
                 )
     nnx.update(net, *state[:2])
     return net, history
+
+
+def _save_epoch(directory, net, state, epoch, history, identity, config, replace):
+    """Checkpoints ``net`` (optimizer state ``state[2]`` as extra) after
+    ``epoch`` (step ``epoch + 1``). ``replace``: the old run's steps, deleted
+    before the first save of a run that replaces it (``resume=False``).
+    Returns what is still to replace (``()`` once done)."""
+    if replace:  # resume=False: the new run replaces the old one
+        ckpt.delete_steps(directory, replace)
+        replace = ()
+    ckpt.save_checkpoint(
+        directory,
+        net,
+        metadata=_metadata(net, config, epoch + 1, history, identity),
+        step=epoch + 1,
+        extra=state[2],
+        max_to_keep=config.keep_checkpoints,
+    )
+    return replace
 
 
 def _check_labels(net: nnx.Module, task: str, labels, test) -> None:

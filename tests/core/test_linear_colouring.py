@@ -329,3 +329,33 @@ def test_the_linear_method_hits_the_oracle_of_the_exact_norms(nets):
         np.testing.assert_allclose(res.sigma[0, b], oracle_sigma(a, BETA), rtol=1e-4)
     assert int(np.asarray(res.passes)[0, 0]) >= 27
     assert math.prod(xs.shape[1:3]) == res.sigma.shape[-1] * res.sigma.shape[-2]
+
+
+def test_each_primitive_family_has_one_rule_and_the_rest_the_universal_bound():
+    """The rule table covers every family; a primitive without an exact rule
+    (or whose rule declines its arguments) gets the universal bound."""
+    families = (
+        (colouring._ELEMENTWISE, colouring._rule_elementwise),
+        (colouring._REDUCTIONS, colouring._rule_reduction),
+        (colouring._WINDOWED, colouring._rule_windowed),
+        (colouring._CALLS, colouring._rule_call),
+    )
+    for names, rule in families:
+        assert all(colouring._RULES[n] is rule for n in names)
+    Reach = colouring.Reach
+    identity = (Reach(0, 1, 0, 0), Reach(1, 1, 0, 0))  # entry (u, v) reads (u, v)
+    whole = (Reach(None, 1, 0, 3), Reach(None, 1, 0, 3))
+
+    def rule(f, *args):
+        eqn = jax.make_jaxpr(f)(*args).jaxpr.eqns[-1]
+        return colouring._rule(eqn, [identity] + [None] * (len(eqn.invars) - 1))
+
+    x = jnp.zeros((4, 4))
+    assert rule(lambda x: jax.lax.cumsum(x, axis=0), x) == [whole]  # no rule
+    sliced = rule(lambda x: jax.lax.slice(x, (1, 0), (3, 4), (1, 2)), x)
+    assert sliced == [(Reach(0, 1, 1, 1), Reach(1, 2, 0, 0))]
+    swapped = rule(lambda x: jax.lax.transpose(x, (1, 0)), x)
+    assert swapped == [(Reach(1, 1, 0, 0), Reach(0, 1, 0, 0))]
+    # A traced start has no exact rule: the universal bound.
+    traced = rule(lambda x, i: jax.lax.dynamic_slice(x, (i, i), (2, 2)), x, 1)
+    assert traced == [whole]

@@ -81,53 +81,33 @@ SIZES = {
 CONTROL = "normal longer"
 
 
-def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
-    """Trains a normal and an adversarial network, measures, states verdicts."""
-    sz = apply_design(SIZES, options)
-    timer = networks.Timer(options.status)
-    test, images, masks = networks.analysed_images(options, sz.num_images)
-    pgd = PGDConfig(epsilon=sz.epsilon, steps=sz.pgd_steps, step_size=sz.pgd_step_size)
-    seeds = [options.seed + s for s in sz.seeds]
-    extra_epochs = sz.finetune_epochs or sz.epochs
-    groups, models = measuring.train_and_measure(
-        options,
-        {
-            "normal": {},
-            "adversarial": lambda seed, trained: {
-                "init_model": trained["normal"].model,
-                "batch_transform": pgd_transform(pgd),
-                "epochs": extra_epochs,
-                "variant": (
-                    ("pgd_linf", dataclasses.asdict(pgd)),
-                    ("fine_tuned_from", trained["normal"].path.name),
-                ),
-            },
-            CONTROL: lambda seed, trained: {
-                "init_model": trained["normal"].model,
-                "epochs": extra_epochs,
-                "variant": (("continued_from", trained["normal"].path.name),),
-            },
+def _recipes(pgd: PGDConfig, extra_epochs: int) -> dict:
+    """The three networks' training recipes for ``measuring.train_and_measure``:
+    the normal net, and two started from it and trained ``extra_epochs`` more
+    epochs, on PGD examples (adversarial) or on clean images (the control)."""
+    return {
+        "normal": {},
+        "adversarial": lambda seed, trained: {
+            "init_model": trained["normal"].model,
+            "batch_transform": pgd_transform(pgd),
+            "epochs": extra_epochs,
+            "variant": (
+                ("pgd_linf", dataclasses.asdict(pgd)),
+                ("fine_tuned_from", trained["normal"].path.name),
+            ),
         },
-        seeds=seeds,
-        test=test,
-        images=images,
-        masks=masks,
-        key=jax.random.key(options.seed),
-        timer=timer,
-        ru_train=sz.ru_train,
-        model=sz.model,
-        model_kwargs={"width": sz.width},
-        num_train=sz.num_train,
-        epochs=sz.epochs,
-    )
-    robustness = {
-        name: [
-            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
-            for t in trained
-        ]
-        for name, trained in models.items()
+        CONTROL: lambda seed, trained: {
+            "init_model": trained["normal"].model,
+            "epochs": extra_epochs,
+            "variant": (("continued_from", trained["normal"].path.name),),
+        },
     }
-    layers = groups["normal"][0].layers
+
+
+def _verdicts(groups, layers, extra_epochs: int) -> tuple[list, dict]:
+    """Per quantity, the paper's claim against the control; for CID and
+    concentration also the paper's (confounded) comparison and the control's
+    own effect. Returns the verdicts and their numbers by key."""
     verdicts, numbers = [], {}
     for quantity, claim in (
         ("cid", "Adversarial training makes the network discard more (CID)"),
@@ -177,23 +157,18 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             others=[CONTROL],
         )
         verdicts.append(v)
+    return verdicts, numbers
+
+
+def _description(sz: Sizes, seeds, extra_epochs: int, robustness, models) -> str:
+    """The report's design paragraph, with the robustness check and the test
+    accuracy of every network and seed."""
     rob = "; ".join(
         f"{name}: {', '.join(f'{r:.4f}' for r in rs)}"
         for name, rs in robustness.items()
     )
-    return report.finish(
-        folder,
-        options,
-        groups,
-        "normal",
-        verdicts,
-        numbers,
-        design=sz,
-        timer=timer,
-        title=f"{sz.model}: adversarially (PGD-L∞) vs normally trained",
-        images=len(images),
-        seeds=seeds,
-        extra=f"{sz.model} of width {sz.width}, {sz.epochs} epochs on "
+    return (
+        f"{sz.model} of width {sz.width}, {sz.epochs} epochs on "
         f"{sz.num_train} images; the adversarial net starts from the normal one "
         f"and trains {extra_epochs} more epochs on PGD-L∞ examples "
         f"(epsilon {sz.epsilon:.4f}, {sz.pgd_steps} steps of {sz.pgd_step_size:g}); "
@@ -206,7 +181,55 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in ts)}"
             for n, ts in models.items()
         )
-        + ".",
+        + "."
+    )
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains a normal and an adversarial network, measures, states verdicts."""
+    sz = apply_design(SIZES, options)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
+    pgd = PGDConfig(epsilon=sz.epsilon, steps=sz.pgd_steps, step_size=sz.pgd_step_size)
+    seeds = [options.seed + s for s in sz.seeds]
+    extra_epochs = sz.finetune_epochs or sz.epochs
+    groups, models = measuring.train_and_measure(
+        options,
+        _recipes(pgd, extra_epochs),
+        seeds=seeds,
+        test=test,
+        images=images,
+        masks=masks,
+        key=jax.random.key(options.seed),
+        timer=timer,
+        ru_train=sz.ru_train,
+        model=sz.model,
+        model_kwargs={"width": sz.width},
+        num_train=sz.num_train,
+        epochs=sz.epochs,
+    )
+    # Minimal-L2 robustness per network and seed (higher is more robust).
+    robustness = {
+        name: [
+            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
+            for t in trained
+        ]
+        for name, trained in models.items()
+    }
+    verdicts, numbers = _verdicts(groups, groups["normal"][0].layers, extra_epochs)
+    return report.finish(
+        folder,
+        options,
+        groups,
+        "normal",
+        verdicts,
+        numbers,
+        design=sz,
+        timer=timer,
+        title=f"{sz.model}: adversarially (PGD-L∞) vs normally trained",
+        images=len(images),
+        seeds=seeds,
+        extra=_description(sz, seeds, extra_epochs, robustness, models),
         results={
             "pgd": dataclasses.asdict(pgd),
             "robustness_l2": robustness,

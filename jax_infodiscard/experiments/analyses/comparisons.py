@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jax_infodiscard.experiments.analyses import Verdict
-from jax_infodiscard.experiments.analyses import verdicts as V
+from jax_infodiscard.experiments.analyses import Verdict, verdicts
 from jax_infodiscard.experiments.analyses.measuring import Measured
 
 __all__ = [
@@ -73,7 +72,7 @@ def combine_seeds(
     expect: str,
     seeds: Sequence[int] | None = None,
     mc: Sequence[np.ndarray | None] | None = None,
-) -> V.Replicated:
+) -> verdicts.Replicated:
     """Two-level verdict over training seeds of per-image paired differences.
 
     Rule: :func:`~jax_infodiscard.experiments.analyses.verdicts.replicated`
@@ -89,16 +88,16 @@ def combine_seeds(
     """
     seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
     mc = [None] * len(per_seed) if mc is None else list(mc)
-    return V.replicated(
+    return verdicts.replicated(
         [
-            V.seed_figure(s, d, expect=expect, mc_errors=e)
+            verdicts.seed_figure(s, d, expect=expect, mc_errors=e)
             for s, d, e in zip(seeds, per_seed, mc, strict=True)
         ],
         expect=expect,
     )
 
 
-all_of = V.all_of
+all_of = verdicts.all_of
 
 
 def pooled(m: Measured, quantity: str, layers: Sequence[str] | None = None):
@@ -174,8 +173,8 @@ def correlation_verdict(
     rhos = [spearman(a, b) for a, b in zip(x, y, strict=True)]
     count = len(x[0]) if len(x) else 0
     enough = count >= 3
-    outcome = V.correlation_outcome(rhos, min_items=enough)
-    alone = V.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
+    outcome = verdicts.correlation_outcome(rhos, min_items=enough)
+    alone = verdicts.correlation_outcome(rhos[:1], min_items=enough, min_seeds=1)
     numbers = {
         "spearman_per_seed": rhos,
         "seeds": list(seeds),
@@ -264,7 +263,7 @@ def delta_verdict(
     verdict also records what the first seed alone said (per-image rule).
     ``None`` when ``quantity`` was not measured.
     """
-    results: dict[str, V.Replicated] = {}
+    results: dict[str, verdicts.Replicated] = {}
     seeds = seeds_of(groups[reference])
     for name in others or [n for n in groups if n != reference]:
         paired = paired_over_seeds(groups[reference], groups[name], quantity, layers)
@@ -365,10 +364,12 @@ def no_change_verdict(
     if v is None or not numbers or "RU not measured" in v.measured:
         return v, numbers
     results = [
-        V.replicated([V.SeedFigure(**f) for f in n["seeds"]], expect="positive")
+        verdicts.replicated(
+            [verdicts.SeedFigure(**f) for f in n["seeds"]], expect="positive"
+        )
         for n in numbers.values()
     ]
-    outcome = V.no_change(results)
+    outcome = verdicts.no_change(results)
     firsts = [r.seeds[0] for r in results]
     if any(f.n < 2 for f in firsts):
         alone = "inconclusive"

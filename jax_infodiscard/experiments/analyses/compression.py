@@ -97,31 +97,11 @@ def _pruned(sparsity: float, epochs: int):
     return kwargs
 
 
-def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
-    """Trains, prunes and fine-tunes, measures CID and robustness, verdicts."""
-    sz = apply_design(SIZES, options)
-    timer = networks.Timer(options.status)
-    test, images, masks = networks.analysed_images(options, sz.num_images)
-    seeds = [options.seed + s for s in sz.seeds]
-    variants = {"original": {}} | {
-        f"pruned {p:.0%}": _pruned(p, sz.finetune_epochs) for p in sz.sparsities
-    }
-    groups, models = measuring.train_and_measure(
-        options,
-        variants,
-        seeds=seeds,
-        test=test,
-        images=images,
-        masks=masks,
-        key=jax.random.key(options.seed),
-        timer=timer,
-        ru_train=sz.ru_train,
-        model=sz.model,
-        model_kwargs={"width": sz.width},
-        num_train=sz.num_train,
-        epochs=sz.epochs,
-    )
-    pruning = {
+def _pruning(models, names, sz: Sizes) -> dict:
+    """Per pruned net (``names``, in the order of ``sz.sparsities``): the
+    requested and achieved global sparsity (fractions), test accuracy per
+    seed beside the original's, and whether it stayed within tolerance."""
+    return {
         name: {
             "requested": sparsity,
             "achieved": [kernel_sparsity(t.model)["global"] for t in models[name]],
@@ -132,15 +112,14 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                 for t, o in zip(models[name], models["original"], strict=True)
             ],
         }
-        for name, sparsity in zip(list(variants)[1:], sz.sparsities, strict=True)
+        for name, sparsity in zip(names, sz.sparsities, strict=True)
     }
-    robustness = {
-        name: [
-            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
-            for t in trained
-        ]
-        for name, trained in models.items()
-    }
+
+
+def _verdicts(groups, robustness, seeds, top_k: int) -> tuple[list, dict]:
+    """ΔCID < 0, no change of concentration and RU, and last-layer CID vs
+    robustness (minimal L2 norms per network and seed). Returns the verdicts
+    and their numbers by key."""
     layers = groups["original"][0].layers
     last = layers[-1]
     verdicts, numbers = [], {}
@@ -177,13 +156,50 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         figure="App. F.2, Table 3",
         between="mean last-layer CID and robustness",
         items="networks",
-        detail=f"robustness (mean minimal L2 norm to the top-{sz.top_k} "
+        detail=f"robustness (mean minimal L2 norm to the top-{top_k} "
         "boundaries, per seed): "
         + "; ".join(
             f"{n}: {', '.join(f'{r:.4f}' for r in rs)}" for n, rs in robustness.items()
         ),
     )
     verdicts.append(v)
+    return verdicts, numbers
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains, prunes and fine-tunes, measures CID and robustness, verdicts."""
+    sz = apply_design(SIZES, options)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
+    seeds = [options.seed + s for s in sz.seeds]
+    variants = {"original": {}} | {
+        f"pruned {p:.0%}": _pruned(p, sz.finetune_epochs) for p in sz.sparsities
+    }
+    groups, models = measuring.train_and_measure(
+        options,
+        variants,
+        seeds=seeds,
+        test=test,
+        images=images,
+        masks=masks,
+        key=jax.random.key(options.seed),
+        timer=timer,
+        ru_train=sz.ru_train,
+        model=sz.model,
+        model_kwargs={"width": sz.width},
+        num_train=sz.num_train,
+        epochs=sz.epochs,
+    )
+    pruning = _pruning(models, list(variants)[1:], sz)
+    # Minimal-L2 robustness per network and seed (higher is more robust).
+    robustness = {
+        name: [
+            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
+            for t in trained
+        ]
+        for name, trained in models.items()
+    }
+    verdicts, numbers = _verdicts(groups, robustness, seeds, sz.top_k)
     return report.finish(
         folder,
         options,

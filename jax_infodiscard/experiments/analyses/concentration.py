@@ -80,6 +80,102 @@ def thirds(layers) -> tuple[list[str], list[str]]:
     return body[:n], body[-n:]
 
 
+def _part(m, which: str):
+    """Per-image concentration of ``m`` pooled over its ``"low"`` or ``"high"``
+    third of layers."""
+    low, high = thirds(m.layers)
+    return comparisons.pooled(m, "concentration", low if which == "low" else high)
+
+
+def _against_reference(groups, ref: str, seeds) -> tuple[list, dict]:
+    """Claim 1: compared with ``ref``, the other nets are less concentrated in
+    low layers and more in high layers (paired per seed)."""
+    verdicts, numbers = [], {}
+    for which, expect, text in (
+        ("low", "negative", "spread more over the background in low layers"),
+        ("high", "positive", "concentrate more on the foreground in high layers"),
+    ):
+        results = {}
+        for other in [n for n in groups if n != ref]:
+            diffs = [
+                _part(o, which) - _part(r, which)
+                for r, o in zip(groups[ref], groups[other], strict=True)
+            ]
+            results[other] = comparisons.combine_seeds(
+                diffs, expect=expect, seeds=seeds
+            )
+            numbers[f"{which}_{other}"] = results[other].row()
+        verdicts.append(
+            comparisons.verdict(
+                f"Compared with {ref}, the other nets {text}",
+                "Sec. 4, Fig. 5c",
+                "; ".join(f"{n} − {ref}: {r.text()}" for n, r in results.items()),
+                comparisons.all_of([r.outcome for r in results.values()]),
+                f"per-image concentration averaged over the {which} third of "
+                f"each net's layers, other − {ref}, "
+                f"{'<' if expect == 'negative' else '>'} 0; " + comparisons.SEED_RULE,
+                comparisons.all_of([r.alone for r in results.values()]),
+                seeds[0],
+            )
+        )
+    return verdicts, numbers
+
+
+def _high_over_low(groups, seeds) -> tuple[object, dict]:
+    """Claim 2: in every net, high layers are more concentrated than low ones."""
+    results, numbers = {}, {}
+    for name, ms in groups.items():
+        results[name] = comparisons.combine_seeds(
+            [_part(m, "high") - _part(m, "low") for m in ms],
+            expect="positive",
+            seeds=seeds,
+        )
+        numbers[f"high_minus_low_{name}"] = results[name].row()
+    verdict = comparisons.verdict(
+        "High layers are more concentrated on the foreground than low layers",
+        "Sec. 4, Fig. 5",
+        "; ".join(f"{n}: {r.text()}" for n, r in results.items()),
+        comparisons.all_of([r.outcome for r in results.values()]),
+        "per net: concentration of the last third of layers − the first "
+        f"third > 0; {comparisons.SEED_RULE.replace('network', 'net')}",
+        comparisons.all_of([r.alone for r in results.values()]),
+        seeds[0],
+    )
+    return verdict, numbers
+
+
+def _accuracy_ranks(groups, models, seeds):
+    """Claim 3: test accuracy and high-layer concentration rank the nets
+    alike. Returns the verdict and its numbers."""
+    accuracy = "; ".join(
+        f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in models[n])}" for n in groups
+    )
+    return comparisons.correlation_verdict(
+        [[models[n][i].accuracy for n in groups] for i in range(len(seeds))],
+        [
+            [float(np.nanmean(_part(groups[n][i], "high"))) for n in groups]
+            for i in range(len(seeds))
+        ],
+        seeds,
+        claim="A network with a higher accuracy has a higher concentration",
+        figure="Sec. 3.1, Fig. 3a",
+        between="test accuracy and the mean concentration of the high third",
+        items="nets",
+        detail=f"test accuracy per seed {accuracy}",
+    )
+
+
+def _verdicts(groups, models, ref: str, seeds) -> tuple[list, dict]:
+    """The three claims' verdicts and their numbers (needs foreground masks)."""
+    verdicts, numbers = _against_reference(groups, ref, seeds)
+    v, more = _high_over_low(groups, seeds)
+    verdicts.append(v)
+    numbers |= more
+    v, numbers["accuracy_vs_concentration"] = _accuracy_ranks(groups, models, seeds)
+    verdicts.append(v)
+    return verdicts, numbers
+
+
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the networks, measures concentration per layer, verdicts."""
     sz = apply_design(SIZES, options)
@@ -100,86 +196,12 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         epochs=sz.epochs,
     )
     ref = "{}-w{}".format(*sz.reference)
-    verdicts, numbers = [], {}
-    if masks is None:
-        notes_extra = "No foreground masks in this data set: no concentration."
-    else:
-        notes_extra = ""
-
-    def part(m, which):
-        low, high = thirds(m.layers)
-        return comparisons.pooled(m, "concentration", low if which == "low" else high)
-
     if masks is not None:
-        # 1. VGG vs AlexNet: lower in low layers, higher in high layers.
-        for which, expect, text in (
-            ("low", "negative", "spread more over the background in low layers"),
-            ("high", "positive", "concentrate more on the foreground in high layers"),
-        ):
-            results = {}
-            for other in [n for n in groups if n != ref]:
-                diffs = [
-                    part(o, which) - part(r, which)
-                    for r, o in zip(groups[ref], groups[other], strict=True)
-                ]
-                results[other] = comparisons.combine_seeds(
-                    diffs, expect=expect, seeds=seeds
-                )
-                numbers[f"{which}_{other}"] = results[other].row()
-            verdicts.append(
-                comparisons.verdict(
-                    f"Compared with {ref}, the other nets {text}",
-                    "Sec. 4, Fig. 5c",
-                    "; ".join(f"{n} − {ref}: {r.text()}" for n, r in results.items()),
-                    comparisons.all_of([r.outcome for r in results.values()]),
-                    f"per-image concentration averaged over the {which} third of "
-                    f"each net's layers, other − {ref}, "
-                    f"{'<' if expect == 'negative' else '>'} 0; "
-                    + comparisons.SEED_RULE,
-                    comparisons.all_of([r.alone for r in results.values()]),
-                    seeds[0],
-                )
-            )
-        # 2. High layers more concentrated than low layers, in every net.
-        results = {}
-        for name, ms in groups.items():
-            results[name] = comparisons.combine_seeds(
-                [part(m, "high") - part(m, "low") for m in ms],
-                expect="positive",
-                seeds=seeds,
-            )
-            numbers[f"high_minus_low_{name}"] = results[name].row()
-        verdicts.append(
-            comparisons.verdict(
-                "High layers are more concentrated on the foreground than low layers",
-                "Sec. 4, Fig. 5",
-                "; ".join(f"{n}: {r.text()}" for n, r in results.items()),
-                comparisons.all_of([r.outcome for r in results.values()]),
-                "per net: concentration of the last third of layers − the first "
-                f"third > 0; {comparisons.SEED_RULE.replace('network', 'net')}",
-                comparisons.all_of([r.alone for r in results.values()]),
-                seeds[0],
-            )
-        )
-        # 3. Accuracy and concentration rank alike over the networks.
-        accuracy = "; ".join(
-            f"{n}: {', '.join(f'{t.accuracy:.3f}' for t in models[n])}" for n in groups
-        )
-        v, numbers["accuracy_vs_concentration"] = comparisons.correlation_verdict(
-            [[models[n][i].accuracy for n in groups] for i in range(len(seeds))],
-            [
-                [float(np.nanmean(part(groups[n][i], "high"))) for n in groups]
-                for i in range(len(seeds))
-            ],
-            seeds,
-            claim="A network with a higher accuracy has a higher concentration",
-            figure="Sec. 3.1, Fig. 3a",
-            between="test accuracy and the mean concentration of the high third",
-            items="nets",
-            detail=f"test accuracy per seed {accuracy}",
-        )
-        verdicts.append(v)
+        verdicts, numbers = _verdicts(groups, models, ref, seeds)
+        notes_extra = ""
     else:
+        verdicts, numbers = [], {}
+        notes_extra = "No foreground masks in this data set: no concentration."
         verdicts.append(
             comparisons.verdict(
                 "High layers are more concentrated on the foreground than low layers",

@@ -64,6 +64,47 @@ SIZES = {
 }
 
 
+def _verdicts(groups, layer: str) -> tuple[list, dict]:
+    """Revised − original: CID and RU at the revised ``layer``, and
+    concentration at it and above. Returns the verdicts and their numbers."""
+    layers = groups["original"][0].layers
+    after = layers[layers.index(layer) :]
+    verdicts, numbers = [], {}
+    for quantity, where, claim, figure in (
+        (
+            "cid",
+            (layer,),
+            "The revision boosts information discarding (CID) at the revised layer",
+            "App. F.1, Fig. 8",
+        ),
+        (
+            "concentration",
+            after,
+            "The revision slightly increases the concentration (revised layer "
+            "and above)",
+            "App. F.1, Fig. 8",
+        ),
+        (
+            "ru",
+            (layer,),
+            "The revision raises RU at the revised layer",
+            "App. F.1, Fig. 8",
+        ),
+    ):
+        v, n = comparisons.delta_verdict(
+            groups,
+            "original",
+            quantity,
+            where,
+            expect="positive",
+            claim=claim,
+            figure=figure,
+        )
+        verdicts.append(v)
+        numbers[quantity] = n
+    return verdicts, numbers
+
+
 def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     """Trains the original and the revised network, measures, states verdicts."""
     sz = apply_design(SIZES, options)
@@ -92,41 +133,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         name: list(getattr(ms[0].model, sz.layer).conv.kernel.shape)
         for name, ms in models.items()
     }
-    layers = groups["original"][0].layers
-    after = layers[layers.index(sz.layer) :]
-    verdicts, numbers = [], {}
-    for quantity, where, claim, figure in (
-        (
-            "cid",
-            (sz.layer,),
-            "The revision boosts information discarding (CID) at the revised layer",
-            "App. F.1, Fig. 8",
-        ),
-        (
-            "concentration",
-            after,
-            "The revision slightly increases the concentration (revised layer "
-            "and above)",
-            "App. F.1, Fig. 8",
-        ),
-        (
-            "ru",
-            (sz.layer,),
-            "The revision raises RU at the revised layer",
-            "App. F.1, Fig. 8",
-        ),
-    ):
-        v, n = comparisons.delta_verdict(
-            groups,
-            "original",
-            quantity,
-            where,
-            expect="positive",
-            claim=claim,
-            figure=figure,
-        )
-        verdicts.append(v)
-        numbers[quantity] = n
+    verdicts, numbers = _verdicts(groups, sz.layer)
     return report.finish(
         folder,
         options,

@@ -30,6 +30,7 @@ from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
     AnalysisResult,
+    Verdict,
     apply_design,
     comparisons,
     figures,
@@ -38,7 +39,7 @@ from jax_infodiscard.experiments.analyses import (
     register,
     report,
 )
-from jax_infodiscard.experiments.analyses import verdicts as V
+from jax_infodiscard.experiments.analyses.verdicts import correlation_outcome
 from jax_infodiscard.experiments.rundir import RunFolder
 
 
@@ -100,15 +101,10 @@ def encoder_layers(depth: int, mid_blocks: bool) -> tuple[str, ...]:
 STAGES = ("stage1", "stage2", "stage3")
 
 
-def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
-    """Trains the ResNets and auto-encoders, measures, states the verdicts."""
-    sz = apply_design(SIZES, options)
-    timer = networks.Timer(options.status)
-    test = networks.load_test(options, max(sz.num_images, 500))
-    images = np.asarray(test.images[: sz.num_images])
-    masks = networks.masks_of(options, test, sz.num_images)
-    key = jax.random.key(options.seed)
-    seeds = [options.seed + s for s in sz.seeds]
+def _measure_all(options, sz: Sizes, seeds, test, images, masks, key, timer):
+    """Trains every classifier and auto-encoder with every seed and measures
+    it. Returns ``(classifiers, autoencoders)``: depth -> one
+    ``measuring.Measured`` per seed."""
     classifiers: dict[int, list[measuring.Measured]] = {}
     autoencoders: dict[int, list[measuring.Measured]] = {}
     for seed in seeds:
@@ -145,6 +141,21 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
                 )
                 home = classifiers if task == "classifier" else autoencoders
                 home.setdefault(d, []).append(m)
+    return classifiers, autoencoders
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains the ResNets and auto-encoders, measures, states the verdicts."""
+    sz = apply_design(SIZES, options)
+    timer = networks.Timer(options.status)
+    test = networks.load_test(options, max(sz.num_images, 500))
+    images = np.asarray(test.images[: sz.num_images])
+    masks = networks.masks_of(options, test, sz.num_images)
+    key = jax.random.key(options.seed)
+    seeds = [options.seed + s for s in sz.seeds]
+    classifiers, autoencoders = _measure_all(
+        options, sz, seeds, test, images, masks, key, timer
+    )
     verdicts, numbers = _verdicts(classifiers, autoencoders, seeds)
     _figures(folder, classifiers, autoencoders, seeds[0])
     measured = [m for ms in (*classifiers.values(), *autoencoders.values()) for m in ms]
@@ -186,11 +197,10 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
     return AnalysisResult(results=results, verdicts=tuple(verdicts), notes=notes)
 
 
-def _verdicts(classifiers, autoencoders, seeds):
-    verdicts, numbers = [], {}
-    # 1. CID rises within one network: last stage minus first layer, and no
-    #    step that falls (two-level rule over seeds).
-    outcomes, alone, texts = [], [], []
+def _rise_verdict(classifiers, seeds) -> tuple[Verdict, dict]:
+    """Claim 1: per classifier, CID(last stage) − CID(first layer) > 0 and no
+    step between analysed blocks falls (two-level rule over seeds)."""
+    outcomes, alone, texts, numbers = [], [], [], {}
     for d, ms in classifiers.items():
         enc = [x for x in ms[0].layers if x != "logits"]
 
@@ -222,20 +232,24 @@ def _verdicts(classifiers, autoencoders, seeds):
             "rise": rise.row(),
             "steps": [f.row() for f in falls],
         }
-    verdicts.append(
-        comparisons.verdict(
-            "CID rises from block to block within one network",
-            "Sec. 4, Fig. 3b, 5a",
-            "; ".join(texts),
-            comparisons.all_of(outcomes),
-            "per net: CID(last stage) − CID(conv1) > 0 and no step between "
-            "analysed blocks falls (each by the rule "
-            f"{comparisons.SEED_RULE}); held if every net",
-            comparisons.all_of(alone),
-            seeds[0],
-        )
+    verdict = comparisons.verdict(
+        "CID rises from block to block within one network",
+        "Sec. 4, Fig. 3b, 5a",
+        "; ".join(texts),
+        comparisons.all_of(outcomes),
+        "per net: CID(last stage) − CID(conv1) > 0 and no step between "
+        "analysed blocks falls (each by the rule "
+        f"{comparisons.SEED_RULE}); held if every net",
+        comparisons.all_of(alone),
+        seeds[0],
     )
-    # 2. Deeper nets discard more (CID, and RU where measured), at the stages.
+    return verdict, numbers
+
+
+def _deeper_verdicts(classifiers, seeds) -> tuple[list[Verdict], dict]:
+    """Claim 2: each deeper classifier discards more than the next shallower
+    one (CID, and RU where measured), pooled over the stage outputs."""
+    verdicts, numbers = [], {}
     depths = sorted(classifiers)
     for q, fig in (("cid", "Fig. 5a"), ("ru", "Fig. 5b")):
         results = {}
@@ -266,8 +280,13 @@ def _verdicts(classifiers, autoencoders, seeds):
                 seeds[0],
             )
         )
-    # 3. Classification and reconstruction curves look alike (per seed).
-    outcomes, alone, texts = [], [], []
+    return verdicts, numbers
+
+
+def _alike_verdict(classifiers, autoencoders, seeds) -> tuple[Verdict | None, dict]:
+    """Claim 3: per depth with both, the layer-wise mean CID of classifier and
+    auto-encoder correlate (Pearson r per seed). None without such a pair."""
+    outcomes, alone, texts, numbers = [], [], [], {}
     for d, aes in autoencoders.items():
         if d not in classifiers:
             continue
@@ -278,30 +297,38 @@ def _verdicts(classifiers, autoencoders, seeds):
             b = np.array([float(np.mean(ae.at("cid", x))) for x in enc])
             ok = a.std() > 0 and b.std() > 0
             rs.append(float(np.corrcoef(a, b)[0, 1]) if ok else float("nan"))
-        outcomes.append(V.correlation_outcome(rs))
-        alone.append(V.correlation_outcome(rs[:1], min_seeds=1))
+        outcomes.append(correlation_outcome(rs))
+        alone.append(correlation_outcome(rs[:1], min_seeds=1))
         texts.append(
             f"resnet{d}: r = "
             + ", ".join(f"{r:+.2f} (seed {s})" for s, r in zip(seeds, rs, strict=True))
             + f" over {len(enc)} layers"
         )
         numbers[f"alike_resnet{d}"] = {"pearson_per_seed": rs, "layers": enc}
-    if outcomes:
-        verdicts.append(
-            comparisons.verdict(
-                "The CID curves of classification and reconstruction look alike",
-                "Sec. 4, Fig. 5a",
-                "; ".join(texts),
-                comparisons.all_of(outcomes),
-                "Pearson r of the layer-wise mean CID of classifier and "
-                "auto-encoder over the shared encoder layers, per seed: held if "
-                "every seed's r > 0 and their mean ≥ 0.8, did not hold if every "
-                "r ≤ 0, else inconclusive (also with one seed)",
-                comparisons.all_of(alone),
-                seeds[0],
-            )
-        )
-    return verdicts, numbers
+    if not outcomes:
+        return None, numbers
+    verdict = comparisons.verdict(
+        "The CID curves of classification and reconstruction look alike",
+        "Sec. 4, Fig. 5a",
+        "; ".join(texts),
+        comparisons.all_of(outcomes),
+        "Pearson r of the layer-wise mean CID of classifier and "
+        "auto-encoder over the shared encoder layers, per seed: held if "
+        "every seed's r > 0 and their mean ≥ 0.8, did not hold if every "
+        "r ≤ 0, else inconclusive (also with one seed)",
+        comparisons.all_of(alone),
+        seeds[0],
+    )
+    return verdict, numbers
+
+
+def _verdicts(classifiers, autoencoders, seeds):
+    """The three claims' verdicts (in order) and their numbers by key."""
+    rise, numbers = _rise_verdict(classifiers, seeds)
+    deeper, more = _deeper_verdicts(classifiers, seeds)
+    alike, most = _alike_verdict(classifiers, autoencoders, seeds)
+    verdicts = [rise, *deeper, *([] if alike is None else [alike])]
+    return verdicts, numbers | more | most
 
 
 def _figures(folder, classifiers, autoencoders, seed):

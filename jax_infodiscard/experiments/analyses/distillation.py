@@ -85,12 +85,9 @@ SIZES = {
 }
 
 
-def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
-    """Trains teachers, ordinary and distilled students; measures; verdicts."""
-    sz = apply_design(SIZES, options)
-    timer = networks.Timer(options.status)
-    test, images, masks = networks.analysed_images(options, sz.num_images)
-    seeds = [options.seed + s for s in sz.seeds]
+def _train_teachers(options, sz: Sizes, seeds, test, timer):
+    """Trains every teacher with every seed. Returns ``teachers`` (name ->
+    seed -> trained network) and their test accuracy per seed by name."""
     teachers, accuracy = {}, {}
     for model, width, epochs in sz.teachers:
         name = f"{model}-w{width}"
@@ -109,24 +106,39 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         }
         timer.lap("train_s", start)
         accuracy[name] = [t.accuracy for t in teachers[name].values()]
+    return teachers, accuracy
 
-    def student(teacher):
-        def kwargs(seed, trained):
-            t = teachers[teacher][seed]
-            return {
-                "loss": distillation_objective(
-                    model_fn(t.model), temperature=sz.temperature, weight=sz.weight
-                ),
-                "variant": (
-                    ("distilled_from", t.path.name),
-                    ("temperature", sz.temperature),
-                    ("weight", sz.weight),
-                ),
-            }
 
-        return kwargs
+def _student(teachers, sz: Sizes, teacher: str):
+    """``train_and_measure`` kwargs of the student distilled from this
+    seed's ``teacher``."""
 
-    variants = {"ordinary": {}} | {f"distilled from {t}": student(t) for t in teachers}
+    def kwargs(seed, trained):
+        t = teachers[teacher][seed]
+        return {
+            "loss": distillation_objective(
+                model_fn(t.model), temperature=sz.temperature, weight=sz.weight
+            ),
+            "variant": (
+                ("distilled_from", t.path.name),
+                ("temperature", sz.temperature),
+                ("weight", sz.weight),
+            ),
+        }
+
+    return kwargs
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains teachers, ordinary and distilled students; measures; verdicts."""
+    sz = apply_design(SIZES, options)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
+    seeds = [options.seed + s for s in sz.seeds]
+    teachers, accuracy = _train_teachers(options, sz, seeds, test, timer)
+    variants = {"ordinary": {}} | {
+        f"distilled from {t}": _student(teachers, sz, t) for t in teachers
+    }
     groups, models = measuring.train_and_measure(
         options,
         variants,

@@ -175,60 +175,63 @@ def _course_figure(folder, names, top, cids, accuracy, seeds) -> None:
     folder.write_figure("course.png", fig, dpi=110, bbox_inches="tight")
 
 
-def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
-    """Trains with a checkpoint per epoch, measures each, states the verdict."""
-    sz = apply_design(SIZES, options)
-    timer = networks.Timer(options.status)
-    test, images, masks = networks.analysed_images(options, sz.num_images)
-    seeds = [options.seed + s for s in sz.seeds]
-    key = jax.random.key(options.seed)
-    groups: dict[str, list[measuring.Measured]] = {}
-    steps_seen, accuracy = [], []
-    for seed in seeds:
+def _measure_checkpoints(options, sz: Sizes, seed: int, data, key, timer, groups):
+    """Trains seed ``seed`` with a checkpoint after every epoch and measures
+    each checkpoint into ``groups`` (``"epoch {step}"`` -> one
+    ``measuring.Measured`` per seed, appended).
+
+    ``data`` is ``(test, images, masks)`` from ``networks.analysed_images``.
+    Returns the checkpoint steps and their test accuracies (fractions, NaN
+    where the model gives none).
+    """
+    test, images, masks = data
+    start = time.perf_counter()
+    trained = networks.train_model(
+        options,
+        sz.model,
+        num_train=sz.num_train,
+        epochs=sz.epochs,
+        seed=seed,
+        model_kwargs={"width": sz.width},
+        train={"keep_checkpoints": None},
+        variant=(("checkpoints", "every epoch"),),
+        test_data=test,
+    )
+    timer.lap("train_s", start)
+    steps = all_steps(trained.path)
+    accuracy = []
+    layers = sz.layers or tuple(trained.model.default_layers)
+    for step in steps:
+        model, _ = restore_checkpoint(trained.path, trained.model, step=step)
         start = time.perf_counter()
-        trained = networks.train_model(
-            options,
-            sz.model,
-            num_train=sz.num_train,
-            epochs=sz.epochs,
-            seed=seed,
-            model_kwargs={"width": sz.width},
-            train={"keep_checkpoints": None},
-            variant=(("checkpoints", "every epoch"),),
-            test_data=test,
-        )
-        timer.lap("train_s", start)
-        steps = all_steps(trained.path)
-        steps_seen.append(list(steps))
-        accuracy.append([])
-        layers = sz.layers or tuple(trained.model.default_layers)
-        for step in steps:
-            model, _ = restore_checkpoint(trained.path, trained.model, step=step)
-            start = time.perf_counter()
-            acc = evaluate(model, test.images, test.labels).get("accuracy")
-            acc = float("nan") if acc is None else float(acc)
-            timer.lap("accuracy_s", start)
-            accuracy[-1].append(acc)
-            groups.setdefault(f"epoch {step}", []).append(
-                measuring.measure(
-                    f"epoch {step}",
-                    model,
-                    layers,
-                    images,
-                    masks,
-                    options,
-                    key=key,
-                    timer=timer,
-                    info={"seed": seed, "test_accuracy": acc},
-                )
+        acc = evaluate(model, test.images, test.labels).get("accuracy")
+        acc = float("nan") if acc is None else float(acc)
+        timer.lap("accuracy_s", start)
+        accuracy.append(acc)
+        groups.setdefault(f"epoch {step}", []).append(
+            measuring.measure(
+                f"epoch {step}",
+                model,
+                layers,
+                images,
+                masks,
+                options,
+                key=key,
+                timer=timer,
+                info={"seed": seed, "test_accuracy": acc},
             )
-    if len({tuple(s) for s in steps_seen}) != 1:
-        raise RuntimeError(f"seeds kept different checkpoints: {steps_seen}")
-    names = list(groups)
+        )
+    return list(steps), accuracy
+
+
+def _top_course(groups, names, num_seeds: int):
+    """The highest analysed layer (logits excluded) and, per seed, its CID
+    ``(E, B)`` (nats) over the ``E`` checkpoints ``names`` and the MC
+    standard errors ``(E, B)`` (None where a checkpoint has none)."""
     layers = groups[names[0]][0].layers
     top = [x for x in layers if x != "logits"][-1]
     cids, mcs = [], []
-    for i in range(len(seeds)):
+    for i in range(num_seeds):
         cids.append(np.stack([groups[n][i].at("cid", top) for n in names]))
         errs = [comparisons.mc_errors(groups[n][i], "cid") for n in names]
         mcs.append(
@@ -236,12 +239,33 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
             if any(e is None for e in errs)
             else np.stack([e[layers.index(top)] for e in errs])
         )
-    overall, numbers = bottleneck_over_seeds(cids, seeds, mcs)
-    alone, first = bottleneck_outcome(cids[0])
-    numbers["first_seed_alone"] = first
-    texts = numbers.pop("texts")
-    _course_figure(folder, names, top, cids, accuracy, seeds)
-    verdict = comparisons.verdict(
+    return top, cids, mcs
+
+
+def _course_table(names, top: str, cids, accuracy, seeds) -> list[str]:
+    """Markdown rows: per checkpoint and seed, test accuracy and the CID of
+    ``top`` (mean over images ± SE)."""
+    course = [
+        "| checkpoint | "
+        + " | ".join(f"seed {s}: test accuracy | seed {s}: CID of {top}" for s in seeds)
+        + " |",
+        "|---|" + "---|---|" * len(seeds),
+    ]
+    for e, name in enumerate(names):
+        cells = [name]
+        for i in range(len(seeds)):
+            cells += [
+                f"{accuracy[i][e]:.3f}",
+                comparisons.fmt(*measuring.mean_sem(cids[i][e])),
+            ]
+        course.append("| " + " | ".join(cells) + " |")
+    return course
+
+
+def _verdict(top, names, numbers, texts, overall, alone, accuracy, seeds):
+    """The fall-then-rise claim's verdict from the rule's outcome ``overall``
+    (over seeds) and ``alone`` (the first seed)."""
+    return comparisons.verdict(
         f"The CID of a high layer ({top}) first falls (fitting), then rises "
         "(compression) during training",
         "App. F.3, Fig. 9",
@@ -261,20 +285,34 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         alone,
         seeds[0],
     )
-    course = [
-        "| checkpoint | "
-        + " | ".join(f"seed {s}: test accuracy | seed {s}: CID of {top}" for s in seeds)
-        + " |",
-        "|---|" + "---|---|" * len(seeds),
-    ]
-    for e, name in enumerate(names):
-        cells = [name]
-        for i in range(len(seeds)):
-            cells += [
-                f"{accuracy[i][e]:.3f}",
-                comparisons.fmt(*measuring.mean_sem(cids[i][e])),
-            ]
-        course.append("| " + " | ".join(cells) + " |")
+
+
+def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
+    """Trains with a checkpoint per epoch, measures each, states the verdict."""
+    sz = apply_design(SIZES, options)
+    timer = networks.Timer(options.status)
+    test, images, masks = networks.analysed_images(options, sz.num_images)
+    seeds = [options.seed + s for s in sz.seeds]
+    key = jax.random.key(options.seed)
+    groups: dict[str, list[measuring.Measured]] = {}
+    steps_seen, accuracy = [], []
+    for seed in seeds:
+        steps, acc = _measure_checkpoints(
+            options, sz, seed, (test, images, masks), key, timer, groups
+        )
+        steps_seen.append(steps)
+        accuracy.append(acc)
+    if len({tuple(s) for s in steps_seen}) != 1:
+        raise RuntimeError(f"seeds kept different checkpoints: {steps_seen}")
+    names = list(groups)
+    top, cids, mcs = _top_course(groups, names, len(seeds))
+    overall, numbers = bottleneck_over_seeds(cids, seeds, mcs)
+    alone, first = bottleneck_outcome(cids[0])
+    numbers["first_seed_alone"] = first
+    texts = numbers.pop("texts")
+    _course_figure(folder, names, top, cids, accuracy, seeds)
+    verdict = _verdict(top, names, numbers, texts, overall, alone, accuracy, seeds)
+    course = _course_table(names, top, cids, accuracy, seeds)
     return report.finish(
         folder,
         options,

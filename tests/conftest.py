@@ -23,15 +23,16 @@ _OPT_FLAG = "--xla_backend_optimization_level"
 
 
 def _compile_for_tests() -> None:
-    """Ask XLA's CPU backend for LLVM optimisation level 1 (of 0-3, default 2).
+    """Ask XLA's CPU backend for LLVM optimisation level 1 (of 0-3; XLA's is 2).
 
-    The tests' programs are tiny and run once or twice, so compiling them is
-    most of the suite's time; level 1 compiles the solver's programs in about
-    half the CPU time and runs them as fast (same results: LLVM optimisations
-    do not change float semantics; docs/benchmarks.md, "Test time"). It goes
-    into ``XLA_FLAGS`` before JAX starts its backend, so the xdist workers
-    and the tests' subprocesses inherit it. A flag already in ``XLA_FLAGS``
-    wins; ``JAX_INFODISCARD_TEST_XLA_OPT_LEVEL=default`` keeps XLA's own.
+    The tests' programs are small and run a few times, so compiling them is
+    most of the suite's time; level 1 compiles them in much less CPU time,
+    runs them about as fast and gives the same maps (docs/benchmarks.md,
+    "Test time"; level 0 does not: the demo test's logits Jacobian came out
+    NaN). It goes into ``XLA_FLAGS`` before JAX starts its backend, so the
+    xdist workers and the tests' subprocesses inherit it. A flag already in
+    ``XLA_FLAGS`` wins; ``JAX_INFODISCARD_TEST_XLA_OPT_LEVEL=default`` keeps
+    XLA's own.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     level = os.environ.get(_OPT_ENV, "1")

@@ -13,9 +13,35 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
+import jax_infodiscard as jid
+
 H, W, C, M = 6, 5, 2, 7
 
 _XLA_ENV = "JAX_INFODISCARD_TEST_XLA_CACHE"
+_OPT_ENV = "JAX_INFODISCARD_TEST_XLA_OPT_LEVEL"
+_OPT_FLAG = "--xla_backend_optimization_level"
+
+
+def _compile_for_tests() -> None:
+    """Ask XLA's CPU backend for LLVM optimisation level 1 (of 0-3; XLA's is 2).
+
+    The tests' programs are small and run a few times, so compiling them is
+    most of the suite's time; level 1 compiles them in much less CPU time,
+    runs them about as fast and gives the same maps (docs/benchmarks.md,
+    "Test time"; level 0 does not: the demo test's logits Jacobian came out
+    NaN). It goes into ``XLA_FLAGS`` before JAX starts its backend, so the
+    xdist workers and the tests' subprocesses inherit it. A flag already in
+    ``XLA_FLAGS`` wins; ``JAX_INFODISCARD_TEST_XLA_OPT_LEVEL=default`` keeps
+    XLA's own.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    level = os.environ.get(_OPT_ENV, "1")
+    if _OPT_FLAG in flags or level == "default":
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {_OPT_FLAG}={level}".strip()
+
+
+_compile_for_tests()
 
 
 def pytest_configure(config):
@@ -109,6 +135,41 @@ def convnet_features(params, x, act=jax.nn.relu):
 @pytest.fixture(scope="session")
 def convnet():
     return init_convnet(jax.random.key(0))
+
+
+SHORT = jid.CIDConfig(layer_strategy="vmap", steps=8, probes=64, budget_samples=8)
+"""A short solve for tests of plumbing and invariances (which hold at any step
+count); with :func:`cnn` and :func:`small_images` its programs compile once."""
+
+
+def masked_convnet_features(net, x):
+    """:func:`convnet_features` of ``x * mask``, with ``net = (params, mask)``.
+
+    ``mask`` is ``(H, W, 1)``, ones for the plain network; a zero pixel is one
+    that no layer sees.
+    """
+    params, mask = net
+    return convnet_features(params, x * mask)
+
+
+def convnet_fn(params, mask=None, size=8):
+    """The solver tests' feature function: ``params`` on ``size``-pixel images.
+
+    Compilation is most of the tests' time: the solver's programs are
+    compiled per function, configuration and shape, while a ``Partial``'s
+    arrays (the parameters, the mask) are arguments. The nets built here thus
+    share their compiled programs with :func:`cnn`'s, whatever their weights
+    or ignored pixels.
+    """
+    if mask is None:
+        mask = jnp.ones((size, size, 1), jnp.float32)
+    return Partial(masked_convnet_features, (params, jnp.asarray(mask, jnp.float32)))
+
+
+@pytest.fixture(scope="session")
+def cnn(convnet):
+    """The convnet's feature function (layers conv1-conv3) for :func:`small_images`."""
+    return convnet_fn(convnet)
 
 
 @pytest.fixture(scope="session")

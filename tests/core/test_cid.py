@@ -14,20 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
-    convnet_features,
+    SHORT,
+    convnet_fn,
     oracle_sigma,
     quadratic_oracle_sigma,
     true_budget,
 )
-from jax.tree_util import Partial
 
 import jax_infodiscard as jid
 from jax_infodiscard.core.results import checksum
 
 BETA = 1.5e-4
 _VMAP = jid.CIDConfig(layer_strategy="vmap")
-# Invariances hold for any number of iterations: a short solve checks them.
-_SHORT = _VMAP.replace(steps=8, probes=64, budget_samples=8)
+# Invariances hold for any number of iterations: a short solve checks them
+# (the tests share its compiled programs: conftest.py, `convnet_fn`).
+_SHORT = SHORT
 
 
 def _median_rel_err(sigma, want):
@@ -170,8 +171,8 @@ def test_default_dominates_at_equal_true_budget(trained_convnet, layer):
 # --- keys ------------------------------------------------------------
 
 
-def test_two_keys_give_the_same_maps(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
+def test_two_keys_give_the_same_maps(cnn, small_images):
+    fn = cnn
     a = jid.cid(fn, small_images, jax.random.key(1), config=_VMAP)
     b = jid.cid(fn, small_images, jax.random.key(2), config=_VMAP)
     for l in range(3):
@@ -201,16 +202,30 @@ def test_two_keys_give_the_same_maps_on_a_trained_net(trained_convnet):
     assert np.all(diff <= 3 * np.hypot(a.mean_se, b.mean_se) + 0.01), diff
 
 
-def test_randomness_is_keyed_by_layer_name(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
-    key = jax.random.key(4)
-    alone = jid.cid(fn, small_images, key, layers=["conv3"], config=_SHORT)
-    both = jid.cid(fn, small_images, key, layers=["conv1", "conv3"], config=_SHORT)
-    np.testing.assert_allclose(both.pixel[1], alone.pixel[0], atol=1e-4)
+@pytest.fixture(scope="module")
+def strategies(cnn, small_images):
+    """One key's maps by the vmapped and the per-layer programs, and of conv3 alone."""
+    key = jax.random.key(9)
+    v = jid.cid(cnn, small_images, key, config=_SHORT)
+    p = jid.cid(
+        cnn, small_images, key, config=_SHORT.replace(layer_strategy="per_layer")
+    )
+    # One layer in a vmapped program: the program of p's conv3 (the static
+    # configuration holds the layers, not the strategy).
+    alone = jid.cid(cnn, small_images, key, layers=["conv3"], config=_SHORT)
+    return v, p, alone
 
 
-def test_determinism_and_batch_independence(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
+def test_randomness_is_keyed_by_layer_name(strategies):
+    # conv3 is the third layer of v and p, the first of `alone`: the same
+    # draws, by either program.
+    v, p, alone = strategies
+    np.testing.assert_allclose(v.pixel[2], alone.pixel[0], atol=1e-4)
+    np.testing.assert_allclose(p.pixel[2], alone.pixel[0], atol=1e-4)
+
+
+def test_determinism_and_batch_independence(cnn, small_images):
+    fn = cnn
     keys = jax.random.split(jax.random.key(7), 3)
     a = jid.cid(fn, small_images, keys, config=_SHORT)
     b = jid.cid(fn, small_images, keys, config=_SHORT)
@@ -222,13 +237,10 @@ def test_determinism_and_batch_independence(convnet, small_images):
     np.testing.assert_allclose(c.pixel[:, 0], a.pixel[:, 1], atol=1e-3)
 
 
-def test_layer_strategies_and_chunks_agree(convnet, small_images):
-    fn = Partial(convnet_features, convnet)
+def test_layer_strategies_and_chunks_agree(cnn, small_images, strategies):
+    fn = cnn
     key = jax.random.key(9)
-    v = jid.cid(fn, small_images, key, config=_SHORT)
-    p = jid.cid(
-        fn, small_images, key, config=_SHORT.replace(layer_strategy="per_layer")
-    )
+    v, p, _ = strategies
     c = jid.cid(fn, small_images, key, config=_SHORT.replace(chunk_size=2))
     s = jid.cid(fn, small_images, key, config=_SHORT.replace(step_chunk=3))
     np.testing.assert_allclose(p.pixel, v.pixel, atol=1e-3)
@@ -236,14 +248,14 @@ def test_layer_strategies_and_chunks_agree(convnet, small_images):
     np.testing.assert_allclose(s.pixel, v.pixel, atol=1e-3)
 
 
-def test_compiled_loop_equals_host_loop(convnet, small_images, monkeypatch):
+def test_compiled_loop_equals_host_loop(cnn, small_images, strategies, monkeypatch):
     # Accelerators run all iterations in one compiled loop, CPU a host loop
     # over compiled chunks: one code path for the math, the same maps.
     from jax_infodiscard.core import engine
 
-    fn = Partial(convnet_features, convnet)
+    fn = cnn
     key = jax.random.key(9)
-    host = jid.cid(fn, small_images, key, config=_SHORT)
+    host = strategies[0]
     monkeypatch.setattr(engine, "_backend", lambda: "gpu")
     assert engine.step_chunk(_SHORT) == (8, False)
     compiled = jid.cid(fn, small_images, key, config=_SHORT)
@@ -253,16 +265,22 @@ def test_compiled_loop_equals_host_loop(convnet, small_images, monkeypatch):
 # --- invariances ------------------------------------------------------------------
 
 
-def _scaled_features(params, c, x):
-    return {k: c * v for k, v in convnet_features(params, x).items()}
+def _scaled_params(params, c):
+    """``c`` times every layer of the ReLU net: ``(c W_1, c b_1)``, then ``c b_l``."""
+    (w1, b1), *rest = params
+    return [(c * w1, c * b1), *((w, c * b) for w, b in rest)]
 
 
-def test_feature_rescaling_leaves_the_maps_unchanged(convnet, small_images):
+def test_feature_rescaling_leaves_the_maps_unchanged(convnet, cnn, small_images):
+    # Every feature times 37, through the weights (ReLU is positively
+    # homogeneous), so that the compiled programs are those of `cnn`.
+    scaled_fn = convnet_fn(_scaled_params(convnet, 37.0))
+    want, got = cnn(small_images), scaled_fn(small_images)
+    for name in want:
+        np.testing.assert_allclose(got[name], 37.0 * want[name], rtol=1e-5, atol=1e-5)
     key = jax.random.key(5)
-    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=_SHORT)
-    scaled = jid.cid(
-        Partial(_scaled_features, convnet, 37.0), small_images, key, config=_SHORT
-    )
+    base = jid.cid(cnn, small_images, key, config=_SHORT)
+    scaled = jid.cid(scaled_fn, small_images, key, config=_SHORT)
     np.testing.assert_allclose(scaled.pixel, base.pixel, atol=0.01)
     np.testing.assert_allclose(scaled.linearity, base.linearity, rtol=1e-3)
 
@@ -273,16 +291,16 @@ def test_neighbour_weight_rescaling_leaves_the_maps_unchanged(convnet, small_ima
     (w1, b1), (w2, b2), rest = convnet[0], convnet[1], convnet[2:]
     rescaled = [(w1 / 4, b1 / 4), (4 * w2, b2), *rest]
     key = jax.random.key(6)
-    base = jid.cid(Partial(convnet_features, convnet), small_images, key, config=_SHORT)
-    res = jid.cid(Partial(convnet_features, rescaled), small_images, key, config=_SHORT)
+    base = jid.cid(convnet_fn(convnet), small_images, key, config=_SHORT)
+    res = jid.cid(convnet_fn(rescaled), small_images, key, config=_SHORT)
     np.testing.assert_allclose(res.pixel, base.pixel, atol=0.01)
     np.testing.assert_allclose(res.lam, base.lam, rtol=1e-2)
 
 
-def test_beta_sweep_does_not_recompile_and_orders_cid(convnet, small_images):
+def test_beta_sweep_does_not_recompile_and_orders_cid(cnn, small_images):
     from jax_infodiscard.core import engine
 
-    fn = Partial(convnet_features, convnet)
+    fn = cnn
     key = jax.random.key(11)
     lo = jid.cid(fn, small_images, key, config=_SHORT.replace(beta=1e-5))
     sizes = [p._cache_size() for p in engine.PROGRAMS]
@@ -297,12 +315,12 @@ def test_beta_sweep_does_not_recompile_and_orders_cid(convnet, small_images):
 
 
 def test_ignored_pixel_is_capped_not_nan(convnet, small_images):
-    def masked(params, x):
-        return convnet_features(params, x.at[:, 0, 0, :].set(0.0))
-
+    # No layer sees pixel (0, 0).
+    mask = np.ones((8, 8, 1), np.float32)
+    mask[0, 0] = 0.0
     cfg = _SHORT
     res = jid.cid(
-        Partial(masked, convnet), small_images, jax.random.key(12), config=cfg
+        convnet_fn(convnet, mask), small_images, jax.random.key(12), config=cfg
     )
     assert np.all(np.isfinite(np.asarray(res.pixel)))
     cap = np.log(cfg.max_sigma) + 0.5 * np.log(2 * np.pi * np.e)
@@ -486,8 +504,8 @@ def test_bad_features_name_the_layer(feature_fn, match):
 # --- many devices ---------------------------------------------------------------------
 
 
-def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
-    fn = Partial(convnet_features, convnet)
+def test_sharded_over_four_devices_matches_one(cnn, small_images, tmp_path):
+    fn = cnn
     ref = jid.cid(fn, small_images, jax.random.key(13), config=_SHORT)
     np.save(tmp_path / "x.npy", np.asarray(small_images))
     script = textwrap.dedent(
@@ -508,7 +526,9 @@ def test_sharded_over_four_devices_matches_one(convnet, small_images, tmp_path):
     )
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        # conftest.py's compile flags, and four CPU devices
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+        + " --xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
     )
     proc = subprocess.run(
@@ -534,29 +554,33 @@ def test_budget_estimate_is_unbiased_far_from_linear():
     from jax_infodiscard.core.linear import column_norms, linear_distortion
 
     fn = lambda x: {"t": jnp.tanh(8.0 * (x - 0.5))}
-    x = jnp.full((4, 4, 1), 0.5)
-    a, _ = column_norms(fn, "t", x, None, 16, False)
-    base = {"t": fn(x[None])["t"][0]}
 
-    def dev(xp):
-        return (fn(xp[0])["t"] - base["t"][None],), None
+    @jax.jit  # one program, not one per operation
+    def budget_ratios(x):
+        a, _ = column_norms(fn, "t", x, None, 16, False)
+        base = {"t": fn(x[None])["t"][0]}
 
-    problem = solver.Problem(
-        x=x,
-        scale=jnp.sum(a)[None],
-        a=a[None],
-        beta=jnp.float32(BETA),
-        deviations=dev,
-        entropy=None,
-        linear=linear_distortion(fn, ("t",), x),
-        center_mean=False,
-    )
-    u = jnp.full((1, 4, 4), jnp.log(0.3))
-    many = solver.layer_draws(jax.random.key(0)[None], 9, 0, 20000, x.shape)
-    few = solver.layer_draws(jax.random.key(1)[None], 9, 0, 64, x.shape)
-    r_many = float(solver.measure(problem, u, many)[0][0])
-    r_few = float(solver.measure(problem, u, few)[0][0])
-    lin_r = float(jnp.sum(jnp.exp(2 * u) * a) / jnp.sum(a))
+        def dev(xp):
+            return (fn(xp[0])["t"] - base["t"][None],), None
+
+        problem = solver.Problem(
+            x=x,
+            scale=jnp.sum(a)[None],
+            a=a[None],
+            beta=jnp.float32(BETA),
+            deviations=dev,
+            entropy=None,
+            linear=linear_distortion(fn, ("t",), x),
+            center_mean=False,
+        )
+        u = jnp.full((1, 4, 4), jnp.log(0.3))
+        many = solver.layer_draws(jax.random.key(0)[None], 9, 0, 20000, x.shape)
+        few = solver.layer_draws(jax.random.key(1)[None], 9, 0, 64, x.shape)
+        r_many = solver.measure(problem, u, many)[0][0]
+        r_few = solver.measure(problem, u, few)[0][0]
+        return r_many, r_few, jnp.sum(jnp.exp(2 * u) * a) / jnp.sum(a)
+
+    r_many, r_few, lin_r = map(float, budget_ratios(jnp.full((4, 4, 1), 0.5)))
     assert lin_r > 3 * r_many  # far from linear
     np.testing.assert_allclose(r_few, r_many, rtol=0.1)
 
@@ -564,14 +588,15 @@ def test_budget_estimate_is_unbiased_far_from_linear():
 # --- Monte-Carlo error bars (docs/design.md, "Regime") ----------------------
 
 
-def test_error_bars_predict_the_spread_over_keys(convnet, small_images):
+def test_error_bars_predict_the_spread_over_keys(cnn, small_images):
     # Six keys: the spread of `mean` over keys matches `mean_se` (pooled over
     # layers and images; the factor 2 allows for estimating a spread from six
     # values), and two runs correlate as `reproducibility` predicts. The
     # 20-key calibration on the trained demo convnet is
     # benchmarks/calibrate_se.py (docs/accuracy.md).
-    fn = Partial(convnet_features, convnet)
-    cfg = _VMAP.replace(steps=24, probes=64, budget_samples=8, tol=None, rtol=None)
+    fn = cnn
+    # 32 steps without stopping: the programs of the next tests' `cap`.
+    cfg = _VMAP.replace(steps=32, probes=64, budget_samples=8, tol=None, rtol=None)
     runs = [jid.cid(fn, small_images, jax.random.key(k), config=cfg) for k in range(6)]
     means = np.stack([np.asarray(r.mean) for r in runs])
     se = np.sqrt(np.mean(np.stack([np.asarray(r.mean_se) for r in runs]) ** 2, 0))
@@ -591,7 +616,7 @@ def test_error_bars_predict_the_spread_over_keys(convnet, small_images):
     # The maps' error bars shrink with more draws (four times the steps, probes
     # and levelling draws). The means' barely do here: the level's own error
     # dominates them and does not follow the iterations.
-    more = cfg.replace(steps=96, probes=256, budget_samples=32)
+    more = cfg.replace(steps=128, probes=256, budget_samples=32)
     long = jid.cid(fn, small_images, jax.random.key(0), config=more)
 
     def rms(res):
@@ -604,7 +629,7 @@ def test_error_bars_predict_the_spread_over_keys(convnet, small_images):
 
 
 def test_adaptive_stopping_saves_passes_where_the_error_is_small(
-    linear_model, linear_images, convnet, small_images, monkeypatch
+    linear_model, linear_images, cnn, small_images, monkeypatch
 ):
     from jax_infodiscard.core import engine
 
@@ -624,7 +649,6 @@ def test_adaptive_stopping_saves_passes_where_the_error_is_small(
         assert _median_rel_err(res.sigma[0, b], want) < 0.01
     # A ReLU convnet: a loose tolerance stops some maps early, and the same
     # maps come out of the host loop and of the compiled loop in chunks.
-    cnn = Partial(convnet_features, convnet)
     cfg = _VMAP.replace(steps=32, probes=64, budget_samples=8, tol=0.05, rtol=None)
     key = jax.random.key(9)
     host = jid.cid(cnn, small_images, key, config=cfg)
@@ -638,11 +662,10 @@ def test_adaptive_stopping_saves_passes_where_the_error_is_small(
     np.testing.assert_allclose(compiled.pixel, host.pixel, atol=1e-3)
 
 
-def test_relative_stopping_and_the_safeguard_rule(convnet, small_images):
+def test_relative_stopping_and_the_safeguard_rule(cnn, small_images):
     # rtol: maps stop once their noise is a small share of their spread; two
     # keys then agree about as well as 1 - rtol^2 promises, for fewer passes
     # than the cap.
-    cnn = Partial(convnet_features, convnet)
     cfg = _VMAP.replace(steps=32, probes=64, budget_samples=8, tol=None, rtol=0.3)
     a = jid.cid(cnn, small_images, jax.random.key(1), config=cfg)
     b = jid.cid(cnn, small_images, jax.random.key(2), config=cfg)

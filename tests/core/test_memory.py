@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import convnet_features
+from conftest import SHORT, convnet_features
 from jax.tree_util import Partial
 
 import jax_infodiscard as jid
@@ -36,9 +36,9 @@ def test_plan_fits_the_budget(convnet):
     assert tight == memory.Plan(1, 10)
 
 
-def test_planned_chunks_give_the_same_maps(convnet, small_images, monkeypatch):
-    fn = Partial(convnet_features, convnet)
-    cfg = jid.CIDConfig(layer_strategy="vmap", steps=8, probes=64, budget_samples=8)
+def test_planned_chunks_give_the_same_maps(cnn, small_images, monkeypatch):
+    # The shared short solve: `whole` reuses the programs compiled for it.
+    fn, cfg = cnn, SHORT
     key = jax.random.key(3)
     whole = jid.cid(fn, small_images, key, config=cfg.replace(chunk_size=3))
     act = memory.activation_bytes(fn, small_images[0]) * 3

@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/bench_cid.py --quick          # a few minutes
     python benchmarks/bench_cid.py --out docs/results/bench_cid.json
+    python benchmarks/bench_cid.py --gpu --out bench_cid_gpu.json  # accelerator
 
 Needs ``pip install -e ".[bench]"`` for the torch loop (``--no-torch``
 skips it).
@@ -209,7 +210,7 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
             "model": tag,
             "layer": layer,
             "seed": seed,
-            "config": dataclasses.asdict(cfg),
+            "config": _config_key(cfg),
             # The damping schedule is in the config (``damping_time``), so
             # references of the older constant-damping solver are not reused.
             "version": jid.__version__,
@@ -221,6 +222,15 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return pathlib.Path(ref_dir) / f"{tag}-{layer}-s{seed}-{digest}.npz"
+
+
+def _config_key(cfg) -> dict:
+    """``cfg`` as a dict without the fields at the value that references had
+    before the field existed (so that a new field does not invalidate them)."""
+    d = dataclasses.asdict(cfg)
+    if d.get("control_variate") == "always":
+        del d["control_variate"]
+    return d
 
 
 # ------------------------------------------------------------ measurements
@@ -336,6 +346,16 @@ def budget_stats(r: np.ndarray, se: np.ndarray, tol: float) -> dict:
     }
 
 
+GPU_PRESET = {
+    "models": "trained",
+    "images": 8,
+    "methods": "old default",
+    "torch_passes": "400,1600",
+}
+"""``--gpu``: what a lent accelerator measures first (the references are
+cached in ``--ref-dir``, so a second call only times the methods)."""
+
+
 # ------------------------------------------------------------------ methods
 OLD_DEFAULT = {
     "probes": 256,
@@ -345,6 +365,7 @@ OLD_DEFAULT = {
     "rtol": None,
     "level_steps": 4,
     "safeguard": "always",
+    "control_variate": "always",
 }
 """The default before issue 20's passes work (``CIDConfig`` fields). Its maps
 are those of that solver; its ``passes`` are 128 fewer than it spent then (the
@@ -361,6 +382,9 @@ def method_configs(quick: bool) -> dict:
         cfgs[f"steps={s}"] = d.replace(steps=s)
     for s in () if quick else (4, 16):
         cfgs[f"samples={s}"] = d.replace(samples=s)
+    cfgs["cv always"] = d.replace(control_variate="always")
+    for s in () if quick else (8, 16):  # without the control variate
+        cfgs[f"no cv s{s}"] = d.replace(control_variate="never", samples=s)
     if "linear" in METHODS and d.method != "linear":
         cfgs["linear"] = d.replace(method="linear")
     return cfgs
@@ -613,6 +637,7 @@ def bench_model(name: str, args, report: dict) -> None:
         rtol=None,
         level_steps=4,
         safeguard="always",
+        control_variate="always",
     )
     refs, agree, ref_info = (
         {},
@@ -844,8 +869,13 @@ def main():
         help="fewer images, smaller reference, fewer methods (a few minutes)",
     )
     ap.add_argument(
-        "--models", default="trained,random", help="comma list of trained, random"
+        "--gpu",
+        action="store_true",
+        help="the accelerator preset: trained model, 8 images, the default and "
+        "the old default, torch loop at 400 and 1,600 passes (sized for about "
+        "5 minutes on one GPU; the torch loop runs on one CPU thread)",
     )
+    ap.add_argument("--models", default=None, help="comma list of trained, random")
     ap.add_argument(
         "--images", type=int, default=None, help="trained-model images (8; quick 3)"
     )
@@ -912,6 +942,14 @@ def main():
     ap.add_argument("--out", default="bench_cid.json")
     args = ap.parse_args()
     q = args.quick
+    if args.gpu:
+        if q:
+            ap.error("--gpu and --quick are exclusive")
+        for k, v in GPU_PRESET.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    if args.models is None:
+        args.models = "trained,random"
     defaults = {
         "images": 3 if q else 8,
         "random_images": 2 if q else 4,

@@ -118,6 +118,8 @@ def load_model(name: str, num_images: int, cache_dir, fast: bool) -> dict:
         }
     from jax_infodiscard.models import feature_fn
 
+    if name == "resnet20":
+        return _resnet20(num_images, cache_dir)
     demo = DemoConfig.fast() if fast else DemoConfig()
     spec = demo.model_spec()
     trained = train_or_load(spec, cache_dir=cache_dir, progress=False)
@@ -130,6 +132,26 @@ def load_model(name: str, num_images: int, cache_dir, fast: bool) -> dict:
         "images": np.asarray(trained.test_data.images[:num_images]),
         "layers": tuple(trained.model.default_layers),
         "tag": f"{spec.folder_name()}-test",
+        "module": trained.model,
+        "accuracy": trained.accuracy,
+    }
+
+
+def _resnet20(num_images: int, cache_dir) -> dict:
+    """The analyses' trained ResNet-20 (width 8, 5,000 images, 6 epochs, seed 0:
+    the distillation teacher, from the shared cache), its stage outputs."""
+    from jax_infodiscard.experiments.analyses import AnalysisOptions, networks
+    from jax_infodiscard.models import feature_fn
+
+    opts = AnalysisOptions(cache_dir=cache_dir, progress=False)
+    trained = networks.train_model(
+        opts, "resnet20", num_train=5000, epochs=6, seed=0, model_kwargs={"width": 8}
+    )
+    return {
+        "fn": feature_fn(trained.model),
+        "images": np.asarray(trained.test_data.images[:num_images]),
+        "layers": ("conv1", "stage1", "stage2", "stage3"),
+        "tag": "resnet20-w8-synthetic-32px-n5000-e6-s0-test",
         "module": trained.model,
         "accuracy": trained.accuracy,
     }
@@ -600,7 +622,7 @@ def equal_accuracy(default: dict, torch_rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------- main
 def bench_model(name: str, args, report: dict) -> None:
-    n_img = args.images if name == "trained" else args.random_images
+    n_img = args.random_images if name == "random" else args.images
     t0 = time.perf_counter()
     model = load_model(name, n_img, args.cache, args.fast_model)
     layers = (
@@ -820,7 +842,7 @@ def bench_model(name: str, args, report: dict) -> None:
                 f"default {e['default_s_per_map']:.3f} s/map; "
                 f"speedup {'>=' if e['lower_bound'] else ''}{e['speedup']:.1f}x"
             )
-    if name == "trained":
+    if name in ("trained", "resnet20"):
         agree_corr = {
             l: v["agreement"]["corr_mean"] for l, v in ref_info["layers"].items()
         }

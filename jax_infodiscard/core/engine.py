@@ -479,7 +479,10 @@ def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
 def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
     ctx, state = _init_program(fn, extra, images, keys, beta, st=st)
     if st.control_variate == "auto":
-        far = float(np.median(np.asarray(state.start_ratio))) > solver.CV_RATIO
+        # Per layer, the median over the chunk's images; one program serves
+        # the group, so a layer close to linear keeps it for all.
+        median = np.median(np.asarray(state.start_ratio), axis=0)  # (L,)
+        far = bool(np.all(median > solver.CV_RATIO))
         st = dataclasses.replace(st, control_variate="never" if far else "always")
     if METHOD_TABLE[st.method].iterate:
         chunk, unroll = step_chunk(cfg)

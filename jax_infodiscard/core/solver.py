@@ -87,8 +87,8 @@ below (about 1-20) and the logits above (docs/accuracy.md)."""
 CV_RATIO = 2.0
 """``control_variate="auto"``: the iterations use the linearised network as
 control variate unless the closed form spent more than this multiple of the
-budget (``State.start_ratio``, median over the images and layers of a
-compiled group). It makes a near-linear layer's gradients almost exact;
+budget (``State.start_ratio``, median over the images of a chunk) at every
+layer of a compiled group. It makes a near-linear layer's gradients almost exact;
 further from linear its pass buys less than a second draw (docs/accuracy.md)."""
 DRAW_PASSES = 2
 """Model passes per noise draw: the network at ``x'`` (forward, or forward and

@@ -84,11 +84,11 @@ class CIDConfig:
       control_variate: the linearised network as control variate of the
         iterations' budget gradients: ``"always"``, ``"never"`` (one pass per
         draw fewer) or ``"auto"``: not for a chunk of images and layer group
-        whose closed form spent more than ``core.solver.CV_RATIO`` times the
-        budget at every layer (the median over the chunk's images, measured
-        on the first iteration's draws before the iterations; on CPU each
-        layer is its own group; docs/accuracy.md). The final levelling always
-        keeps it.
+        whose closed form spent between ``core.solver.CV_RATIO`` and
+        ``core.solver.FAR_FROM_LINEAR`` times the budget at every layer (the
+        median over the chunk's images, measured on the first iteration's
+        draws before the iterations; on CPU each layer is its own group;
+        docs/accuracy.md). The final levelling always keeps it.
       per_channel: one sigma per input unit ``(H, W, C)`` instead of one per
         pixel shared by its channels ``(H, W)``.
       max_sigma: cap on sigma (input units). A pixel the layer ignores has an

@@ -482,8 +482,9 @@ def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
         # Per layer, the median over the chunk's images; one program serves
         # the group, so a layer close to linear keeps it for all.
         median = np.median(np.asarray(state.start_ratio), axis=0)  # (L,)
-        far = bool(np.all(median > solver.CV_RATIO))
-        st = dataclasses.replace(st, control_variate="never" if far else "always")
+        between = (median > solver.CV_RATIO) & (median <= solver.FAR_FROM_LINEAR)
+        drop = bool(np.all(between))
+        st = dataclasses.replace(st, control_variate="never" if drop else "always")
     if METHOD_TABLE[st.method].iterate:
         chunk, unroll = step_chunk(cfg)
         done = 0

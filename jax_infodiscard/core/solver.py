@@ -85,11 +85,13 @@ stop it; the engine runs the early-window safeguard for it
 (``CIDConfig.safeguard="auto"``). On the trained demo convnet conv1-conv5 sit
 below (about 1-20) and the logits above (docs/accuracy.md)."""
 CV_RATIO = 2.0
-"""``control_variate="auto"``: the iterations use the linearised network as
-control variate unless the closed form spent more than this multiple of the
-budget (``State.start_ratio``, median over the images of a chunk) at every
-layer of a compiled group. It makes a near-linear layer's gradients almost exact;
-further from linear its pass buys less than a second draw (docs/accuracy.md)."""
+"""``control_variate="auto"``: the iterations drop the linearised network as
+control variate where the closed form spent more than this multiple of the
+budget but at most :data:`FAR_FROM_LINEAR` times (``State.start_ratio``,
+median over the images of a chunk), at every layer of a compiled group. Near
+linear it makes the gradients almost exact; in between its pass buys less
+than it costs; far from linear the maps run every iteration and the control
+variate still serves their near-linear entries (docs/accuracy.md)."""
 DRAW_PASSES = 2
 """Model passes per noise draw: the network at ``x'`` (forward, or forward and
 backward in an iteration) and the linearised network (JVP, or JVP and its

@@ -53,18 +53,31 @@ def test_without_it_each_iteration_costs_one_pass_per_draw_fewer(convnet, small_
     assert np.all(off.reproducibility < on.reproducibility)
 
 
-def test_auto_drops_it_far_from_linear():
-    # Pixels near 0 of x^2: the closed form overspends the budget by far
-    # (start ratio > 100), so "auto" runs the iterations of "never".
-    x = jnp.asarray(
-        np.random.default_rng(0).uniform(0, 0.01, (2, 6, 6, 1)), jnp.float32
-    )
+def test_auto_drops_it_between_near_and_far_from_linear():
+    # x^2 at pixels near 0.0035: the closed form overspends the budget about
+    # ten times (1 + 3 beta / (4 x^2)), between CV_RATIO and FAR_FROM_LINEAR,
+    # so "auto" runs the iterations of "never".
+    x = np.random.default_rng(0).uniform(0.003, 0.004, (2, 6, 6, 1))
+    x = jnp.asarray(x, jnp.float32)
     cfg = _FIXED.replace(steps=16)
     key = jax.random.key(1)
     auto = jid.cid(_square, x, key, config=cfg.replace(control_variate="auto"))
     off = jid.cid(_square, x, key, config=cfg.replace(control_variate="never"))
+    assert solver.CV_RATIO < float(auto.linearity.min()) <= solver.FAR_FROM_LINEAR
     np.testing.assert_array_equal(auto.pixel, off.pixel)
     np.testing.assert_array_equal(auto.passes, off.passes)
+
+
+def test_auto_keeps_it_far_from_linear():
+    # Pixels of x^2 near 0 overspend the budget more than FAR_FROM_LINEAR
+    # times: those maps run every iteration, and keep the control variate.
+    x = np.random.default_rng(0).uniform(0, 0.001, (2, 6, 6, 1))
+    x = jnp.asarray(x, jnp.float32)
+    cfg = _FIXED.replace(steps=16)
+    key = jax.random.key(1)
+    auto = jid.cid(_square, x, key, config=cfg.replace(control_variate="auto"))
+    on = jid.cid(_square, x, key, config=cfg.replace(control_variate="always"))
+    np.testing.assert_array_equal(auto.pixel, on.pixel)
 
 
 def test_a_wrong_choice_is_an_error_that_names_it():

@@ -31,6 +31,7 @@ Usage::
 
     python benchmarks/bench_cid.py --quick          # a few minutes
     python benchmarks/bench_cid.py --out docs/results/bench_cid.json
+    python benchmarks/bench_cid.py --gpu --out bench_cid_gpu.json  # accelerator
 
 Needs ``pip install -e ".[bench]"`` for the torch loop (``--no-torch``
 skips it).
@@ -117,6 +118,8 @@ def load_model(name: str, num_images: int, cache_dir, fast: bool) -> dict:
         }
     from jax_infodiscard.models import feature_fn
 
+    if name == "resnet20":
+        return _resnet20(num_images, cache_dir)
     demo = DemoConfig.fast() if fast else DemoConfig()
     spec = demo.model_spec()
     trained = train_or_load(spec, cache_dir=cache_dir, progress=False)
@@ -129,6 +132,26 @@ def load_model(name: str, num_images: int, cache_dir, fast: bool) -> dict:
         "images": np.asarray(trained.test_data.images[:num_images]),
         "layers": tuple(trained.model.default_layers),
         "tag": f"{spec.folder_name()}-test",
+        "module": trained.model,
+        "accuracy": trained.accuracy,
+    }
+
+
+def _resnet20(num_images: int, cache_dir) -> dict:
+    """The analyses' trained ResNet-20 (width 8, 5,000 images, 6 epochs, seed 0:
+    the distillation teacher, from the shared cache), its stage outputs."""
+    from jax_infodiscard.experiments.analyses import AnalysisOptions, networks
+    from jax_infodiscard.models import feature_fn
+
+    opts = AnalysisOptions(cache_dir=cache_dir, progress=False)
+    trained = networks.train_model(
+        opts, "resnet20", num_train=5000, epochs=6, seed=0, model_kwargs={"width": 8}
+    )
+    return {
+        "fn": feature_fn(trained.model),
+        "images": np.asarray(trained.test_data.images[:num_images]),
+        "layers": ("conv1", "stage1", "stage2", "stage3"),
+        "tag": "resnet20-w8-synthetic-32px-n5000-e6-s0-test",
         "module": trained.model,
         "accuracy": trained.accuracy,
     }
@@ -209,7 +232,7 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
             "model": tag,
             "layer": layer,
             "seed": seed,
-            "config": dataclasses.asdict(cfg),
+            "config": _config_key(cfg),
             # The damping schedule is in the config (``damping_time``), so
             # references of the older constant-damping solver are not reused.
             "version": jid.__version__,
@@ -221,6 +244,15 @@ def ref_path(ref_dir, tag: str, layer: str, cfg, seed: int) -> pathlib.Path | No
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return pathlib.Path(ref_dir) / f"{tag}-{layer}-s{seed}-{digest}.npz"
+
+
+def _config_key(cfg) -> dict:
+    """``cfg`` as a dict without the fields at the value that references had
+    before the field existed (so that a new field does not invalidate them)."""
+    d = dataclasses.asdict(cfg)
+    if d.get("control_variate") == "always":
+        del d["control_variate"]
+    return d
 
 
 # ------------------------------------------------------------ measurements
@@ -336,6 +368,16 @@ def budget_stats(r: np.ndarray, se: np.ndarray, tol: float) -> dict:
     }
 
 
+GPU_PRESET = {
+    "models": "trained",
+    "images": 8,
+    "methods": "old default",
+    "torch_passes": "400,1600",
+}
+"""``--gpu``: what a lent accelerator measures first (the references are
+cached in ``--ref-dir``, so a second call only times the methods)."""
+
+
 # ------------------------------------------------------------------ methods
 OLD_DEFAULT = {
     "probes": 256,
@@ -345,6 +387,7 @@ OLD_DEFAULT = {
     "rtol": None,
     "level_steps": 4,
     "safeguard": "always",
+    "control_variate": "always",
 }
 """The default before issue 20's passes work (``CIDConfig`` fields). Its maps
 are those of that solver; its ``passes`` are 128 fewer than it spent then (the
@@ -361,6 +404,9 @@ def method_configs(quick: bool) -> dict:
         cfgs[f"steps={s}"] = d.replace(steps=s)
     for s in () if quick else (4, 16):
         cfgs[f"samples={s}"] = d.replace(samples=s)
+    cfgs["cv always"] = d.replace(control_variate="always")
+    for s in () if quick else (8, 16):  # without the control variate
+        cfgs[f"no cv s{s}"] = d.replace(control_variate="never", samples=s)
     if "linear" in METHODS and d.method != "linear":
         cfgs["linear"] = d.replace(method="linear")
     return cfgs
@@ -576,7 +622,7 @@ def equal_accuracy(default: dict, torch_rows: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------- main
 def bench_model(name: str, args, report: dict) -> None:
-    n_img = args.images if name == "trained" else args.random_images
+    n_img = args.random_images if name == "random" else args.images
     t0 = time.perf_counter()
     model = load_model(name, n_img, args.cache, args.fast_model)
     layers = (
@@ -613,6 +659,7 @@ def bench_model(name: str, args, report: dict) -> None:
         rtol=None,
         level_steps=4,
         safeguard="always",
+        control_variate="always",
     )
     refs, agree, ref_info = (
         {},
@@ -795,7 +842,7 @@ def bench_model(name: str, args, report: dict) -> None:
                 f"default {e['default_s_per_map']:.3f} s/map; "
                 f"speedup {'>=' if e['lower_bound'] else ''}{e['speedup']:.1f}x"
             )
-    if name == "trained":
+    if name in ("trained", "resnet20"):
         agree_corr = {
             l: v["agreement"]["corr_mean"] for l, v in ref_info["layers"].items()
         }
@@ -844,8 +891,13 @@ def main():
         help="fewer images, smaller reference, fewer methods (a few minutes)",
     )
     ap.add_argument(
-        "--models", default="trained,random", help="comma list of trained, random"
+        "--gpu",
+        action="store_true",
+        help="the accelerator preset: trained model, 8 images, the default and "
+        "the old default, torch loop at 400 and 1,600 passes (sized for about "
+        "5 minutes on one GPU; the torch loop runs on one CPU thread)",
     )
+    ap.add_argument("--models", default=None, help="comma list of trained, random")
     ap.add_argument(
         "--images", type=int, default=None, help="trained-model images (8; quick 3)"
     )
@@ -912,6 +964,14 @@ def main():
     ap.add_argument("--out", default="bench_cid.json")
     args = ap.parse_args()
     q = args.quick
+    if args.gpu:
+        if q:
+            ap.error("--gpu and --quick are exclusive")
+        for k, v in GPU_PRESET.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    if args.models is None:
+        args.models = "trained,random"
     defaults = {
         "images": 3 if q else 8,
         "random_images": 2 if q else 4,

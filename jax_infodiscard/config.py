@@ -22,6 +22,8 @@ BUDGET_CENTERS: tuple[str, ...] = ("input", "mean")
 
 Safeguard = Literal["auto", "always", "never"]
 SAFEGUARDS: tuple[str, ...] = ("auto", "always", "never")
+ControlVariate = Literal["auto", "always", "never"]
+CONTROL_VARIATES: tuple[str, ...] = ("auto", "always", "never")
 
 LayerStrategy = Literal["auto", "vmap", "per_layer"]
 LAYER_STRATEGIES: tuple[str, ...] = ("auto", "vmap", "per_layer")
@@ -79,6 +81,14 @@ class CIDConfig:
         ``core.solver.FAR_FROM_LINEAR`` times the budget at the first
         iteration (a layer far from linear; on layers closer to linear it
         never changed a map, docs/accuracy.md).
+      control_variate: the linearised network as control variate of the
+        iterations' budget gradients: ``"always"``, ``"never"`` (one pass per
+        draw fewer) or ``"auto"``: not for a chunk of images and layer group
+        whose closed form spent between ``core.solver.CV_RATIO`` and
+        ``core.solver.FAR_FROM_LINEAR`` times the budget at every layer (the
+        median over the chunk's images, measured on the first iteration's
+        draws before the iterations; on CPU each layer is its own group;
+        docs/accuracy.md). The final levelling always keeps it.
       per_channel: one sigma per input unit ``(H, W, C)`` instead of one per
         pixel shared by its channels ``(H, W)``.
       max_sigma: cap on sigma (input units). A pixel the layer ignores has an
@@ -115,6 +125,7 @@ class CIDConfig:
     budget_tol: float = 0.05
     level_steps: int = 3
     safeguard: Safeguard = "auto"
+    control_variate: ControlVariate = "auto"
     per_channel: bool = False
     max_sigma: float = 10.0
     min_sigma: float = 1e-6
@@ -178,6 +189,11 @@ def _validate(cfg: CIDConfig) -> None:
     if cfg.safeguard not in SAFEGUARDS:
         raise ValueError(
             f"safeguard must be one of {SAFEGUARDS}, got {cfg.safeguard!r}"
+        )
+    if cfg.control_variate not in CONTROL_VARIATES:
+        raise ValueError(
+            f"control_variate must be one of {CONTROL_VARIATES}, "
+            f"got {cfg.control_variate!r}"
         )
     if not isinstance(cfg.per_channel, bool):
         raise TypeError(f"per_channel must be a bool, got {cfg.per_channel!r}")

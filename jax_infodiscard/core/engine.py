@@ -111,6 +111,7 @@ class Static:
     rtol: float | None = None
     level_steps: int = 3
     safeguard: bool = True
+    control_variate: str = "always"
 
     @classmethod
     def of(
@@ -139,6 +140,7 @@ class Static:
             rtol=cfg.rtol,
             level_steps=cfg.level_steps,
             safeguard=cfg.safeguard != "never",
+            control_variate=cfg.control_variate,
         )
 
 
@@ -201,14 +203,25 @@ def _init_image(st: Static, fn, extra, beta, x, key):
     scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
     u_lin = closed_form(a, scale, beta, *st.log_bounds)
     exact = [exact_norms(fn, name, x, st.probes) for name in st.layers]
-    ctx = Context(
-        base, a, scale, u_lin, keys, jnp.array(counts, jnp.int32), jnp.array(exact)
-    )
-    return ctx, solver.init_state(a, scale, beta, u_lin)
+    passes = jnp.array(counts, jnp.int32)
+    state = solver.init_state(a, scale, beta, u_lin)
+    if st.control_variate != "always" and METHOD_TABLE[st.method].iterate:
+        # The first iteration's budget, with the control variate and on its
+        # draws, measured here: it decides the control variate ("auto") and
+        # which maps are far from linear.
+        ctx = Context(base, a, scale, u_lin, keys, passes, jnp.array(exact))
+        eps = solver.layer_draws(keys, solver.SALT_STEPS, 0, st.samples, x.shape)
+        r, _, _ = solver.measure(_problem(st, fn, extra, beta, x, ctx), u_lin, eps)
+        state = state._replace(start_ratio=r / beta)
+        passes = passes + st.samples * solver.DRAW_PASSES
+    ctx = Context(base, a, scale, u_lin, keys, passes, jnp.array(exact))
+    return ctx, state
 
 
 def _steps_image(st: Static, num_steps: int, unroll: bool, fn, extra, beta, x, ctx, s):
     problem = _problem(st, fn, extra, beta, x, ctx)
+    if st.control_variate == "never":
+        problem = problem._replace(linear=None)
     body = partial(
         solver.step,
         problem,
@@ -248,7 +261,8 @@ def _finish_image(st: Static, fn, extra, beta, x, ctx: Context, s: solver.State)
     if method.iterate:
         # RU differentiates its entropy term too: one more backward per draw.
         extra_backward = 0 if st.metric.entropy is None else 1
-        per_step = st.samples * (solver.DRAW_PASSES + extra_backward)
+        draw = solver.DRAW_PASSES - (st.control_variate == "never")
+        per_step = st.samples * (draw + extra_backward)
         passes = passes + s.steps_run * per_step
     level_se = jnp.zeros(ctx.scale.shape, jnp.float32)
     level_passes = st.level_steps * m * solver.DRAW_PASSES
@@ -464,6 +478,13 @@ def step_chunk(cfg: CIDConfig) -> tuple[int, bool]:
 
 def _run_group(st: Static, cfg: CIDConfig, fn, extra, images, keys, beta):
     ctx, state = _init_program(fn, extra, images, keys, beta, st=st)
+    if st.control_variate == "auto":
+        # Per layer, the median over the chunk's images; one program serves
+        # the group, so a layer close to linear keeps it for all.
+        median = np.median(np.asarray(state.start_ratio), axis=0)  # (L,)
+        between = (median > solver.CV_RATIO) & (median <= solver.FAR_FROM_LINEAR)
+        drop = bool(np.all(between))
+        st = dataclasses.replace(st, control_variate="never" if drop else "always")
     if METHOD_TABLE[st.method].iterate:
         chunk, unroll = step_chunk(cfg)
         done = 0

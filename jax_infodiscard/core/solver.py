@@ -84,6 +84,14 @@ the adaptive stopping rule (:func:`stopped`), which measures noise, does not
 stop it; the engine runs the early-window safeguard for it
 (``CIDConfig.safeguard="auto"``). On the trained demo convnet conv1-conv5 sit
 below (about 1-20) and the logits above (docs/accuracy.md)."""
+CV_RATIO = 2.0
+"""``control_variate="auto"``: the iterations drop the linearised network as
+control variate where the closed form spent more than this multiple of the
+budget but at most :data:`FAR_FROM_LINEAR` times (``State.start_ratio``,
+median over the images of a chunk), at every layer of a compiled group. Near
+linear it makes the gradients almost exact; in between its pass buys less
+than it costs; far from linear the maps run every iteration and the control
+variate still serves their near-linear entries (docs/accuracy.md)."""
 DRAW_PASSES = 2
 """Model passes per noise draw: the network at ``x'`` (forward, or forward and
 backward in an iteration) and the linearised network (JVP, or JVP and its
@@ -106,7 +114,8 @@ class Problem(NamedTuple):
       linear: ``linear(t (L, N, H, W, C)) -> ||J_l t_ln||^2 (L, N)``, the
         squared feature change of the linearised network, whose mean
         ``sum_i s_i a_i`` is known: the control variate of every budget
-        estimate (exact for a linear network).
+        estimate (exact for a linear network); ``None``: no control variate
+        (the plain Monte-Carlo mean, one pass per draw fewer).
       center_mean: budget about ``E h(x')`` (variance only) instead of ``f``.
     """
 
@@ -116,7 +125,7 @@ class Problem(NamedTuple):
     beta: Array
     deviations: Deviations
     entropy: Entropy | None
-    linear: Callable[[Array], Array]
+    linear: Callable[[Array], Array] | None
     center_mean: bool
 
 
@@ -146,7 +155,9 @@ class State(NamedTuple):
       done: the layer stopped (adaptive stopping, :func:`stopped`) ``(L,)``.
       steps_run: iterations the layer ran ``(L,)`` int32.
       start_ratio: the budget of the first iteration (at the closed form)
-        over ``beta`` ``(L,)``: a first, noisy ``linearity``.
+        over ``beta`` ``(L,)``: a first, noisy ``linearity``. Without the
+        control variate the engine measures it before the iterations, with
+        it, on the same draws.
     """
 
     t: Array
@@ -288,11 +299,16 @@ def measure_se(problem: Problem, u: Array, eps: Array):
     xp = problem.x + noise
     dev, aux = problem.deviations(xp)
     dist, msq = _stack_terms(dev)
-    lin = problem.linear(noise)  # (L, N)
-    exact = jnp.sum(jnp.exp(2.0 * u) * problem.a, axis=tuple(range(1, u.ndim)))
-    coef = jax.lax.stop_gradient(_cv_coefficient(dev, lin))
     tiny = jnp.finfo(jnp.float32).tiny
-    total = dist - coef * (jnp.mean(lin, axis=1) - exact)
+    if problem.linear is None:  # no control variate: the plain mean
+        lin = jnp.zeros((*dist.shape, eps.shape[1]), dist.dtype)
+        coef = jnp.zeros_like(dist)
+        total = dist
+    else:
+        lin = problem.linear(noise)  # (L, N)
+        exact = jnp.sum(jnp.exp(2.0 * u) * problem.a, axis=tuple(range(1, u.ndim)))
+        coef = jax.lax.stop_gradient(_cv_coefficient(dev, lin))
+        total = dist - coef * (jnp.mean(lin, axis=1) - exact)
     if problem.center_mean:
         total = total - msq
     r = jnp.maximum(total, tiny) / problem.scale
@@ -525,6 +541,10 @@ def _step(
     target = _target(e, log_mu, q_c)
     omega = damping(state.t, step_size, damping_time)
     u = jnp.clip((1.0 - omega) * u + omega * target, *log_bounds)
+    if problem.linear is None:  # measured before the iterations, with it
+        start_ratio = state.start_ratio
+    else:
+        start_ratio = jnp.where(state.t == 0, r / problem.beta, state.start_ratio)
     tail = state.t >= total_steps - max(1, total_steps // 2)
     start, stop = early_window(total_steps)
     window = (state.t >= start) & (state.t < stop)
@@ -543,7 +563,7 @@ def _step(
         v=v,
         done=state.done,
         steps_run=state.steps_run,
-        start_ratio=jnp.where(state.t == 0, r / problem.beta, state.start_ratio),
+        start_ratio=start_ratio,
     )
 
 

@@ -7,7 +7,8 @@ shape. This script levels every map exactly (three secant steps on ``log
 sigma``, common held-out draws, plain Monte Carlo) and then compares mean CID:
 the entropy each solver reached at the same true budget.
 
-It reuses ``bench_cid.py``'s trained demo convnet and its cached references
+It reuses ``bench_cid.py``'s models (the trained demo convnet, or with
+``--model resnet20`` the analyses' ResNet-20) and their cached references
 (run that first, same ``--cache``), and writes a JSON report.
 
     python benchmarks/bench_equal_budget.py --layers logits \\
@@ -51,7 +52,10 @@ def level_exactly(fn, images, layer, u, scale, beta, seed, draws):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="conv1,conv3,conv5,logits")
+    p.add_argument(
+        "--model", default="trained", help="trained (the demo convnet) or resnet20"
+    )
+    p.add_argument("--layers", default=None, help="default: the model's")
     p.add_argument("--configs", default='{"default": {}}', help="JSON name->fields")
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--draws", type=int, default=4096)
@@ -60,19 +64,20 @@ def main(argv=None) -> None:
     p.add_argument("--cache", default=os.environ.get("JAX_INFODISCARD_CACHE"))
     p.add_argument(
         "--ref-glob",
-        default="{cache}/bench_cid/*-{layer}-s{seed}-*.npz",
-        help="files of the cached references ({cache}, {layer}, {seed}); exactly "
-        "one may match per layer and seed",
+        default="{cache}/bench_cid/{tag}-{layer}-s{seed}-*.npz",
+        help="files of the cached references ({cache}, {tag}, {layer}, {seed}); "
+        "exactly one may match per layer and seed",
     )
     p.add_argument("--out", default="docs/results/bench_equal_budget.json")
     args = p.parse_args(argv)
     configs = json.loads(args.configs)
-    model = B.load_model("trained", args.images, args.cache, False)
+    model = B.load_model(args.model, args.images, args.cache, False)
     fn, images = model["fn"], model["images"]
+    layers = args.layers.split(",") if args.layers else list(model["layers"])
     beta = jid.CIDConfig().beta
     report = {"argv": sys.argv, "load_before": os.getloadavg(), "layers": {}}
     t_all = time.perf_counter()
-    for layer in args.layers.split(","):
+    for layer in layers:
         scale = B.exact_scale(fn, images, layer)
 
         def level(u, layer=layer, scale=scale):
@@ -80,7 +85,9 @@ def main(argv=None) -> None:
 
         refs = []
         for s in args.ref_seeds.split(","):
-            pattern = args.ref_glob.format(cache=args.cache, layer=layer, seed=s)
+            pattern = args.ref_glob.format(
+                cache=args.cache, tag=model["tag"], layer=layer, seed=s
+            )
             found = sorted(glob.glob(pattern))
             if len(found) > 1:
                 raise SystemExit(

@@ -30,7 +30,6 @@ import dataclasses
 
 import jax
 
-from jax_infodiscard.evaluation.robustness import minimal_l2_attack
 from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
@@ -43,7 +42,6 @@ from jax_infodiscard.experiments.analyses import (
     report,
 )
 from jax_infodiscard.experiments.rundir import RunFolder
-from jax_infodiscard.models import model_fn
 from jax_infodiscard.training.adversarial import PGDConfig, pgd_transform
 
 
@@ -208,14 +206,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         num_train=sz.num_train,
         epochs=sz.epochs,
     )
-    # Minimal-L2 robustness per network and seed (higher is more robust).
-    robustness = {
-        name: [
-            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
-            for t in trained
-        ]
-        for name, trained in models.items()
-    }
+    robustness = measuring.robustness(models, images, sz.top_k)
     verdicts, numbers = _verdicts(groups, groups["normal"][0].layers, extra_epochs)
     return report.finish(
         folder,

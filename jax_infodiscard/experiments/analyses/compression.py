@@ -23,7 +23,6 @@ import dataclasses
 import jax
 import numpy as np
 
-from jax_infodiscard.evaluation.robustness import minimal_l2_attack
 from jax_infodiscard.experiments.analyses import (
     Analysis,
     AnalysisOptions,
@@ -36,7 +35,6 @@ from jax_infodiscard.experiments.analyses import (
     report,
 )
 from jax_infodiscard.experiments.rundir import RunFolder
-from jax_infodiscard.models import model_fn
 from jax_infodiscard.models.surgery import kernel_sparsity, mask_updates, prune
 
 # Fine-tuning after pruning: a tenth of the learning rate, no warm-up.
@@ -191,14 +189,7 @@ def run(folder: RunFolder, options: AnalysisOptions) -> AnalysisResult:
         epochs=sz.epochs,
     )
     pruning = _pruning(models, list(variants)[1:], sz)
-    # Minimal-L2 robustness per network and seed (higher is more robust).
-    robustness = {
-        name: [
-            minimal_l2_attack(model_fn(t.model), images, top_k=sz.top_k).robustness()
-            for t in trained
-        ]
-        for name, trained in models.items()
-    }
+    robustness = measuring.robustness(models, images, sz.top_k)
     verdicts, numbers = _verdicts(groups, robustness, seeds, sz.top_k)
     return report.finish(
         folder,

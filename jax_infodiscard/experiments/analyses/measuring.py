@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_infodiscard.evaluation.robustness import minimal_l2_attack
 from jax_infodiscard.experiments import measure as room
 from jax_infodiscard.experiments.analyses import AnalysisOptions
 from jax_infodiscard.experiments.analyses.networks import (
@@ -26,7 +27,7 @@ from jax_infodiscard.experiments.analyses.networks import (
 )
 from jax_infodiscard.experiments.cache import TrainedModel
 from jax_infodiscard.experiments.data import Examples
-from jax_infodiscard.models import feature_fn
+from jax_infodiscard.models import feature_fn, model_fn
 
 __all__ = [
     "Measured",
@@ -298,3 +299,25 @@ def train_and_measure(
                 )
             )
     return groups, models
+
+
+def robustness(
+    models: Mapping[str, Sequence[TrainedModel]], images: Any, top_k: int
+) -> dict[str, list[float]]:
+    """Minimal-L2 adversarial robustness of every network, per seed.
+
+    Args:
+      models: ``{name: [trained network per seed]}``.
+      images: the analysed images ``(N, H, W, C)``.
+      top_k: class boundaries the attack crosses (the ``top_k`` nearest).
+
+    Returns:
+      ``{name: [mean minimal L2 norm per seed]}`` (higher is more robust).
+    """
+    return {
+        name: [
+            minimal_l2_attack(model_fn(t.model), images, top_k=top_k).robustness()
+            for t in trained
+        ]
+        for name, trained in models.items()
+    }

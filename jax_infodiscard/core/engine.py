@@ -203,18 +203,18 @@ def _init_image(st: Static, fn, extra, beta, x, key):
     scale = jnp.maximum(scale, jnp.finfo(jnp.float32).tiny)
     u_lin = closed_form(a, scale, beta, *st.log_bounds)
     exact = [exact_norms(fn, name, x, st.probes) for name in st.layers]
-    passes = jnp.array(counts, jnp.int32)
+    ctx = Context(
+        base, a, scale, u_lin, keys, jnp.array(counts, jnp.int32), jnp.array(exact)
+    )
     state = solver.init_state(a, scale, beta, u_lin)
     if st.control_variate != "always" and METHOD_TABLE[st.method].iterate:
         # The first iteration's budget, with the control variate and on its
         # draws, measured here: it decides the control variate ("auto") and
         # which maps are far from linear.
-        ctx = Context(base, a, scale, u_lin, keys, passes, jnp.array(exact))
         eps = solver.layer_draws(keys, solver.SALT_STEPS, 0, st.samples, x.shape)
         r, _, _ = solver.measure(_problem(st, fn, extra, beta, x, ctx), u_lin, eps)
         state = state._replace(start_ratio=r / beta)
-        passes = passes + st.samples * solver.DRAW_PASSES
-    ctx = Context(base, a, scale, u_lin, keys, passes, jnp.array(exact))
+        ctx = ctx._replace(passes=ctx.passes + st.samples * solver.DRAW_PASSES)
     return ctx, state
 
 

@@ -592,13 +592,11 @@ def load_decoder(
     )
 
 
-def _matches(
-    metadata: Mapping[str, Any],
-    layer: str,
-    feature_shape: tuple,
-    image_shape: tuple,
-    config: DecoderConfig,
+def _config_matches(
+    metadata: Mapping[str, Any], layer: str, config: DecoderConfig
 ) -> bool:
+    """Whether a checkpoint's metadata is a decoder of ``layer`` trained with
+    ``config``."""
     try:
         # Checkpoints of earlier releases have no readout.
         saved_config = DecoderConfig(
@@ -609,9 +607,49 @@ def _matches(
     return (
         metadata.get("kind") == _KIND
         and metadata.get("layer") == layer
+        and saved_config == config
+    )
+
+
+def _matches(
+    metadata: Mapping[str, Any],
+    layer: str,
+    feature_shape: tuple,
+    image_shape: tuple,
+    config: DecoderConfig,
+) -> bool:
+    return (
+        _config_matches(metadata, layer, config)
         and tuple(metadata.get("feature_shape", ())) == feature_shape
         and tuple(metadata.get("image_shape", ())) == image_shape
-        and saved_config == config
+    )
+
+
+def cached_decoder_layers(
+    checkpoint_dir: str | pathlib.Path,
+    layers: Sequence[str],
+    config: DecoderConfig,
+) -> tuple[str, ...]:
+    """The names of ``layers`` that have a decoder checkpoint in
+    ``checkpoint_dir`` trained with ``config`` (what
+    :func:`load_or_train_decoders` will reuse, as far as the metadata tells:
+    the shapes and the files' integrity are checked only when loading).
+
+    Args:
+      checkpoint_dir: the model's decoder directory.
+      layers: layer names.
+      config: the decoders' configuration.
+
+    Returns:
+      The matching names, in the order of ``layers``.
+    """
+    return tuple(
+        layer
+        for layer in layers
+        if any(
+            _config_matches(c.metadata, layer, config)
+            for c in _candidates(checkpoint_dir, layer, [])
+        )
     )
 
 

@@ -50,8 +50,8 @@ from jax_infodiscard.core.results import REPRODUCIBILITY_THRESHOLD
 from jax_infodiscard.data import SHAPE_NAMES
 from jax_infodiscard.experiments.cache import (
     ModelSpec,
+    cached_decoder_layers,
     decoder_cache_dir,
-    decoder_checkpoint_path,
     model_cache_dir,
     train_or_load,
 )
@@ -437,9 +437,8 @@ class _DemoListener(Listener):
 
     def _decoders_heading(self, layers: Sequence[str]) -> None:
         config = self.config
-        missing = [
-            n for n in layers if not decoder_checkpoint_path(self.dec_dir, n).exists()
-        ]
+        reused = cached_decoder_layers(self.dec_dir, layers, config.decoder_config())
+        missing = [n for n in layers if n not in reused]
         expected = None
         if self.known:
             expected = 2.0 + len(missing) * (

@@ -13,6 +13,7 @@ from flax import nnx
 from jax.tree_util import Partial
 
 from jax_infodiscard.experiments.cache import (
+    cached_decoder_layers,
     check_trained,
     decoder_checkpoint_path,
     load_decoder,
@@ -524,6 +525,13 @@ def test_joint_checkpoints_round_trip_and_are_reused(tmp_path):
         progress=False,
     )
     feats = two_layer_features(jnp.asarray(images[:3]))
+    # What will be reused, as the demo announces it: the config must match.
+    assert cached_decoder_layers(tmp_path, ("vec", "pool", "id"), cfg) == (
+        "pool",
+        "id",
+    )
+    other = dataclasses.replace(cfg, steps=21)
+    assert cached_decoder_layers(tmp_path, ("pool", "id"), other) == ()
     for name in ("id", "pool"):
         restored, meta = load_decoder(tmp_path, name)
         check_trained(meta)

@@ -23,6 +23,7 @@ __all__ = [
     "fmt",
     "linearity_text",
     "mc_errors",
+    "measured_layers",
     "no_change_verdict",
     "paired_over_seeds",
     "pooled",
@@ -211,6 +212,26 @@ def _layer_mean(values: list[np.ndarray]) -> np.ndarray:
         return np.nanmean(values, axis=0)
 
 
+def measured_layers(
+    measured: Sequence[Measured], quantity: str, layers: Sequence[str]
+) -> list[str]:
+    """The names of ``layers`` at which every one of ``measured`` has a
+    finite value of ``quantity`` for some image: all of them for CID and
+    concentration; for RU, the layers whose decoders recover the image in
+    every network (elsewhere RU is not solved and its values are NaN)."""
+    out = []
+    for x in layers:
+        values = [
+            None
+            if m.values(quantity) is None or x not in m.layers
+            else m.at(quantity, x)
+            for m in measured
+        ]
+        if all(v is not None and np.isfinite(v).any() for v in values):
+            out.append(x)
+    return out
+
+
 def paired_over_seeds(
     base: Sequence[Measured],
     other: Sequence[Measured],
@@ -220,18 +241,22 @@ def paired_over_seeds(
     """Per seed, the per-image ``other - base`` averaged over ``layers``
     ``(B,)``, and its MC standard error ``(B,)`` (None where not known).
 
-    The MC errors of the two networks are added in quadrature per layer and
-    layer (conservative: the same noise key makes them correlate), and the
-    layer mean's error is ``sqrt(sum se^2) / L``. None when ``quantity``
-    was not measured.
+    Only the layers where both networks have the quantity count (RU is not
+    solved at every layer; see :func:`measured_layers`). The MC errors of
+    the two networks are added in quadrature per layer and layer
+    (conservative: the same noise key makes them correlate), and the layer
+    mean's error is ``sqrt(sum se^2) / L`` over those ``L`` layers. None
+    when ``quantity`` was not measured.
     """
     diffs, errors = [], []
     for b, o in zip(base, other, strict=True):
         if b.values(quantity) is None or o.values(quantity) is None:
             return None
-        shared = [x for x in layers if x in b.layers and x in o.layers]
+        shared = measured_layers([b, o], quantity, layers)
         diffs.append(
             _layer_mean([o.at(quantity, x) - b.at(quantity, x) for x in shared])
+            if shared
+            else np.full(np.shape(b.values(quantity))[1], np.nan)
         )
         eb, eo = mc_errors(b, quantity), mc_errors(o, quantity)
         if eb is None or eo is None or not shared:
@@ -265,14 +290,21 @@ def delta_verdict(
     """
     results: dict[str, verdicts.Replicated] = {}
     seeds = seeds_of(groups[reference])
-    for name in others or [n for n in groups if n != reference]:
-        paired = paired_over_seeds(groups[reference], groups[name], quantity, layers)
+    names = list(others or [n for n in groups if n != reference])
+    # The layers every compared network has the quantity at (RU: where all
+    # their decoders recover the image), so that every seed averages the
+    # same layers.
+    common = measured_layers(
+        [m for n in (reference, *names) for m in groups[n]], quantity, layers
+    )
+    for name in names:
+        paired = paired_over_seeds(groups[reference], groups[name], quantity, common)
         if paired is None:
             continue
         results[name] = combine_seeds(
             paired[0], expect=expect, seeds=seeds, mc=paired[1]
         )
-    numbers = {name: {"layers": list(layers), **r.row()} for name, r in results.items()}
+    numbers = {name: {"layers": list(common), **r.row()} for name, r in results.items()}
     unmeasured = not results or all(f.n == 0 for r in results.values() for f in r.seeds)
     unlearned = sorted(
         {
@@ -295,14 +327,14 @@ def delta_verdict(
         ), numbers
     if not results:
         return None, numbers
-    where = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
+    where = ", ".join(common) if len(common) <= 3 else f"{len(common)} layers"
     rule = (
         f"per-image difference of {quantity} (mean over {where}), "
         f"{'>' if expect == 'positive' else '<'} 0; {SEED_RULE}"
     )
     used = [groups[reference], *(groups[n] for n in results)]
     texts = [f"{name} − {reference}: {r.text()}" for name, r in results.items()]
-    measured = "; ".join(texts) + f"; {linearity_text(used, layers)}"
+    measured = "; ".join(texts) + f"; {linearity_text(used, common)}"
     return verdict(
         claim,
         figure,

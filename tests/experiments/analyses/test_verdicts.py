@@ -290,3 +290,49 @@ def test_a_rank_correlation_at_the_threshold_holds():
     assert correlation_outcome([rho, rho]) == "held"
     assert correlation_outcome([0.79], min_seeds=1) == "inconclusive"
     assert correlation_outcome([rho, rho, -0.4]) == "inconclusive"
+
+
+def test_ru_claims_average_only_the_layers_where_ru_was_solved():
+    # RU is solved at the convolutional layers whose decoders recover the
+    # image; elsewhere its rows are NaN. The claim must average, and divide
+    # the MC error by, the solved layers only, and say which they are (the
+    # adversarial rerun's report said "mean over 6 layers" for 4).
+    from types import SimpleNamespace as NS
+
+    from jax_infodiscard.experiments.analyses import comparisons, measuring
+
+    layers = ("conv1", "conv2", "fc")
+
+    def net(name, shift, seed):
+        ones = np.ones((3, 8))
+        cid = NS(mean=0 * ones, linearity=ones, entropy_gain=0 * ones)
+        ru = NS(
+            mean=np.stack([images_with(shift, 0.01, seed=seed)] * 2),
+            mean_se=np.full((2, 8), 0.2),
+        )
+        m = measuring.Measured(name, layers, cid, ru=ru, info={"seed": seed})
+        m.ru_layers = ("conv1", "conv2")
+        return m
+
+    groups = {
+        "a": [net("a", 0.0, s) for s in (0, 1, 2)],
+        "b": [net("b", 0.5, s) for s in (0, 1, 2)],
+    }
+    assert comparisons.measured_layers(groups["a"], "ru", layers) == [
+        "conv1",
+        "conv2",
+    ]
+    assert comparisons.measured_layers(groups["a"], "cid", layers) == list(layers)
+    v, numbers = comparisons.delta_verdict(
+        groups, "a", "ru", layers, expect="positive", claim="b more", figure="F"
+    )
+    assert numbers["b"]["layers"] == ["conv1", "conv2"]
+    assert "mean over conv1, conv2)" in v.rule
+    # Per image: two layers, two networks, 0.2 each: sqrt(4 x 0.04) / 2, over
+    # the 8 images; dividing by the three layers would give 2/3 of it.
+    np.testing.assert_allclose(
+        [f["mc"] for f in numbers["b"]["seeds"]], 0.2 / math.sqrt(8)
+    )
+    np.testing.assert_allclose(
+        [f["mean"] for f in numbers["b"]["seeds"]], 0.5, atol=0.02
+    )

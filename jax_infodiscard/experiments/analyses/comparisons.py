@@ -291,20 +291,25 @@ def delta_verdict(
     results: dict[str, verdicts.Replicated] = {}
     seeds = seeds_of(groups[reference])
     names = list(others or [n for n in groups if n != reference])
-    # The layers every compared network has the quantity at (RU: where all
-    # their decoders recover the image), so that every seed averages the
-    # same layers.
-    common = measured_layers(
-        [m for n in (reference, *names) for m in groups[n]], quantity, layers
-    )
     for name in names:
-        paired = paired_over_seeds(groups[reference], groups[name], quantity, common)
+        paired = paired_over_seeds(groups[reference], groups[name], quantity, layers)
         if paired is None:
             continue
         results[name] = combine_seeds(
             paired[0], expect=expect, seeds=seeds, mc=paired[1]
         )
-    numbers = {name: {"layers": list(common), **r.row()} for name, r in results.items()}
+    # Each seed averages the layers where both of its networks have the
+    # quantity (RU: where their decoders recover the image); say which.
+    common = measured_layers(
+        [m for n in (reference, *names) for m in groups[n]], quantity, layers
+    )
+    same = all(
+        measured_layers([b, o], quantity, layers) == common
+        for n in names
+        for b, o in zip(groups[reference], groups[n], strict=True)
+    )
+    used_layers = list(common) if same else list(layers)
+    numbers = {name: {"layers": used_layers, **r.row()} for name, r in results.items()}
     unmeasured = not results or all(f.n == 0 for r in results.values() for f in r.seeds)
     unlearned = sorted(
         {
@@ -327,14 +332,18 @@ def delta_verdict(
         ), numbers
     if not results:
         return None, numbers
-    where = ", ".join(common) if len(common) <= 3 else f"{len(common)} layers"
+    if same:
+        where = ", ".join(common) if len(common) <= 3 else f"{len(common)} layers"
+    else:
+        named = ", ".join(layers) if len(layers) <= 3 else f"{len(layers)} layers"
+        where = f"those of {named} with {quantity} in both networks of each seed"
     rule = (
         f"per-image difference of {quantity} (mean over {where}), "
         f"{'>' if expect == 'positive' else '<'} 0; {SEED_RULE}"
     )
     used = [groups[reference], *(groups[n] for n in results)]
     texts = [f"{name} − {reference}: {r.text()}" for name, r in results.items()]
-    measured = "; ".join(texts) + f"; {linearity_text(used, common)}"
+    measured = "; ".join(texts) + f"; {linearity_text(used, common or layers)}"
     return verdict(
         claim,
         figure,

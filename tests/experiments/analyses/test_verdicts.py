@@ -336,3 +336,15 @@ def test_ru_claims_average_only_the_layers_where_ru_was_solved():
     np.testing.assert_allclose(
         [f["mean"] for f in numbers["b"]["seeds"]], 0.5, atol=0.02
     )
+    # damage's case: in seeds 1 and 2 network b keeps no recoverable image
+    # information at conv1 and conv2 (RU not solved there). Seed 0 still
+    # counts, over its own layers, and the rule says so.
+    for m in groups["b"][1:]:
+        m.ru_layers = ()
+        m.ru = NS(mean=np.zeros((0, 8)), mean_se=np.zeros((0, 8)))
+    v, numbers = comparisons.delta_verdict(
+        groups, "a", "ru", layers, expect="positive", claim="b more", figure="F"
+    )
+    assert "seed 0: +0.500" in v.measured and "RU not measured" not in v.measured
+    assert "with ru in both networks of each seed" in v.rule
+    assert (v.outcome, v.alone) == ("inconclusive", "held")
